@@ -1,0 +1,135 @@
+"""The Zarr edge: the store contract (v1), session writes and the completeness index.
+
+Layout: one group per session at ``/<instrument>_<band>/<obs_id>``. A session is written in
+two steps: its arrays (region writes aligned to whole chunks, computed once by Dask), then its
+provenance and ``complete = true`` in the root's index. Only the client writes the index, so a
+crash leaves at most an incomplete session, which the next run rewrites.
+"""
+
+from __future__ import annotations
+
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+STORE_VERSION = 1
+INDEX_KEY = "skyprep"
+
+
+def encoding(dataset: xr.Dataset, chunk_px: int) -> dict:
+    """Zarr chunks for every variable: ``chunk_px`` squares, one frame deep for cubes."""
+    result = {}
+    for name, variable in dataset.data_vars.items():
+        if variable.dims[-2:] == ("y", "x"):
+            lead = (1,) * (variable.ndim - 2)
+            result[name] = {"chunks": (*lead, chunk_px, chunk_px)}
+        else:
+            result[name] = {"chunks": variable.shape}
+    return result
+
+
+def write_session(dataset: xr.Dataset, store: Path | str, key: str, chunk_px: int):
+    """Write the session's metadata now and return the Delayed that writes its arrays.
+
+    Any earlier (incomplete) version of the group is replaced. Dask chunks are whole multiples
+    of the Zarr chunks along every axis, so each Zarr chunk is written by exactly one task.
+    """
+    _check_alignment(dataset, chunk_px)
+    _unmark(store, key)
+    return dataset.to_zarr(
+        str(store), group=key, mode="w", compute=False, consolidated=False, zarr_format=3,
+        encoding=encoding(dataset, chunk_px),
+    )  # fmt: skip
+
+
+def _check_alignment(dataset: xr.Dataset, chunk_px: int) -> None:
+    for name, variable in dataset.data_vars.items():
+        if variable.chunks is None or variable.dims[-2:] != ("y", "x"):
+            continue
+        for size in variable.chunks[-2][:-1]:
+            if size % chunk_px:
+                raise ValueError(f"{name}: Dask row chunks {variable.chunks[-2]} are not multiples of {chunk_px}")
+
+
+def _root(store: Path | str, mode: str = "a") -> zarr.Group:
+    return zarr.open_group(str(store), mode=mode, zarr_format=3)
+
+
+def index(store: Path | str) -> dict[str, dict]:
+    """The root's session index: ``{key: record}`` (empty for a new or missing store)."""
+    if not Path(store).exists():
+        return {}
+    return dict(_root(store, "r").attrs.get(INDEX_KEY, {}).get("sessions", {}))
+
+
+def complete_sessions(store: Path | str) -> set[str]:
+    """Keys of the sessions whose every array has been written."""
+    return {key for key, record in index(store).items() if record.get("complete")}
+
+
+def _update_index(store: Path | str, key: str, record: dict | None) -> None:
+    root = _root(store)
+    meta = dict(root.attrs.get(INDEX_KEY, {"store_version": STORE_VERSION, "sessions": {}}))
+    sessions = dict(meta.get("sessions", {}))
+    if record is None:
+        sessions.pop(key, None)
+    else:
+        sessions[key] = record
+    meta["sessions"] = dict(sorted(sessions.items()))
+    root.attrs[INDEX_KEY] = meta
+
+
+def _unmark(store: Path | str, key: str) -> None:
+    if Path(store).exists() and key in index(store):
+        _update_index(store, key, None)
+
+
+def mark_complete(store: Path | str, key: str, attrs: dict, summary: dict) -> None:
+    """Record the session's provenance in its group, then mark it complete in the root index."""
+    group = zarr.open_group(str(store), path=key, mode="r+", zarr_format=3)
+    group.attrs.update(_jsonable(attrs))
+    record = {
+        "complete": True,
+        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "shape": list(group["calib"].shape),
+        "n_frames": int(group["e91"].shape[0]) if "e91" in group else 0,
+        "instrument": attrs.get("instrument"),
+        "band": attrs.get("band"),
+        "obs_id": attrs.get("obs_id"),
+    }
+    _update_index(store, key, _jsonable({**record, **summary}))
+
+
+def consolidate(store: Path | str) -> None:
+    """Consolidate metadata so ``xarray.open_datatree`` opens the store with one read.
+
+    Zarr warns that consolidated metadata is not yet part of the v3 specification; the store
+    stays valid without it (the index, not the consolidated copy, decides completeness).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(str(store))
+
+
+def open_store(store: Path | str) -> xr.DataTree:
+    """The whole store as a DataTree (lazy)."""
+    return xr.open_datatree(str(store), engine="zarr", consolidated=None, chunks={})
+
+
+def _jsonable(value):
+    """Attributes as plain JSON types (numpy scalars and arrays converted, NaN as None)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

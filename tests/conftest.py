@@ -1,0 +1,26 @@
+"""Shared fixtures: small synthetic archives (1-amplifier MuSCAT and 4-amplifier Mosaic-style)."""
+
+import shutil
+
+import pytest
+
+from pipeline.synth import SynthSpec, write_archive
+
+SIZE, FRAMES = 256, 6
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory):
+    """Two MuSCAT sessions and one 4-amplifier session, written once per test run (read-only)."""
+    root = tmp_path_factory.mktemp("archive")
+    write_archive(root, SynthSpec(sessions=2, size=SIZE, frames=FRAMES, amps=1, seed=0))
+    write_archive(root, SynthSpec(sessions=1, size=SIZE, frames=FRAMES, amps=4, seed=1))
+    return root
+
+
+@pytest.fixture
+def archive_copy(archive, tmp_path):
+    """A private copy of the archive that a test may damage."""
+    root = tmp_path / "archive"
+    shutil.copytree(archive, root)
+    return root

@@ -1,0 +1,106 @@
+"""The FITS edge against astropy's own full reads, header inheritance, and clear errors."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from pipeline.fits_reader import FitsError, effective_header, image, lazy_image, list_images, read_image, read_rows
+
+RNG = np.random.default_rng(11)
+
+
+def _write(path, hdus):
+    fits.HDUList([fits.PrimaryHDU(), *hdus]).writeto(path, overwrite=True)
+    return path
+
+
+LAYOUTS = {
+    "rice_uint16": lambda: fits.CompImageHDU(RNG.integers(0, 65535, (300, 260)).astype(np.uint16), compression_type="RICE_1"),
+    "gzip1_int32": lambda: fits.CompImageHDU(RNG.integers(-5000, 5000, (300, 260)).astype(np.int32), compression_type="GZIP_1"),
+    "gzip2_float32": lambda: fits.CompImageHDU(RNG.normal(0, 1, (300, 260)).astype(np.float32), compression_type="GZIP_2", quantize_level=0.0),
+    "hcompress_int16": lambda: fits.CompImageHDU(RNG.integers(0, 3000, (300, 260)).astype(np.int16), compression_type="HCOMPRESS_1"),
+    "plio_mask": lambda: fits.CompImageHDU(RNG.integers(0, 9, (300, 260)).astype(np.int32), compression_type="PLIO_1"),
+    "rice_dithered_float": lambda: fits.CompImageHDU(RNG.normal(1000, 20, (300, 260)).astype(np.float32), compression_type="RICE_1", quantize_level=64, quantize_method=1, dither_seed=5),
+    "rice_dither2_float": lambda: fits.CompImageHDU(RNG.normal(1000, 20, (300, 260)).astype(np.float32), compression_type="RICE_1", quantize_level=16, quantize_method=2, dither_seed=9),
+    "uncompressed_uint16": lambda: fits.ImageHDU(RNG.integers(0, 65535, (300, 260)).astype(np.uint16)),
+    "uncompressed_float64": lambda: fits.ImageHDU(RNG.normal(0, 1, (300, 260))),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_reads_are_bit_identical_to_astropy(tmp_path, layout):
+    path = _write(tmp_path / f"{layout}.fits", [LAYOUTS[layout]()])
+    expected = fits.getdata(path, 1)
+    ref = image(path)
+    assert ref.dtype == expected.dtype.newbyteorder("=")
+    np.testing.assert_array_equal(read_image(ref), expected)
+    np.testing.assert_array_equal(read_rows(ref, 37, 181), expected[37:181])
+    lazy = lazy_image(ref, strip_rows=64, name=f"t-{layout}")
+    assert lazy.chunks[0][0] % ref.tile_rows == 0
+    np.testing.assert_array_equal(lazy.compute(scheduler="sync"), expected)
+
+
+def test_astropy_test_files_read_identically():
+    import pathlib
+
+    import astropy.io.fits.tests as fits_tests
+    data_dir = pathlib.Path(fits_tests.__file__).parent / "data"
+    checked = 0
+    for path in sorted(data_dir.glob("*.fits")):
+        try:
+            refs = list_images(path)
+        except FitsError:
+            continue  # tables only, or deliberately broken files
+        for ref in refs:
+            try:
+                expected = fits.getdata(path, ref.index)
+            except Exception:
+                continue
+            if expected is None or expected.ndim != 2:
+                continue
+            np.testing.assert_array_equal(read_image(ref), expected, err_msg=ref.label)
+            checked += 1
+    assert checked >= 5
+
+
+def test_inheritance_merges_primary_then_extension():
+    primary = fits.Header({"TELESCOP": "2m0", "GAIN": 1.0, "EXPTIME": 30.0})
+    ext = fits.Header({"INHERIT": True, "GAIN": 2.5, "EXTNAME": "im1"})
+    merged = effective_header(primary, ext)
+    assert merged["GAIN"] == 2.5 and merged["TELESCOP"] == "2m0" and merged["EXPTIME"] == 30.0
+    alone = effective_header(primary, fits.Header({"INHERIT": False, "GAIN": 2.5}))
+    assert "TELESCOP" not in alone
+    assert "TELESCOP" not in effective_header(primary, fits.Header({"GAIN": 2.5}))
+
+
+def test_multi_extension_file_lists_images_by_name_and_skips_tables(tmp_path):
+    primary = fits.PrimaryHDU(header=fits.Header({"INSTRUME": "mosaic", "EXPTIME": 60.0}))
+    amps = [fits.CompImageHDU(np.full((20, 30), i, np.uint16), header=fits.Header({"INHERIT": True}), name=f"im{i}")
+            for i in range(1, 4)]
+    table = fits.BinTableHDU.from_columns([fits.Column(name="flux", format="E", array=np.ones(3))], name="CAT")
+    path = tmp_path / "mef.fits.fz"
+    fits.HDUList([primary, *amps, table]).writeto(path)
+    refs = list_images(path)
+    assert [r.name.lower() for r in refs] == ["im1", "im2", "im3"]
+    assert refs[1].header["INSTRUME"] == "mosaic" and refs[1].label.endswith("[IM2]")
+    np.testing.assert_array_equal(read_image(image(path, "IM3")), 3)
+    with pytest.raises(FitsError, match=r"no image extension named 'SCI'.*IM1, IM2, IM3"):
+        image(path, "SCI")
+
+
+def test_broken_files_name_the_file_and_the_reason(tmp_path):
+    good = _write(tmp_path / "good.fits.fz", [LAYOUTS["rice_uint16"]()])
+    data = good.read_bytes()
+    (tmp_path / "trunc.fits.fz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.fits.fz").write_text("SIMPLE? not really " * 300)
+    corrupt = bytearray(data)
+    corrupt[len(data) // 2 : len(data) // 2 + 4000] = b"\xff" * 4000
+    (tmp_path / "corrupt.fits.fz").write_bytes(bytes(corrupt))
+    with pytest.raises(FitsError, match=r"trunc.fits.fz.*truncated"):
+        list_images(tmp_path / "trunc.fits.fz")
+    with pytest.raises(FitsError, match=r"text.fits.fz.*not a readable FITS file"):
+        list_images(tmp_path / "text.fits.fz")
+    with pytest.raises(FitsError, match=r"missing.fits.*file not found"):
+        list_images(tmp_path / "missing.fits")
+    with pytest.raises(FitsError, match=r"corrupt.fits.fz\[1\].*cannot decode rows"):
+        read_image(image(tmp_path / "corrupt.fits.fz"))
