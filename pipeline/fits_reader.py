@@ -128,6 +128,12 @@ def _blank(hdu) -> float | None:
     return hdu.header["BLANK"] * hdu.header.get("BSCALE", 1) + hdu.header.get("BZERO", 0)
 
 
+def primary_header(path: os.PathLike | str) -> fits.Header:
+    """The primary header of ``path`` (global keywords of a multi-extension file)."""
+    with _open(str(path)) as hdul:
+        return hdul[0].header.copy()
+
+
 def _decoded_dtype(hdu) -> np.dtype:
     bitpix = hdu.header["BITPIX"]
     bzero, bscale = hdu.header.get("BZERO", 0), hdu.header.get("BSCALE", 1)

@@ -25,7 +25,7 @@ from .amplifiers import Amplifier, amp_value_map, detector_shape, mosaic, reduce
 from .calibrate import Masters, calibrate_block
 from .config import Config
 from .discover import Session, SessionError
-from .fits_reader import ImageRef, lazy_image, list_images, read_image, strip_bounds
+from .fits_reader import ImageRef, lazy_image, list_images, primary_header, read_image, strip_bounds
 from .keywords import lookup, select_profile
 from .masks import MASK_DTYPE, Flag, cf_attrs
 from .register import measure_offset
@@ -103,7 +103,7 @@ def _metadata(session: Session, amps: list[Amplifier], profile) -> dict:
                 raise
             return default
 
-    primary = _primary_header(session.raw)
+    primary = primary_header(session.raw)
     gain = float(primary["GAIN"]) if "GAIN" in primary else amps[0].gain_e_per_adu
     return {
         "instrument": session.instrument,
@@ -121,12 +121,6 @@ def _metadata(session: Session, amps: list[Amplifier], profile) -> dict:
         "rdnoise": float(np.sqrt(np.mean(np.square([a.rdnoise_e for a in amps])))),
         "n_amps": len(amps),
     }
-
-
-def _primary_header(path: Path):
-    from astropy.io import fits
-
-    return fits.getheader(path, 0)
 
 
 def _reduced_raw(amps, shape, strip, config: Config, base: str):
