@@ -19,9 +19,6 @@ from .register import RegisterParams
 from .sources import SourceParams
 from .stack import ClipParams
 
-_STRICT = pydantic.ConfigDict(extra="forbid")
-
-
 @dataclass(frozen=True)
 class ChunkParams:
     """How frames are cut into work and storage.
@@ -33,7 +30,6 @@ class ChunkParams:
 
     strip_rows: int = 512
     store_chunk_px: int = 256
-    __pydantic_config__ = _STRICT
 
 
 @dataclass(frozen=True)
@@ -42,7 +38,6 @@ class RegisterConfig:
 
     cutout_px: int = 512
     params: RegisterParams = RegisterParams()
-    __pydantic_config__ = _STRICT
 
 
 @dataclass(frozen=True)
@@ -57,7 +52,6 @@ class Config:
     chunks: ChunkParams = ChunkParams()
     write_variance: bool = True
     instrument: str | None = None
-    __pydantic_config__ = _STRICT
 
     def to_dict(self) -> dict:
         """Plain-data form (for provenance and YAML)."""
@@ -76,10 +70,27 @@ def load_config(path: Path | str | None) -> Config:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: cannot read configuration ({err})") from None
+    unknown = _unknown_keys(Config, raw)
+    if unknown:
+        raise ConfigError(f"{path}: unknown configuration key(s): {', '.join(unknown)}")
     try:
         return pydantic.TypeAdapter(Config).validate_python(raw)
     except pydantic.ValidationError as err:
         raise ConfigError(f"{path}: invalid configuration\n{err}") from None
+
+
+def _unknown_keys(cls, raw, prefix: str = "") -> list[str]:
+    """Dotted names in ``raw`` that are not fields of the dataclass ``cls`` (recursively)."""
+    if not isinstance(raw, dict):
+        return []
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = []
+    for key, value in raw.items():
+        if key not in fields:
+            unknown.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(fields[key].default):
+            unknown += _unknown_keys(type(fields[key].default), value, f"{prefix}{key}.")
+    return unknown
 
 
 def dump_config(config: Config) -> str:

@@ -283,7 +283,7 @@ def _shift_strip(window, window_bpm, window_y0: int, y0: int, y1: int, offset):
 
 def _stack_strip(*blocks, n, params):
     masks = np.stack(blocks[n:])
-    result = sigma_clip_stack(np.stack(blocks[:n]), masks != 0, None, params)
+    result = sigma_clip_stack(np.stack(blocks[:n]), masks != 0, None, params, parallel=False)  # Dask parallelises
     e91_mask = masks | np.where(result.clipped, Flag.CLIPPED, 0).astype(MASK_DTYPE)
     return {"mean": result.mean, "std": result.std, "count": result.count, "e91_mask": e91_mask}
 
