@@ -11,7 +11,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -81,14 +82,18 @@ def report_path(store: Path | str) -> Path:
     return store.with_name(store.name + ".report.json")
 
 
-def make_client(scheduler: str | None = None, workers: int | None = None) -> Client:
-    """A client of ``scheduler`` (or of Dask's configured ``scheduler-address``), else of a new LocalCluster."""
+@contextmanager
+def make_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Client]:
+    """A client of ``scheduler`` (or of Dask's configured ``scheduler-address``), else of a new
+    LocalCluster that is shut down on exit."""
     address = scheduler or dask.config.get("scheduler-address", None)
     if address:
-        return Client(address)
-    cluster = LocalCluster(n_workers=workers or min(os.cpu_count() or 1, 4), threads_per_worker=1,
-                           dashboard_address=":0")  # fmt: skip
-    return Client(cluster)
+        with Client(address) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers or min(os.cpu_count() or 1, 4), threads_per_worker=1,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+        yield client
 
 
 def run(
