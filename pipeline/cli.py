@@ -1,4 +1,4 @@
-"""Command line: ``skyprep synth | run | info | config | demo`` (also ``python -m pipeline``).
+"""Command line: ``skyprep synth | run | info | split | preview | export | config | demo`` (also ``python -m pipeline``).
 
 Exit status: 0 success, 1 when any session failed (the others still complete), 2 usage errors.
 """
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, dump_config, load_config
+from .lock import StoreError, store_lock
 
 
 def _synth(args) -> int:
@@ -31,8 +32,12 @@ def _run(args) -> int:
     config = load_config(args.config)
     if not Path(args.input_root).is_dir():
         raise UsageError(f"input archive {args.input_root} is not a directory")
-    with make_client(args.scheduler, args.workers) as client:
-        report = run(args.input_root, args.out, config, client, pattern=args.sessions)
+    try:
+        with store_lock(args.out), make_client(args.scheduler, args.workers, args.scheduler_file) as client:
+            report = run(args.input_root, args.out, config, client, pattern=args.sessions)
+    except StoreError as err:
+        print(f"skyprep run: {err}", file=sys.stderr)
+        return 1
     path = report_path(args.out)
     report.write_json(path)
     print(report.table())
@@ -40,10 +45,63 @@ def _run(args) -> int:
     return report.exit_code
 
 
+def _verify(args) -> int:
+    from .verify import verify
+
+    problems = verify(args.store)
+    bad = {key: found for key, found in problems.items() if found}
+    for key, found in bad.items():
+        for problem in found:
+            print(f"{key}: {problem}")
+    print(f"{args.store}: {len(problems) - len(bad)} session(s) complete and intact, {len(bad)} with problems")
+    return 1 if bad else 0
+
+
 def _info(args) -> int:
     from .info import describe
 
     print(describe(args.store))
+    return 0
+
+
+def _preview(args) -> int:
+    from .preview import preview
+
+    print(f"wrote {preview(args.store, args.session, args.out)}")
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export_session
+
+    try:
+        print(f"wrote {export_session(args.store, args.session, args.out)}")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return 0
+
+
+def _split(args) -> int:
+    from . import splits
+    from .store import index, record_split
+
+    records = index(args.store)
+    if not records:
+        raise UsageError(f"{args.store}: no sessions recorded")
+    try:
+        if args.from_json is not None:
+            assignment, unknown = splits.from_json(args.from_json, records)
+            how = {"from_json": str(args.from_json)}
+            if unknown:
+                print(f"not in the store (ignored): {', '.join(unknown)}", file=sys.stderr)
+        else:
+            assignment = splits.assign(records, args.test_fraction, args.seed, args.by)
+            how = {"test_fraction": args.test_fraction, "seed": args.seed, "by": args.by}
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    record_split(args.store, assignment, how)
+    counts = {side: sum(v == side for v in assignment.values()) for side in ("train", "test")}
+    print(f"{args.store}: {counts['train']} train, {counts['test']} test session(s)")
     return 0
 
 
@@ -95,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, required=True, help="the Zarr store (created or resumed)")
     where = r.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
+    where.add_argument("--scheduler-file", type=Path, help="scheduler file of a running Dask cluster (JSON)")
     where.add_argument("--workers", type=int, help="workers of the local cluster (default: cores, at most 4)")
     r.add_argument("--config", type=Path, help="YAML configuration (see `skyprep config`)")
     r.add_argument("--sessions", help="glob on '<instrument>_<band>/<obs_id>' selecting sessions")
@@ -103,6 +162,32 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="summarise a store")
     i.add_argument("store", type=Path)
     i.set_defaults(func=_info)
+
+    v = sub.add_parser("verify", help="check completeness and checksums of a store (exit 1 on problems)")
+    v.add_argument("store", type=Path)
+    v.set_defaults(func=_verify)
+
+    pv = sub.add_parser("preview", help="draw a session's os, calib, mean and mask side by side (PNG)")
+    pv.add_argument("store", type=Path)
+    pv.add_argument("session", help="'<instrument>_<band>/<obs_id>'")
+    pv.add_argument("-o", "--out", type=Path, required=True, help="the PNG to write")
+    pv.set_defaults(func=_preview)
+
+    ex = sub.add_parser("export", help="write a session as one multi-extension FITS file (SCI, VAR, MASK, COUNT, MEAN)")
+    ex.add_argument("store", type=Path)
+    ex.add_argument("session", help="'<instrument>_<band>/<obs_id>'")
+    ex.add_argument("out", type=Path, help="the FITS file to write (e.g. OUT.fits.fz)")
+    ex.set_defaults(func=_export)
+
+    sp = sub.add_parser("split", help="record a reproducible train/test split of the sessions in the store")
+    sp.add_argument("store", type=Path)
+    how = sp.add_mutually_exclusive_group(required=True)
+    how.add_argument("--test-fraction", type=float, help="fraction of the groups (see --by) put in test")
+    how.add_argument("--from-json", type=Path, help='import a train_test_split.json {"train": [...], "test": [...]}')
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--by", choices=("session", "instrument", "band"), default="session",
+                    help="keep all sessions of one instrument (or band) on the same side")
+    sp.set_defaults(func=_split)
 
     c = sub.add_parser("config", help="print the configuration (defaults, or a file's) as YAML")
     c.add_argument("config", type=Path, nargs="?")

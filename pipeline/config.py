@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pydantic
 import yaml
 
 from .calibrate import CalibParams
+from .cosmics import CosmicParams
 from .overscan import OverscanParams
 from .register import RegisterParams
 from .sources import SourceParams
@@ -34,10 +36,19 @@ class ChunkParams:
 
 @dataclass(frozen=True)
 class RegisterConfig:
-    """Registration: ``cutout_px`` is the side of the central square correlated per frame."""
+    """Registration: ``cutout_px`` is the side of the central square correlated per frame.
+
+    ``method``: ``phase`` (FFT phase correlation against the calibrated frame) or ``wcs``
+    (offsets from the celestial WCSs of the raw and e91 headers; when any frame lacks a valid
+    one, phase correlation is used for all and the registration records say why).
+    ``subpixel``: resample each frame bilinearly by its measured offset (variance and mask
+    propagated, ``pipeline/resample.py``) instead of moving it by the rounded offset.
+    """
 
     cutout_px: int = 512
     params: RegisterParams = RegisterParams()
+    method: Literal["phase", "wcs"] = "phase"
+    subpixel: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,7 @@ class Config:
 
     overscan: OverscanParams = OverscanParams()
     calibration: CalibParams = CalibParams()
+    cosmics: CosmicParams = CosmicParams()
     register: RegisterConfig = RegisterConfig()
     stack: ClipParams = ClipParams()
     sources: SourceParams = SourceParams()

@@ -21,7 +21,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 # Keywords that describe an HDU's own structure and never pass from primary to extension.
-_STRUCTURAL = {
+STRUCTURAL_KEYWORDS = {
     "SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND", "PCOUNT",
     "GCOUNT", "BZERO", "BSCALE", "BLANK", "EXTNAME", "EXTVER", "INHERIT", "CHECKSUM", "DATASUM",
     "COMMENT", "HISTORY", "",
@@ -50,11 +50,14 @@ class ImageRef:
     header: fits.Header  # effective header (primary inherited when INHERIT = T)
     blank: float | None = None  # decoded value of BLANK pixels (become NaN, like astropy)
     rescaled: bool = False  # BSCALE/BZERO scaling to floats: astropy's float32 arithmetic is used
+    version: int = 1  # EXTVER (1 when absent)
 
     @property
     def label(self) -> str:
-        """``file[EXTNAME]`` (or ``file[index]``), the IRAF-style address used in messages."""
-        return f"{self.path}[{self.name or self.index}]"
+        """``file[EXTNAME]``, ``file[EXTNAME,EXTVER]`` or ``file[index]``: the IRAF-style address."""
+        if not self.name:
+            return f"{self.path}[{self.index}]"
+        return f"{self.path}[{self.name}{f',{self.version}' if self.version != 1 else ''}]"
 
 
 def effective_header(primary: fits.Header, extension: fits.Header) -> fits.Header:
@@ -63,7 +66,7 @@ def effective_header(primary: fits.Header, extension: fits.Header) -> fits.Heade
         return extension.copy()
     merged = fits.Header()
     for card in primary.cards:
-        if card.keyword not in _STRUCTURAL and card.keyword not in extension:
+        if card.keyword not in STRUCTURAL_KEYWORDS and card.keyword not in extension:
             merged.append(card)
     for card in extension.cards:
         merged.append(card)
@@ -114,6 +117,7 @@ def list_images(path: os.PathLike | str) -> list[ImageRef]:
                     header=header,
                     blank=_blank(hdu),
                     rescaled=_decoded_dtype(hdu).kind == "f" and hdu.header["BITPIX"] > 0,
+                    version=int(hdu.header.get("EXTVER", 1)),
                 )
             )
     if not refs:
@@ -151,36 +155,67 @@ def _decoded_dtype(hdu) -> np.dtype:
                      -64: np.float64}[bitpix])  # fmt: skip
 
 
+def split_address(address: os.PathLike | str) -> tuple[str, str | None]:
+    """``"file.fits.fz[SCI,2]"`` -> ``("file.fits.fz", "SCI,2")``; no brackets -> ``(address, None)``."""
+    text = str(address)
+    if text.endswith("]") and "[" in text and not os.path.exists(text):
+        cut = text.rindex("[")
+        return text[:cut], text[cut + 1 : -1].strip()
+    return text, None
+
+
 def image(path: os.PathLike | str, name: str | None = None) -> ImageRef:
-    """The image extension ``name`` of ``path`` (case-insensitive), or its first image."""
+    """One image extension, addressed IRAF style, in ``path`` (``file.fits.fz[im3]``) or ``name``.
+
+    ``name`` is an EXTNAME (case-insensitive; the first of that name), ``EXTNAME,EXTVER``
+    (``SCI,2``) or an HDU number (``3``, the primary being 0); ``None`` is the first image.
+    """
+    path, selector = split_address(path)
+    name = selector if name is None else name
     refs = list_images(path)
-    if name is None:
+    if name is None or name == "":
         return refs[0]
     for ref in refs:
-        if ref.name.upper() == name.upper():
+        if _matches(ref, name):
             return ref
-    found = ", ".join(r.name or str(r.index) for r in refs)
-    raise FitsError(path, f"no image extension named {name!r} (found: {found})")
+    found = ", ".join(r.label[len(path):].strip("[]") for r in refs)
+    raise FitsError(path, f"no image extension {name!r} (found: {found})")
+
+
+def _matches(ref: ImageRef, selector: str) -> bool:
+    extname, _, extver = (part.strip() for part in selector.partition(","))
+    if extname.isdigit() and not extver:
+        return ref.index == int(extname)
+    if ref.name.upper() != extname.upper():
+        return False
+    return not extver or (extver.isdigit() and ref.version == int(extver))
 
 
 def read_rows(ref: ImageRef, y0: int, y1: int) -> np.ndarray:
     """Rows ``[y0, y1)`` of the image, decoding only the compression tiles they touch."""
+    return read_cutout(ref, y0, y1, 0, ref.shape[1])
+
+
+def read_cutout(ref: ImageRef, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Pixels ``[y0:y1, x0:x1]``, decoding only the compression tiles they touch (with 2-D tiles
+    a small cutout is far cheaper than its full-width rows)."""
+    where = f"rows {y0}:{y1}" if (x0, x1) == (0, ref.shape[1]) else f"pixels [{y0}:{y1}, {x0}:{x1}]"
     try:
         if ref.rescaled:
             with _open(ref.path) as hdul:
-                rows = hdul[ref.index].section[y0:y1, :]
+                pixels = hdul[ref.index].section[y0:y1, x0:x1]
         else:
             with fitsio.FITS(ref.path) as fits_file:
-                rows = fits_file[ref.index][y0:y1, :]
+                pixels = fits_file[ref.index][y0:y1, x0:x1]
     except FitsError:
         raise
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FitsError(ref.label, f"cannot decode rows {y0}:{y1} ({reason})") from None
-    rows = np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("="))
+        raise FitsError(ref.label, f"cannot decode {where} ({reason})") from None
+    pixels = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("="))
     if ref.blank is not None:
-        rows = np.where(rows == ref.blank, np.nan, rows).astype(ref.dtype)
-    return rows
+        pixels = np.where(pixels == ref.blank, np.nan, pixels).astype(ref.dtype)
+    return pixels
 
 
 def read_image(ref: ImageRef) -> np.ndarray:

@@ -8,6 +8,7 @@ detection on the stack. No task holds more than one strip of the e91 cube.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
@@ -24,13 +25,18 @@ from . import __version__
 from .amplifiers import Amplifier, amp_value_map, detector_shape, mosaic, reduce_amp
 from .calibrate import Masters, calibrate_block
 from .config import Config
+from .cosmics import CosmicParams, cosmic_rays
 from .discover import Session, SessionError
 from .fits_reader import ImageRef, lazy_image, list_images, primary_header, read_image, strip_bounds
-from .keywords import lookup, select_profile
+from .keywords import MissingKeyword, amp_elements, lookup, records, resolve, select_profile, session_elements
 from .masks import MASK_DTYPE, Flag, cf_attrs
-from .register import measure_offset
+from .reference import robust_difference
+from .register import Offset, celestial_wcs, measure_offset, wcs_offset
+from .resample import bpm_flags, shift_rows
 from .sources import source_mask
 from .stack import sigma_clip_stack
+from .uncertainty import variance_terms
+from .units import header_factor, header_unit
 
 
 @dataclass(frozen=True)
@@ -48,17 +54,11 @@ def _name(session: Session) -> str:
 
 def build_session(session: Session, config: Config) -> SessionGraph:
     """Build the lazy graph of ``session``; raise ``SessionError``/``FitsError`` on bad input."""
-    base = f"{_name(session)}-{tokenize(session, config)[:8]}"
-    amps_refs = list_images(session.raw)
-    profile = select_profile(amps_refs[0].header, session.instrument, config.instrument)
-    amps = [Amplifier.from_header(ref, profile) for ref in amps_refs]
-    meta = _metadata(session, amps, profile)
-    box_y, box_x = detector_shape(amps)
-    shape = (box_y.stop - box_y.start, box_x.stop - box_x.start)
+    base, amps_refs, profile, amps, meta, shape = _layout(session, config)
     strip = config.chunks.strip_rows
 
     os_adu, raw_flags = _reduced_raw(amps, shape, strip, config, base)
-    masters = _masters(session, shape, strip, base)
+    masters = _masters(session, shape, strip, base, profile, meta["gain"])
     products = _split(
         da.map_blocks(
             _calibrate_strip, os_adu, raw_flags, *masters,
@@ -68,18 +68,28 @@ def build_session(session: Session, config: Config) -> SessionGraph:
         {"calib": np.float32, "variance": np.float32, "mask": MASK_DTYPE},
         base,
     )  # fmt: skip
+    products["mask"] = _with_cosmic_rays(products, meta, config.cosmics, base)
     variables = {"os": (("y", "x"), os_adu), **{k: (("y", "x"), v) for k, v in products.items()}}
     if not config.write_variance:
         del variables["variance"]
     summary = {"offsets": []}
     if session.e91:
-        stacked, offsets = _e91_stack(session, products["calib"], products["mask"], shape, config, base)
+        stacked, offsets = _e91_stack(session, products["calib"], products["mask"], shape, config, base,
+                                      amps_refs[0].header, profile, meta["gain"])
         variables.update(stacked)
         summary["offsets"] = offsets
     for product, path in session.references.items():
         ref = _extensions(path, shape)["SCI"]
         dtype = np.uint8 if product == "mask" else np.float32
         variables[f"ref_{product}"] = (("y", "x"), lazy_image(ref, strip, f"ref-{product}-{base}").astype(dtype))
+    every_row = slice(0, shape[0])
+    summary["reference"] = {
+        product: dask.delayed(_reference_difference, pure=True)(
+            _row_blocks(variables[product][1], every_row), _row_blocks(variables[f"ref_{product}"][1], every_row),
+            _row_blocks(products["mask"], every_row) if product == "calib" else None,
+            dask_key_name=f"ref-diff-{product}-{base}")
+        for product in ("os", "calib") if f"ref_{product}" in variables
+    }  # fmt: skip
     summary["checksums"] = [dask.delayed(_checksum, pure=True)(str(p), dask_key_name=f"sha256-{i}-{base}")
                             for i, p in enumerate(session.inputs)]  # fmt: skip
     dataset = xr.Dataset(
@@ -91,8 +101,21 @@ def build_session(session: Session, config: Config) -> SessionGraph:
     return SessionGraph(session, dataset, dask.delayed(summary))
 
 
+def _layout(session: Session, config: Config):
+    """Key base, raw image extensions, profile, amplifiers, metadata and detector shape of ``session``."""
+    base = f"{_name(session)}-{tokenize(session, config)[:8]}"
+    amps_refs = list_images(session.raw)
+    profile = select_profile(amps_refs[0].header, session.instrument, config.instrument)
+    amps = [Amplifier.from_header(ref, profile) for ref in amps_refs]
+    meta = _metadata(session, amps, profile)
+    box_y, box_x = detector_shape(amps)
+    return base, amps_refs, profile, amps, meta, (box_y.stop - box_y.start, box_x.stop - box_x.start)
+
+
 def _metadata(session: Session, amps: list[Amplifier], profile) -> dict:
-    """Normalised logical metadata (units in the names) from the first amplifier's header."""
+    """Session attributes: the values the pipeline uses (units in the names), ``metadata`` (every
+    logical element found, ``{value, units, keyword}``; ``Detector.Amp[n].*`` per amplifier) and
+    the raw headers (primary, and each amplifier's effective header) as text."""
     header, source = amps[0].ref.header, amps[0].ref.label
 
     def get(element, default=None):
@@ -104,8 +127,18 @@ def _metadata(session: Session, amps: list[Amplifier], profile) -> dict:
             return default
 
     primary = primary_header(session.raw)
-    gain = float(primary["GAIN"]) if "GAIN" in primary else amps[0].gain_e_per_adu
+    try:
+        nominal = resolve(primary, "Detector.gain", profile, f"{session.raw}[0]")
+    except MissingKeyword:  # one-amplifier files: the nominal gain sits in the image's header
+        nominal = resolve(header, "Detector.gain", profile, source)
+    gain = nominal.value
+    logical = {**records(header, session_elements(), profile, source), "Detector.gain": nominal.record()}
+    for n, amp in enumerate(amps, start=1):
+        logical.update(records(amp.ref.header, amp_elements(), profile, amp.ref.label, amp=n))
     return {
+        "metadata": logical,
+        "header_primary": primary.tostring(sep="\n", endcard=False, padding=False),
+        "header_amps": [amp.ref.header.tostring(sep="\n", endcard=False, padding=False) for amp in amps],
         "instrument": session.instrument,
         "band": session.band,
         "obs_id": session.obs_id,
@@ -159,17 +192,36 @@ def _check_shape(ref: ImageRef, shape: tuple[int, int]) -> None:
     return ref
 
 
-def _masters(session: Session, shape, strip, base: str) -> list:
-    """Bias (e-), dark (e-/s), flat, BPM and their errors as strips (0 when a file has none)."""
+def _in_unit(ref: ImageRef, strip: int, name: str, unit: str, assumed: str, profile, gain_e_per_adu: float) -> da.Array:
+    """The image as strips, converted from its ``BUNIT`` (``assumed`` when absent) to ``unit``."""
+    factor = header_factor(ref.header, unit, assumed, gain_e_per_adu, profile, ref.label)
+    values = lazy_image(ref, strip, name)
+    return values if factor == 1.0 else values * np.float32(factor)
+
+
+def _masters(session: Session, shape, strip, base: str, profile, gain_e_per_adu: float) -> list:
+    """Bias (e-), dark (e-/s), flat, BPM and their errors as strips (0 when a file has none).
+
+    Bias and dark (and their ERR) are converted from their ``BUNIT`` (ADU with the master's own
+    ``GAIN``, else the nominal one; totals divided by the master's dark time)."""
     exts = {kind: _extensions(path, shape) for kind, path in session.masters.items()}
-    values = [lazy_image(exts[kind]["SCI"], strip, f"{kind.lower()}-{base}") for kind in ("BIAS", "DARK", "SKYFLAT")]
+    units = {"BIAS": "electron", "DARK": "electron/s", "SKYFLAT": ""}
+
+    def load(kind, ext, name):
+        if kind == "SKYFLAT":
+            return lazy_image(exts[kind][ext], strip, name)
+        sci = exts[kind]["SCI"]
+        assumed = header_unit(sci.header, units[kind], profile, sci.label) if ext == "ERR" else units[kind]
+        return _in_unit(exts[kind][ext], strip, name, units[kind], assumed, profile, gain_e_per_adu)
+
+    values = [load(kind, "SCI", f"{kind.lower()}-{base}") for kind in ("BIAS", "DARK", "SKYFLAT")]
     if "BPM" in exts:
         bpm = lazy_image(exts["BPM"]["SCI"], strip, f"bpm-{base}")
     else:
-        bpm = da.zeros(shape, np.uint8, chunks=(strip, shape[1]))
+        bpm = da.zeros(shape, dtype=np.uint8, chunks=(strip, shape[1]))
     errors = [
-        lazy_image(exts[kind]["ERR"], strip, f"{kind.lower()}-err-{base}") if "ERR" in exts[kind]
-        else da.zeros(shape, np.float32, chunks=(strip, shape[1]))
+        load(kind, "ERR", f"{kind.lower()}-err-{base}") if "ERR" in exts[kind]
+        else da.zeros(shape, dtype=np.float32, chunks=(strip, shape[1]))
         for kind in ("BIAS", "DARK", "SKYFLAT")
     ]  # fmt: skip
     return [*values, bpm, *errors]
@@ -182,6 +234,43 @@ def _calibrate_strip(os_adu, raw_flags, bias, dark, flat, bpm, bias_err, dark_er
     gain = amp_value_map(amps, [a.gain_e_per_adu for a in amps], y0, y1)
     rdnoise = amp_value_map(amps, [a.rdnoise_e for a in amps], y0, y1)
     return calibrate_block(os_adu, raw_flags, gain, rdnoise, masters, darktime_s, gain_nominal, params)
+
+
+def variance_model_terms(session: Session, config: Config, recorded_sha256: dict[str, str]) -> list[da.Array]:
+    """The uncertainty model's terms ``K0..K3`` (:mod:`pipeline.uncertainty`) of ``session``, lazy
+    strips; raise ``ValueError`` naming a master whose SHA-256 differs from the recorded one."""
+    for path in session.masters.values():
+        found = _checksum(str(path))["sha256"]
+        if recorded_sha256.get(str(path)) != found:
+            raise ValueError(f"{path}: master differs from the one the store was made from (SHA-256 {found})")
+    base, _, profile, amps, meta, shape = _layout(session, config)
+    masters = _masters(session, shape, config.chunks.strip_rows, base, profile, meta["gain"])
+    packed = da.map_blocks(_terms_strip, *masters, amps=amps, darktime_s=meta["darktime"], gain_nominal=meta["gain"],
+                           name=f"variance-terms-{base}", meta=np.empty((0, 0), object))  # fmt: skip
+    return list(_split(packed, dict.fromkeys(("K0", "K1", "K2", "K3"), np.float64), base).values())
+
+
+def _terms_strip(bias, dark, flat, bpm, bias_err, dark_err, flat_err, *, amps, darktime_s, gain_nominal, block_info=None):
+    (y0, y1), _ = block_info[0]["array-location"]
+    rdnoise = amp_value_map(amps, [a.rdnoise_e for a in amps], y0, y1)
+    masters = Masters(bias, dark, flat, bpm, bias_err, dark_err, flat_err)
+    return {k: np.broadcast_to(v, flat.shape) for k, v in variance_terms(masters, rdnoise, gain_nominal, darktime_s).items()}
+
+
+def _with_cosmic_rays(products: dict, meta: dict, params: CosmicParams, base: str) -> da.Array:
+    """The calibration mask with COSMIC_RAY set, strip by strip with ``params.margin_px()`` rows of overlap."""
+    margin = min(params.margin_px(), products["calib"].shape[0] - 1)
+    return da.map_overlap(
+        _flag_cosmic_rays, products["calib"], products["variance"], products["mask"],
+        depth={0: margin, 1: 0}, boundary="none", align_arrays=False, trim=True, dtype=MASK_DTYPE,
+        meta=np.empty((0, 0), MASK_DTYPE), name=f"cosmics-{base}",
+        gain_e_per_adu=meta["gain"], rdnoise_e=meta["rdnoise"], params=params,
+    )  # fmt: skip
+
+
+def _flag_cosmic_rays(calib, variance, mask, *, gain_e_per_adu, rdnoise_e, params):
+    found = cosmic_rays(calib, variance, mask, gain_e_per_adu, rdnoise_e, params)
+    return mask | np.where(found, Flag.COSMIC_RAY, 0).astype(MASK_DTYPE)
 
 
 def _split(packed: da.Array, outputs: dict, base: str) -> dict[str, da.Array]:
@@ -197,47 +286,69 @@ def _getitem(block, key):
     return block[key]
 
 
-def _e91_stack(session: Session, calib: da.Array, calib_mask: da.Array, shape, config: Config, base: str):
-    """Registered e91 frames, their masks and the sigma-clipped stack with its source mask."""
+def _e91_stack(session: Session, calib: da.Array, calib_mask: da.Array, shape, config: Config, base: str,
+               reference_header, profile, gain_e_per_adu: float):  # fmt: skip
+    """Registered e91 frames, their masks and the sigma-clipped stack with its source mask.
+
+    ``reference_header``: the raw frame's header, whose WCS is the session grid's (``wcs``).
+    Frames (and ERR) are converted to ADU from their ``BUNIT`` (the frame's ``GAIN``, else
+    ``gain_e_per_adu``)."""
     strip = config.chunks.strip_rows
     ny, nx = shape
     cut = min(config.register.cutout_px, ny, nx)
     cy, cx = slice((ny - cut) // 2, (ny - cut) // 2 + cut), slice((nx - cut) // 2, (nx - cut) // 2 + cut)
     margin = math.ceil(config.register.params.max_shift_px) + 1
     bounds = strip_bounds(ny, strip)
-    frames, masks, offsets = [], [], []
-    for k, path in enumerate(session.e91):
-        exts = _extensions(path, shape)
-        data = lazy_image(exts["SCI"], strip, f"e91-read-{k}-{base}")
-        if "BPM" in exts:
-            bpm = lazy_image(exts["BPM"], strip, f"e91-bpm-{k}-{base}")
+    weighted = config.stack.weighted
+    exts = [_extensions(path, shape) for path in session.e91]
+    if weighted:
+        for path, ext in zip(session.e91, exts):
+            if "ERR" not in ext:
+                raise SessionError(f"{path}: no ERR extension, needed by stack.weighted (inverse-variance weights)")
+    wcs_offsets, wcs_note = _wcs_offsets(reference_header, [e["SCI"] for e in exts], shape, config.register)
+    frames, masks, variances, offsets = [], [], [], []
+    for k, ext in enumerate(exts):
+        data = _in_unit(ext["SCI"], strip, f"e91-read-{k}-{base}", "adu", "adu", profile, gain_e_per_adu)
+        if "BPM" in ext:
+            bpm = lazy_image(ext["BPM"], strip, f"e91-bpm-{k}-{base}")
         else:
-            bpm = da.zeros(shape, np.uint8, chunks=(strip, nx))
-        offset = dask.delayed(_measure, pure=True)(
-            calib[cy, cx], calib_mask[cy, cx], data[cy, cx], bpm[cy, cx], config.register.params,
-            dask_key_name=f"offset-{k}-{base}",
-        )
+            bpm = da.zeros(shape, dtype=np.uint8, chunks=(strip, nx))
+        err = _in_unit(ext["ERR"], strip, f"e91-err-{k}-{base}", "adu",
+                       header_unit(ext["SCI"].header, "adu", profile, ext["SCI"].label),
+                       profile, gain_e_per_adu) if weighted else None  # fmt: skip
+        if wcs_offsets is not None:
+            offset = wcs_offsets[k]
+        else:
+            offset = dask.delayed(_measure, pure=True)(
+                *(_row_blocks(a, cy) for a in (calib, calib_mask, data, bpm)), cx, config.register.params, wcs_note,
+                dask_key_name=f"offset-{k}-{base}",
+            )
         offsets.append(offset)
         blocks = []
-        for y0, y1 in bounds:
-            a, b = max(0, y0 - margin), min(ny, y1 + margin)
-            blocks.append(dask.delayed(_shift_strip, pure=True, nout=2)(
-                data[a:b], bpm[a:b], a, y0, y1, offset, dask_key_name=f"e91-shift-{k}-{y0}-{base}"))  # fmt: skip
-        frames.append(da.concatenate([da.from_delayed(blk[0], (y1 - y0, nx), np.float32)
-                                      for blk, (y0, y1) in zip(blocks, bounds)]))  # fmt: skip
-        masks.append(da.concatenate([da.from_delayed(blk[1], (y1 - y0, nx), MASK_DTYPE)
-                                     for blk, (y0, y1) in zip(blocks, bounds)]))  # fmt: skip
+        bpm, err = (None if a is None else a.rechunk(data.chunks) for a in (bpm, err))  # no-op for equal tiling
+        for (y0, y1), (first, last, window_y0) in zip(bounds, _windows(data.chunks[0], bounds, margin)):
+            inputs = [None if a is None else list(a.to_delayed(optimize_graph=False).ravel()[first:last])
+                      for a in (data, bpm, err)]  # fmt: skip
+            blocks.append(dask.delayed(_shift_strip, pure=True, nout=3)(
+                *inputs, window_y0, y0, y1, offset, config.register.subpixel,
+                dask_key_name=f"e91-shift-{k}-{y0}-{base}"))  # fmt: skip
+        parts = [(0, np.float32, frames), (1, MASK_DTYPE, masks)] + ([(2, np.float32, variances)] if weighted else [])
+        for i, dtype, out in parts:
+            out.append(da.concatenate([da.from_delayed(blk[i], (y1 - y0, nx), dtype)
+                                       for blk, (y0, y1) in zip(blocks, bounds)]))  # fmt: skip
     n = len(frames)
-    packed = da.map_blocks(_stack_strip, *frames, *masks, n=n, params=config.stack,
+    packed = da.map_blocks(_stack_strip, *frames, *masks, *variances, n=n, params=config.stack,
                            name=f"stack-{base}", meta=np.empty((0, 0), object))  # fmt: skip
     stacked = _split(packed, {"mean": np.float32, "std": np.float32, "count": np.uint16}, base)
     e91_mask = da.map_blocks(_getitem, packed, "e91_mask", new_axis=0, chunks=((n,), *packed.chunks),
                              dtype=MASK_DTYPE, meta=np.empty((0, 0, 0), MASK_DTYPE), name=f"e91_mask-{base}")  # fmt: skip
     mean = stacked["mean"]
-    sources = dask.delayed(source_mask, pure=True)(mean, None, stacked["count"] == 0, config.sources,
-                                                   dask_key_name=f"sources-{base}")  # fmt: skip
+    sources = dask.delayed(_source_mask, pure=True)(_row_blocks(mean, slice(0, ny)),
+                                                    _row_blocks(stacked["count"], slice(0, ny)),
+                                                    config.sources, dask_key_name=f"sources-{base}")  # fmt: skip
     source = da.from_delayed(sources, shape, np.uint8, name=f"source-mask-{base}").rechunk(mean.chunks)
-    shifts = da.from_delayed(dask.delayed(_applied_shifts, pure=True)(offsets, dask_key_name=f"shifts-{base}"),
+    shifts = da.from_delayed(dask.delayed(_applied_shifts, pure=True)(offsets, config.register.subpixel,
+                                                                      dask_key_name=f"shifts-{base}"),
                              (n, 2), np.float32, name=f"shift-{base}")  # fmt: skip
     variables = {
         "e91": (("frame", "y", "x"), da.stack(frames)),
@@ -251,46 +362,101 @@ def _e91_stack(session: Session, calib: da.Array, calib_mask: da.Array, shape, c
     return variables, offsets
 
 
-def _measure(reference, reference_mask, frame, frame_bpm, params):
-    return measure_offset(reference, frame, reference_mask != 0, frame_bpm != 0, params)
+def _wcs_offsets(reference_header, frames: list[ImageRef], shape, params) -> tuple[list[Offset] | None, str]:
+    """Offsets of ``frames`` from the WCSs when ``params.method`` is ``wcs`` and every header has a
+    valid celestial WCS; else ``None`` and, for ``wcs``, why not (for the registration records)."""
+    if params.method != "wcs":
+        return None, ""
+    reference, why = celestial_wcs(reference_header)
+    if reference is None:
+        return None, f"WCS not used: raw frame: {why}"
+    found = []
+    for ref in frames:
+        wcs, why = celestial_wcs(ref.header)
+        if wcs is None:
+            return None, f"WCS not used: {Path(ref.path).name}: {why}"
+        found.append(wcs)
+    return [wcs_offset(reference, wcs, shape, params.params) for wcs in found], ""
 
 
-def _shift_strip(window, window_bpm, window_y0: int, y0: int, y1: int, offset):
-    """Rows ``[y0, y1)`` of the frame moved onto the session grid by the integer offset.
+def _row_blocks(array: da.Array, rows: slice) -> tuple[list, int, slice]:
+    """The Delayed full-width row blocks of ``array`` holding ``rows``, their first row and ``rows``.
 
-    Content at session position (y, x) is at (y + dy, x + dx) in the frame. Pixels the frame does
-    not cover are NaN and flagged NO_DATA; a frame that failed registration is left in place and
-    flagged NOT_REGISTERED.
-    """
-    nx = window.shape[1]
-    out = np.full((y1 - y0, nx), np.nan, np.float32)
-    mask = np.full((y1 - y0, nx), Flag.NO_DATA, MASK_DTYPE)
-    dy, dx = (int(round(offset.dy)), int(round(offset.dx))) if offset.ok else (0, 0)
-    src_y0, src_y1 = y0 + dy - window_y0, y1 + dy - window_y0
-    ys = slice(max(src_y0, 0), min(src_y1, window.shape[0]))
-    xs = slice(max(dx, 0), min(nx + dx, nx))
-    if ys.start < ys.stop and xs.start < xs.stop:
-        oy, ox = ys.start - src_y0, xs.start - dx
-        region = (slice(oy, oy + ys.stop - ys.start), slice(ox, ox + xs.stop - xs.start))
-        out[region] = window[ys, xs]
-        bpm = window_bpm[ys, xs]
-        mask[region] = np.where(bpm & 1, Flag.BAD_PIXEL, 0) | np.where(bpm & 2, Flag.SATURATED, 0)
-        mask[region] |= np.where(np.isfinite(out[region]), 0, Flag.NO_DATA).astype(MASK_DTYPE)
+    The blocks keep the keys of the session graph: a task taking them shares the graph's
+    computation (a Dask array passed to ``dask.delayed`` would be optimised into a renamed copy
+    and everything upstream of it computed again)."""
+    ((first, last, start),) = _windows(array.chunks[0], [(rows.start, rows.stop)], 0)
+    return list(array.to_delayed(optimize_graph=False).ravel()[first:last]), start, rows
+
+
+def _rows(blocks_start_rows) -> np.ndarray:
+    """The rows of a ``_row_blocks`` triple, computed."""
+    blocks, start, rows = blocks_start_rows
+    return np.concatenate(blocks)[rows.start - start : rows.stop - start]
+
+
+def _measure(reference, reference_mask, frame, frame_bpm, cols: slice, params, note):
+    reference, reference_mask, frame, frame_bpm = (_rows(a)[:, cols]
+                                                   for a in (reference, reference_mask, frame, frame_bpm))  # fmt: skip
+    offset = measure_offset(reference, frame, reference_mask != 0, frame_bpm != 0, params)
+    return dataclasses.replace(offset, note=note) if note else offset
+
+
+def _reference_difference(ours, reference, mask):
+    return robust_difference(_rows(ours), _rows(reference), None if mask is None else _rows(mask) == 0)
+
+
+def _source_mask(mean, count, params):
+    return source_mask(_rows(mean), None, _rows(count) == 0, params)
+
+
+def _windows(chunks: tuple[int, ...], bounds, margin: int) -> list[tuple[int, int, int]]:
+    """For each strip ``(y0, y1)`` of ``bounds``: the read blocks ``[first, last)`` (of row
+    ``chunks``) holding rows ``[y0 - margin, y1 + margin)`` and the first row they hold. The
+    shift tasks take whole read blocks, so every strip is decoded once."""
+    starts = np.concatenate([[0], np.cumsum(chunks)])
+    found = []
+    for y0, y1 in bounds:
+        a, b = max(0, y0 - margin), min(int(starts[-1]), y1 + margin)
+        first = int(np.searchsorted(starts, a, side="right")) - 1
+        last = int(np.searchsorted(starts, b, side="left"))
+        found.append((first, last, int(starts[first])))
+    return found
+
+
+def _shift_strip(data_blocks, bpm_blocks, err_blocks, window_y0: int, y0: int, y1: int, offset, subpixel: bool):
+    """Rows ``[y0, y1)`` of the frame moved onto the session grid (``resample.shift_rows``) by the
+    offset, rounded unless ``subpixel``: (values, mask, variance from ERR**2 or None). The blocks
+    are consecutive row strips starting at row ``window_y0``. A frame that failed registration is
+    left in place and flagged NOT_REGISTERED."""
+    window, window_bpm = np.concatenate(data_blocks), np.concatenate(bpm_blocks)
+    window_err = None if err_blocks is None else np.concatenate(err_blocks)
+    if not offset.ok:
+        dy, dx = 0, 0
+    elif subpixel:
+        dy, dx = offset.dy, offset.dx
+    else:
+        dy, dx = round(offset.dy), round(offset.dx)
+    variance = None if window_err is None else np.square(window_err, dtype=np.float32)
+    out, mask, variance = shift_rows(window, bpm_flags(window_bpm), variance, window_y0, y0, y1, dy, dx)
     if not offset.ok:
         mask |= Flag.NOT_REGISTERED.value
-    return out, mask
+    return out, mask, variance
 
 
 def _stack_strip(*blocks, n, params):
-    masks = np.stack(blocks[n:])
-    result = sigma_clip_stack(np.stack(blocks[:n]), masks != 0, None, params, parallel=False)  # Dask parallelises
-    e91_mask = masks | np.where(result.clipped, Flag.CLIPPED, 0).astype(MASK_DTYPE)
-    return {"mean": result.mean, "std": result.std, "count": result.count, "e91_mask": e91_mask}
+    masks = np.stack(blocks[n : 2 * n])
+    variance = np.stack(blocks[2 * n :]) if params.weighted else None
+    result = sigma_clip_stack(np.stack(blocks[:n]), masks, variance, params, parallel=False)  # Dask parallelises
+    masks[result.clipped] |= MASK_DTYPE(Flag.CLIPPED)  # in place: no cube-sized temporaries
+    return {"mean": result.mean, "std": result.std, "count": result.count, "e91_mask": masks}
 
 
-def _applied_shifts(offsets) -> np.ndarray:
-    """(dy, dx) translation applied to each frame (minus the rounded offset; NaN when refused)."""
-    return np.array([[-round(o.dy), -round(o.dx)] if o.ok else [np.nan, np.nan] for o in offsets], np.float32)
+def _applied_shifts(offsets, subpixel: bool) -> np.ndarray:
+    """(dy, dx) translation applied to each frame: minus the offset (rounded unless ``subpixel``);
+    NaN when refused."""
+    return np.array([((-o.dy, -o.dx) if subpixel else (-round(o.dy), -round(o.dx))) if o.ok else (np.nan, np.nan)
+                     for o in offsets], np.float32)  # fmt: skip
 
 
 def _checksum(path: str) -> dict:

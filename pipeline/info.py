@@ -16,9 +16,29 @@ def describe(store: Path | str) -> str:
         return f"{store}: no sessions recorded"
     width = max(len(k) for k in sessions)
     lines = [f"{store}: {len(sessions)} session(s)",
-             f"{'session':<{width}}  {'shape':>11}  {'frames':>6}  {'unregistered':>12}  complete"]  # fmt: skip
+             f"{'session':<{width}}  {'shape':>11}  {'frames':>6}  {'unregistered':>12}  {'split':>5}  complete"]  # fmt: skip
     for key, record in sessions.items():
         shape = "x".join(str(v) for v in record.get("shape", []))
         lines.append(f"{key:<{width}}  {shape:>11}  {record.get('n_frames', 0):>6}  "
-                     f"{record.get('registration_failures', 0):>12}  {'yes' if record.get('complete') else 'no'}")  # fmt: skip
-    return "\n".join(lines)
+                     f"{record.get('registration_failures', 0):>12}  {record.get('split') or '-':>5}  "
+                     f"{'yes' if record.get('complete') else 'no'}")  # fmt: skip
+    return "\n".join(lines + _reference_lines(sessions, width))
+
+
+def _reference_lines(sessions: dict, width: int) -> list[str]:
+    """Agreement with the archive's own products: median and robust spread of the difference, ADU."""
+    checked = {key: r["reference_check"] for key, r in sessions.items() if r.get("reference_check")}
+    if not checked:
+        return []
+    lines = ["", "agreement with the archive's products (ADU, median / robust spread 1.4826 MAD):",
+             f"{'session':<{width}}  {'os - ref_os':>19}  {'calib - ref_calib':>19}"]  # fmt: skip
+    for key, check in checked.items():
+        cells = [_median_spread(check.get(product)) for product in ("os", "calib")]
+        lines.append(f"{key:<{width}}  {cells[0]:>19}  {cells[1]:>19}")
+    return lines
+
+
+def _median_spread(stats: dict | None) -> str:
+    if not stats or stats.get("median") is None:
+        return "-"
+    return f"{stats['median']:+.3g} / {stats['robust_std']:.3g}"

@@ -2,14 +2,18 @@
 
 Every header value the pipeline needs is read through :func:`lookup`, with the element's
 keyword, its substitutes and the instrument profile's overrides and defaults, all of them data
-(``profiles/keywords.yaml``, ``profiles/instruments.yaml``).
+(``profiles/keywords.yaml``, ``profiles/instruments.yaml``). Further profiles may come from YAML
+files of the same form named in the environment variable ``SKYPREP_PROFILES`` (paths separated
+by ``os.pathsep``); a profile there replaces a packaged one of the same name.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -48,6 +52,7 @@ class Profile:
     name: str
     description: str = ""
     match_instrument: tuple[str, ...] = ()
+    match_telescope: tuple[str, ...] = ()
     match_folder: tuple[str, ...] = ()
     keywords: dict[str, str] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
@@ -69,21 +74,37 @@ def dictionary() -> dict[str, Element]:
     }  # fmt: skip
 
 
-@cache
+PROFILES_ENV = "SKYPREP_PROFILES"
+
+
 def profiles() -> dict[str, Profile]:
-    """The packaged instrument profiles, by name."""
-    raw = _load("instruments.yaml")["profiles"]
-    return {
-        name: Profile(name=name, description=spec.get("description", ""),
-                      match_instrument=tuple(s.lower() for s in spec.get("match", {}).get("instrument", ())),
-                      match_folder=tuple(s.lower() for s in spec.get("match", {}).get("folder", ())),
-                      keywords=dict(spec.get("keywords", {})), defaults=dict(spec.get("defaults", {})))
-        for name, spec in raw.items()
-    }  # fmt: skip
+    """The instrument profiles by name: the packaged ones, then those of ``$SKYPREP_PROFILES``."""
+    return _profiles(os.environ.get(PROFILES_ENV, ""))
+
+
+@cache
+def _profiles(extra_files: str) -> dict[str, Profile]:
+    raw = dict(_load("instruments.yaml")["profiles"])
+    for path in filter(None, extra_files.split(os.pathsep)):
+        try:
+            raw.update(yaml.safe_load(Path(path).read_text())["profiles"])
+        except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a profile file with a 'profiles' mapping ({err})") from None
+    return {name: _profile(name, spec) for name, spec in raw.items()}
+
+
+def _profile(name: str, spec: dict) -> Profile:
+    match = spec.get("match", {})
+    return Profile(name=name, description=spec.get("description", ""),
+                   match_instrument=tuple(s.lower() for s in match.get("instrument", ())),
+                   match_telescope=tuple(s.lower() for s in match.get("telescope", ())),
+                   match_folder=tuple(s.lower() for s in match.get("folder", ())),
+                   keywords=dict(spec.get("keywords", {})), defaults=dict(spec.get("defaults", {})))  # fmt: skip
 
 
 def select_profile(header, folder_instrument: str = "", override: str | None = None) -> Profile:
-    """The profile named ``override``, else the one matching ``INSTRUME`` or the folder, else generic."""
+    """The profile named ``override``, else the one matching ``INSTRUME``, ``TELESCOP`` or the folder,
+    else generic."""
     known = profiles()
     if override:
         if override not in known:
@@ -92,6 +113,10 @@ def select_profile(header, folder_instrument: str = "", override: str | None = N
     instrument = str(header.get("INSTRUME", "")).strip().lower()
     for profile in known.values():
         if instrument and any(instrument.startswith(m) for m in profile.match_instrument):
+            return profile
+    telescope = str(header.get("TELESCOP", "")).strip().lower()
+    for profile in known.values():
+        if telescope and any(telescope.startswith(m) for m in profile.match_telescope):
             return profile
     for profile in known.values():
         if folder_instrument.lower() in profile.match_folder:
@@ -107,18 +132,60 @@ def _convert(value: Any, kind: str) -> Any:
     return str(value).strip()
 
 
-def lookup(header, element: str, profile: Profile, source: str) -> Any:
-    """The value of logical ``element`` in ``header`` (``source`` names the file in errors)."""
+@dataclass(frozen=True)
+class Resolved:
+    """A logical element's value, its units and where it came from (keyword, or ``default``)."""
+
+    value: Any
+    units: str
+    keyword: str
+
+    def record(self) -> dict:
+        """``{value, units, keyword}`` for the store's attributes."""
+        value = str(self.value) if isinstance(self.value, Section) else self.value
+        return {"value": value, "units": self.units, "keyword": self.keyword}
+
+
+def resolve(header, element: str, profile: Profile, source: str) -> Resolved:
+    """Logical ``element`` of ``header`` with its units and the keyword that gave it."""
     spec = dictionary()[element]
     keyword = profile.keywords.get(element, spec.keyword)
     tried = (keyword, *spec.substitutes)
     for key in tried:
         if key in header and header[key] is not None and str(header[key]).strip() != "":
             try:
-                return _convert(header[key], spec.type)
+                return Resolved(_convert(header[key], spec.type), spec.units, key)
             except ValueError as err:
                 raise ValueError(f"{source}: {element} from {key}={header[key]!r} is not a valid {spec.type} ({err})") from None
     default = profile.defaults.get(element, spec.default)
     if default is None:
         raise MissingKeyword(element, tried, source)
-    return _convert(default, spec.type)
+    return Resolved(_convert(default, spec.type), spec.units, "default")
+
+
+def lookup(header, element: str, profile: Profile, source: str) -> Any:
+    """The value of logical ``element`` in ``header`` (``source`` names the file in errors)."""
+    return resolve(header, element, profile, source).value
+
+
+def records(header, elements, profile: Profile, source: str, amp: int | None = None) -> dict[str, dict]:
+    """``{element: {value, units, keyword}}`` of the ``elements`` that ``header`` provides;
+    with ``amp`` = n, ``Detector.Amp.x`` is named ``Detector.Amp[n].x``."""
+    found = {}
+    for element in elements:
+        name = element if amp is None else element.replace(".Amp.", f".Amp[{amp}].", 1)
+        try:
+            found[name] = resolve(header, element, profile, source).record()
+        except MissingKeyword:
+            continue
+    return found
+
+
+def session_elements() -> tuple[str, ...]:
+    """Elements that describe the whole exposure (every one not under ``.Amp.``)."""
+    return tuple(name for name in dictionary() if ".Amp." not in name)
+
+
+def amp_elements() -> tuple[str, ...]:
+    """Elements that describe one amplifier (``Detector.Amp.*``)."""
+    return tuple(name for name in dictionary() if ".Amp." in name)

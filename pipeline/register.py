@@ -13,13 +13,21 @@ significant sources (connected regions above 5 sigma after a 1 px Gaussian smoot
 correlation peak is less than ``min_peak_ratio`` times the highest value of the correlation
 surface away from it, when the shift exceeds ``max_shift_px``, or when fewer than
 ``min_matched_fraction`` of the reference's sources fall on a source of the image at the offset.
+
+Alternatively (``wcs_offset``) the offset comes from the frames' celestial WCSs: a grid of the
+reference's pixel centres is projected to the sky through the reference WCS and back to pixels
+through the image's, and the mean displacement is the offset (a translation; frames of one
+pointing differ by nothing else to within a small fraction of a pixel).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
 from scipy import fft, ndimage
 from scipy.signal.windows import tukey
 
@@ -66,6 +74,8 @@ class Offset:
     quality: float  # correlation peak ratio used for the decision
     ok: bool
     reason: str  # "" when ok, else why the frame is refused
+    method: str = "phase"  # "phase" (correlation) or "wcs" (quality is then 0)
+    note: str = ""  # e.g. why the WCS was not used although asked for
 
 
 def measure_offset(
@@ -101,6 +111,44 @@ def measure_offset(
     else:
         reason = ""
     return Offset(dy=dy, dx=dx, quality=ratio, ok=not reason, reason=reason)
+
+
+_WCS_GRID = 9  # the reference pixels projected by wcs_offset: a 9 x 9 grid over the frame
+
+
+def celestial_wcs(header: fits.Header) -> tuple[WCS | None, str]:
+    """The header's 2-D celestial WCS, or ``None`` and why it cannot be used."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs = WCS(header)
+    except Exception as err:  # astropy raises several types for malformed WCS keywords
+        return None, f"invalid WCS ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
+    if not wcs.has_celestial or wcs.celestial.naxis != 2:
+        return None, "no celestial WCS"
+    return wcs.celestial, ""
+
+
+def wcs_offset(reference: WCS, image: WCS, shape: tuple[int, int], params: RegisterParams = RegisterParams()) -> Offset:
+    """Offset (pixels, ``Offset`` convention) of ``image`` relative to ``reference`` (frames of
+    ``shape``) from their celestial WCSs: the mean over a grid of reference pixel centres of
+    (image pixel - reference pixel) of the same sky position. Refused when a projection fails or
+    the shift exceeds ``params.max_shift_px``."""
+    ys, xs = np.meshgrid(np.linspace(0, shape[0] - 1, _WCS_GRID), np.linspace(0, shape[1] - 1, _WCS_GRID),
+                         indexing="ij")
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            sky = reference.pixel_to_world_values(xs, ys)
+            px, py = image.world_to_pixel_values(*sky)
+        except Exception as err:  # e.g. non-convergence of a distortion model
+            return Offset(np.nan, np.nan, 0.0, False, f"WCS projection failed ({err})", "wcs")
+    if not (np.all(np.isfinite(px)) and np.all(np.isfinite(py))):
+        return Offset(np.nan, np.nan, 0.0, False, "WCS projection failed (non-finite pixels)", "wcs")
+    dy, dx = float(np.mean(py - ys)), float(np.mean(px - xs))
+    shift = float(np.hypot(dy, dx))
+    reason = f"shift {shift:.1f} px exceeds max_shift_px {params.max_shift_px:g}" if shift > params.max_shift_px else ""
+    return Offset(dy=dy, dx=dx, quality=0.0, ok=not reason, reason=reason, method="wcs")
 
 
 def prepare(image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,7 @@ from .fits_reader import FitsError
 from .keywords import MissingKeyword
 from .graph import build_session
 from .store import complete_sessions, consolidate, mark_complete, write_session
+from .verify import array_sha256
 
 
 @dataclass
@@ -83,9 +84,14 @@ def report_path(store: Path | str) -> Path:
 
 
 @contextmanager
-def make_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Client]:
-    """A client of ``scheduler`` (or of Dask's configured ``scheduler-address``), else of a new
-    LocalCluster that is shut down on exit."""
+def make_client(scheduler: str | None = None, workers: int | None = None,
+                scheduler_file: str | None = None) -> Iterator[Client]:
+    """A client of ``scheduler``, of the cluster a ``scheduler_file`` describes, or of Dask's configured
+    ``scheduler-address`` (``DASK_SCHEDULER_ADDRESS``); else of a new LocalCluster shut down on exit."""
+    if scheduler_file:
+        with Client(scheduler_file=str(scheduler_file)) as client:
+            yield client
+        return
     address = scheduler or dask.config.get("scheduler-address", None)
     if address:
         with Client(address) as client:
@@ -147,7 +153,8 @@ def run(
         try:
             summary = future.result()
             mark_complete(store, session.key, {**attrs, **_provenance(session, summary, config)},
-                          {"registration_failures": sum(not f["ok"] for f in summary["offsets"])})  # fmt: skip
+                          {"registration_failures": sum(not f["ok"] for f in summary["offsets"]),
+                           "reference_check": summary["reference"]})  # fmt: skip
             result = SessionResult(session.key, "ok", "", time.perf_counter() - t0, len(session.e91))
         except Exception as err:
             result = SessionResult(session.key, "failed", _reason(err), time.perf_counter() - t0, len(session.e91))
@@ -168,17 +175,23 @@ def _submit(session: Session, store, config: Config, client: Client):
     graph = build_session(session, config)
     write = write_session(graph.dataset, store, session.key, config.chunks.store_chunk_px)
     name = f"done-{session.key.replace('/', '-')}-{tokenize(write)[:8]}"
-    done = dask.delayed(_summary_after_write, pure=True)(write, graph.summary, dask_key_name=name)
+    done = dask.delayed(_summary_after_write, pure=True)(write, graph.summary, str(store), session.key,
+                                                         dask_key_name=name)
     return client.compute(done), dict(graph.dataset.attrs)
 
 
-def _summary_after_write(_written, summary: dict) -> dict:
+def _summary_after_write(_written, summary: dict, store: str, key: str) -> dict:
+    """Registration results, input checksums, agreement with the archive's products and the
+    SHA-256 of each array's written files."""
     return {
         "offsets": [
-            {"dy": o.dy, "dx": o.dx, "quality": o.quality, "ok": o.ok, "reason": o.reason}
+            {"dy": o.dy, "dx": o.dx, "quality": o.quality, "ok": o.ok, "reason": o.reason,
+             "method": o.method, "note": o.note}
             for o in summary["offsets"]
         ],
         "checksums": summary["checksums"],
+        "reference": summary["reference"],
+        "array_sha256": array_sha256(store, key),
     }
 
 
@@ -187,6 +200,8 @@ def _provenance(session: Session, summary: dict, config: Config) -> dict:
     return {
         "registration": registration,
         "inputs": summary["checksums"],
+        "array_sha256": summary["array_sha256"],
+        "reference_check": summary["reference"],
         "config": config.to_dict(),
         "complete": True,
     }

@@ -78,8 +78,28 @@ def _update_index(store: Path | str, key: str, record: dict | None) -> None:
     if record is None:
         sessions.pop(key, None)
     else:
-        sessions[key] = record
+        split = meta.get("split", {}).get("sessions", {}).get(key)
+        sessions[key] = {**record, "split": split} if split else record
     meta["sessions"] = dict(sorted(sessions.items()))
+    root.attrs[INDEX_KEY] = meta
+
+
+def splits(store: Path | str) -> dict[str, str]:
+    """The recorded train/test split, ``{key: 'train' | 'test'}`` (empty when none is recorded)."""
+    if not Path(store).exists():
+        return {}
+    return dict(_root(store, "r").attrs.get(INDEX_KEY, {}).get("split", {}).get("sessions", {}))
+
+
+def record_split(store: Path | str, assignment: dict[str, str], how: dict) -> None:
+    """Record a split (``{key: 'train' | 'test'}`` and how it was made) in the root index.
+
+    The split outlives rewrites of its sessions: ``_update_index`` copies it into each record.
+    """
+    root = _root(store)
+    meta = dict(root.attrs.get(INDEX_KEY, {"store_version": STORE_VERSION, "sessions": {}}))
+    meta["split"] = {**_jsonable(how), "sessions": dict(sorted(assignment.items()))}
+    meta["sessions"] = {key: {**record, "split": assignment.get(key)} for key, record in meta.get("sessions", {}).items()}
     root.attrs[INDEX_KEY] = meta
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_NAMES = {"dask[array]": "dask"}
+CONDA_NAMES = {"dask[array]": "dask", "torch": "pytorch"}
 
 
 def _name(requirement: str) -> str:

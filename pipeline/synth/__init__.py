@@ -31,7 +31,9 @@ per amplifier (bad columns replace the charge: dead = 0 e-, hot = 40 ke-), so
 ``((raw - overscan) * gain - bias_e - dark_e_per_s * EXPTIME) / flat / gain_nominal`` recovers
 ``scene_e / gain_nominal`` within noise. e91 frame ``k`` is another exposure of the scene moved
 by ``drift[k]``: content at ``(y, x)`` in the raw appears at ``(y + dy_k, x + dx_k)``, rendered
-analytically, calibrated with the true masters. Masters are noise-free (they equal the truth up
+analytically, calibrated with the true masters. Every image header carries a TAN WCS
+(0.27"/px, north up); an e91 frame's ``CRPIX`` is the raw's plus its drift, so projecting a raw
+pixel through the two WCSs gives the drift exactly. Masters are noise-free (they equal the truth up
 to fpack quantisation); their ERR describes notional stacks (``ccd.BIAS_FRAMES`` ...).
 
 ``truth/truth.npz``:

@@ -134,7 +134,7 @@ def _write_e91(out: Path, spec: SynthSpec, session: Session) -> np.ndarray:
     hits = []
     for k in range(session.frames):
         frame = exposure.e91_frame(session, k, rng(spec.seed, Stream.E91, session.ident.index, k))
-        header = fits.Header(session.cards(session.date_obs(k), rlevel=91))
+        header = fits.Header(session.cards(session.date_obs(k), rlevel=91, shift=tuple(session.drift_px[k])))
         name = f"{session.ident.site}-ep04-{NIGHT}-{k:04d}-e91.fits.fz"
         write_images(out / "e91" / name, [
             ("SCI", frame.sci_adu, header),

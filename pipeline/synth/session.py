@@ -16,6 +16,7 @@ NIGHT_START = datetime(2024, 3, 15, 6, 0, 0)
 SESSION_STAGGER = timedelta(minutes=5)
 READOUT_S = 28.0  # dead time between exposures
 EXPTIMES_S = (30.0, 60.0, 90.0, 120.0)
+PIXEL_SCALE_DEG = 0.27 / 3600  # MuSCAT, 0.27"/px
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,8 +92,33 @@ class Session:
             start += (frame + 1) * timedelta(seconds=self.exptime_s + READOUT_S)
         return start.isoformat(timespec="milliseconds")
 
-    def cards(self, date_obs: str, rlevel: int = 0) -> list[Card]:
-        """Keywords shared by every amplifier of an exposure (LCO names and units)."""
+    @property
+    def pointing_deg(self) -> tuple[float, float]:
+        """(RA, Dec) in degrees of the detector centre of the raw exposure (one field per session)."""
+        return 150.0 + 7.0 * self.ident.index, -30.0 + 3.0 * self.ident.index
+
+    def wcs_cards(self, shift: tuple[float, float] = (0.0, 0.0)) -> list[Card]:
+        """A TAN WCS (north up, east left, 0.27"/px) of an exposure whose content is moved by
+        ``shift`` = (dy, dx) pixels from the raw exposure's: the reference pixel moves with it."""
+        centre = self.size / 2 + 0.5  # FITS pixels are 1-based
+        ra, dec = self.pointing_deg
+        return [
+            ("CTYPE1", "RA---TAN", "gnomonic projection"),
+            ("CTYPE2", "DEC--TAN", "gnomonic projection"),
+            ("CRPIX1", centre + float(shift[1]), "[px] reference pixel, x"),
+            ("CRPIX2", centre + float(shift[0]), "[px] reference pixel, y"),
+            ("CRVAL1", ra, "[deg] RA at the reference pixel"),
+            ("CRVAL2", dec, "[deg] Dec at the reference pixel"),
+            ("CD1_1", -PIXEL_SCALE_DEG, "[deg/px]"),
+            ("CD1_2", 0.0, "[deg/px]"),
+            ("CD2_1", 0.0, "[deg/px]"),
+            ("CD2_2", PIXEL_SCALE_DEG, "[deg/px]"),
+            ("RADESYS", "ICRS", "celestial frame"),
+        ]
+
+    def cards(self, date_obs: str, rlevel: int = 0, shift: tuple[float, float] = (0.0, 0.0)) -> list[Card]:
+        """Keywords shared by every amplifier of an exposure (LCO names and units), with the WCS
+        of content moved by ``shift`` (dy, dx) pixels."""
         return [
             ("INSTRUME", self.ident.instrument, "instrument"),
             ("TELESCOP", self.ident.telescope, "telescope"),
@@ -110,6 +136,7 @@ class Session:
             ("CONFMODE", "full_frame", "camera mode"),
             ("RLEVEL", rlevel, "reduction level"),
             ("BUNIT", "adu", "pixel unit"),
+            *self.wcs_cards(shift),
         ]
 
 

@@ -1,0 +1,76 @@
+"""A stored session back to one multi-extension FITS file, in the NOAO Mosaic conventions.
+
+The primary header carries the global keywords of the raw exposure (its primary header for a
+multi-amplifier camera, else its one image header, less the per-amplifier sections) and
+``INHERIT = T``; image extensions ``SCI`` (calib), ``VAR`` (variance), ``MASK`` (the bit mask,
+``PLIO_1``), ``COUNT`` (frames contributing to the stack) and ``MEAN`` (the stack), each with
+its ``BUNIT``. Floats are compressed losslessly (``GZIP_2`` without quantisation), so the file
+holds exactly the store's values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from astropy.io import fits
+
+from . import __version__
+from .fits_reader import STRUCTURAL_KEYWORDS
+from .masks import Flag
+from .store import index
+
+# Keywords of the raw readout that do not describe the exported (trimmed, calibrated) images.
+_RAW_ONLY = {"BIASSEC", "DATASEC", "TRIMSEC", "DETSEC", "DETSIZE", "NEXTEND", "BUNIT", "RLEVEL"}
+
+# store variable -> (EXTNAME, dtype written, compression, BUNIT)
+EXTENSIONS = {
+    "calib": ("SCI", np.float32, "GZIP_2", "adu"),
+    "variance": ("VAR", np.float32, "GZIP_2", "adu2"),
+    "mask": ("MASK", np.int32, "PLIO_1", ""),
+    "count": ("COUNT", np.int16, "RICE_1", ""),
+    "mean": ("MEAN", np.float32, "GZIP_2", "adu"),
+}
+
+
+def global_header(attrs: dict) -> fits.Header:
+    """Primary header of the export: the raw exposure's global keywords, ``INHERIT = T``."""
+    text = attrs["header_primary"] if attrs.get("n_amps", 1) > 1 else attrs["header_amps"][0]
+    raw = fits.Header.fromstring(text, sep="\n")
+    header = fits.Header()
+    for card in raw.cards:
+        keyword = card.keyword
+        if keyword not in STRUCTURAL_KEYWORDS and keyword not in _RAW_ONLY and not keyword.startswith("Z"):
+            header.append(card)
+    header["GAIN"] = (attrs["gain"], "[e-/ADU] nominal gain (ADU of the products)")
+    header["INHERIT"] = (True, "extensions inherit these keywords")
+    header["ORIGIN"] = (f"skyprep {__version__}", "software that wrote the file")
+    header["SESSION"] = (f"{attrs['instrument']}_{attrs['band']}/{attrs['obs_id']}", "skyprep session")
+    return header
+
+
+def _extension(values: np.ndarray, name: str, dtype, compression: str, bunit: str) -> fits.CompImageHDU:
+    header = fits.Header([("INHERIT", True, "primary keywords apply"), ("BUNIT", bunit, "pixel unit")])
+    if name == "MASK":
+        for flag in Flag:
+            header[f"MASKB{flag.bit_length() - 1}"] = (flag.name.lower(), f"bit value {int(flag)}")
+    options = {"quantize_level": 0.0} if np.dtype(dtype).kind == "f" else {}
+    return fits.CompImageHDU(np.asarray(values, dtype), header=header, name=name,
+                             compression_type=compression, **options)  # fmt: skip
+
+
+def export_session(store: Path | str, key: str, out: Path | str) -> Path:
+    """Write session ``key`` of ``store`` to ``out`` (multi-extension FITS); return ``out``."""
+    records = index(store)
+    if not records.get(key, {}).get("complete"):
+        known = ", ".join(sorted(k for k, r in records.items() if r.get("complete"))) or "none"
+        raise ValueError(f"{store}: no complete session {key!r} (complete: {known})")
+    dataset = xr.open_zarr(str(store), group=key, consolidated=False)
+    hdus = [fits.PrimaryHDU(header=global_header(dataset.attrs))]
+    for variable, (name, dtype, compression, bunit) in EXTENSIONS.items():
+        if variable in dataset:
+            hdus.append(_extension(dataset[variable].values, name, dtype, compression, bunit))
+    out = Path(out)
+    fits.HDUList(hdus).writeto(out, overwrite=True)
+    return out

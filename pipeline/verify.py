@@ -1,0 +1,103 @@
+"""``skyprep verify``: is every indexed session complete, as the contract says, and unchanged since written?
+
+Checksums: when a session's arrays are written, the task that follows the write hashes each
+array's files (its ``zarr.json`` and every chunk file, in key order) with SHA-256; the digests
+are stored in the session attribute ``array_sha256``. ``verify`` recomputes them from the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .store import index
+
+# variable: (dimension names, dtype) of the store contract v1
+CONTRACT = {
+    "os": (("y", "x"), np.float32),
+    "calib": (("y", "x"), np.float32),
+    "variance": (("y", "x"), np.float32),
+    "mask": (("y", "x"), np.uint16),
+    "e91": (("frame", "y", "x"), np.float32),
+    "e91_mask": (("frame", "y", "x"), np.uint16),
+    "shift": (("frame", "axis"), np.float32),
+    "mean": (("y", "x"), np.float32),
+    "count": (("y", "x"), np.uint16),
+    "std": (("y", "x"), np.float32),
+    "source_mask": (("y", "x"), np.uint8),
+    "ref_os": (("y", "x"), np.float32),
+    "ref_calib": (("y", "x"), np.float32),
+    "ref_mean": (("y", "x"), np.float32),
+    "ref_mask": (("y", "x"), np.uint8),
+}
+REQUIRED = ("os", "calib", "mask")
+STACK = ("e91", "e91_mask", "shift", "mean", "count", "std", "source_mask")
+
+
+def array_sha256(store: Path | str, key: str) -> dict[str, str]:
+    """SHA-256 of each array of session ``key``: its metadata and chunk files (relative name + bytes)."""
+    group_dir = Path(store) / key
+    digests = {}
+    for array_dir in sorted(p for p in group_dir.iterdir() if (p / "zarr.json").is_file() and p.name in CONTRACT):
+        digest = hashlib.sha256()
+        for path in sorted(p for p in array_dir.rglob("*") if p.is_file()):
+            digest.update(path.relative_to(array_dir).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
+        digests[array_dir.name] = digest.hexdigest()
+    return digests
+
+
+def _shape_problems(name: str, array: zarr.Array, record: dict) -> list[str]:
+    dims, dtype = CONTRACT[name]
+    problems = []
+    found_dims = tuple(array.metadata.dimension_names or ())
+    if found_dims != dims:
+        problems.append(f"{name}: dimensions {found_dims}, expected {dims}")
+    if array.dtype != np.dtype(dtype):
+        problems.append(f"{name}: dtype {array.dtype}, expected {np.dtype(dtype)}")
+    expected = {"y": record["shape"][0], "x": record["shape"][1], "frame": record.get("n_frames", 0), "axis": 2}
+    want = tuple(expected[d] for d in dims)
+    if tuple(array.shape) != want:
+        problems.append(f"{name}: shape {tuple(array.shape)}, expected {want}")
+    return problems
+
+
+def check_session(store: Path | str, key: str, record: dict) -> list[str]:
+    """What is wrong with the complete session ``key`` (empty when nothing is)."""
+    try:
+        group = zarr.open_group(str(store), path=key, mode="r", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return ["indexed complete but its group is missing"]
+    names = set(group.array_keys())
+    required = REQUIRED + (STACK if record.get("n_frames", 0) else ())
+    problems = [f"{name}: missing" for name in required if name not in names]
+    for name in sorted(names & set(CONTRACT)):
+        problems += _shape_problems(name, group[name], record)
+    recorded = group.attrs.get("array_sha256")
+    if not recorded:
+        return problems + ["no recorded checksums (array_sha256)"]
+    actual = array_sha256(store, key)
+    for name, digest in sorted(recorded.items()):
+        if name not in actual:
+            problems.append(f"{name}: recorded in array_sha256 but missing")
+        elif actual[name] != digest:
+            problems.append(f"{name}: checksum mismatch (files changed since written)")
+    return problems
+
+
+def verify(store: Path | str) -> dict[str, list[str]]:
+    """Problems per session key: complete sessions checked, session groups not indexed complete reported."""
+    if not (Path(store) / "zarr.json").is_file():
+        return {str(store): ["not a Zarr v3 store"]}
+    records = index(store)
+    result = {key: check_session(store, key, record) for key, record in records.items() if record.get("complete")}
+    root = zarr.open_group(str(store), mode="r", zarr_format=3)
+    for inst in root.group_keys():
+        for obs in root[inst].group_keys():
+            key = f"{inst}/{obs}"
+            if not records.get(key, {}).get("complete"):
+                result[key] = ["incomplete (not marked complete in the index; the next run rewrites it)"]
+    return dict(sorted(result.items()))

@@ -1,0 +1,226 @@
+"""Bad input, one damage per case: the damaged session fails (or degrades) alone, with a reason naming the file.
+
+Each case damages the session ``VICTIM`` of a private copy of a tiny archive, runs the job and
+checks the run report (the JSON next to the store), the other session and the exit status.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+from astropy.io import fits
+from distributed import Client
+
+from pipeline.config import Config
+from pipeline.masks import Flag
+from pipeline.runner import report_path, run
+from pipeline.store import complete_sessions
+from pipeline.synth import SynthSpec, write_archive
+
+VICTIM, HEALTHY = "muscat3_g/20240315_003_000", "muscat4_r/20240315_003_001"
+STACK_VARIABLES = {"e91", "e91_mask", "shift", "mean", "count", "std", "source_mask"}
+
+
+@pytest.fixture(scope="module")
+def tiny_archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    write_archive(root, SynthSpec(sessions=2, size=128, frames=3, amps=1, seed=3))
+    return root
+
+
+@pytest.fixture(scope="module")
+def client():
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
+        yield c
+
+
+@pytest.fixture
+def damaged(tiny_archive, tmp_path):
+    root = tmp_path / "archive"
+    shutil.copytree(tiny_archive, root)
+    return root
+
+
+def _one(root, pattern):
+    return next((root / VICTIM).glob(pattern))
+
+
+def _rewrite(path, change):
+    """Rewrite the FITS file ``path`` after ``change(hdul)`` (recompressed by astropy)."""
+    with fits.open(path) as hdul:
+        hdul = fits.HDUList([hdu.copy() for hdu in hdul])
+    change(hdul)
+    hdul.writeto(path, overwrite=True)
+
+
+def _truncate(root):
+    path = _one(root, "data/*_raw.fits.fz")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path.name
+
+
+def _corrupt_tiles(root):
+    path = _one(root, "calib/BIAS_*.fits.fz")
+    data = bytearray(path.read_bytes())
+    with fits.open(path, disable_image_compression=True) as hdul:
+        start = hdul.fileinfo(1)["datLoc"] + hdul[1].header["NAXIS1"] * hdul[1].header["NAXIS2"]
+        size = hdul[1].header["PCOUNT"]
+    rng = np.random.default_rng(0)
+    a, b = start + size // 4, start + size // 2
+    data[a:b] = rng.integers(0, 256, b - a, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path.name
+
+
+def _not_fits(root):
+    path = _one(root, "calib/DARK_*.fits.fz")
+    path.write_text("this is a text file, not a FITS file\n")
+    return path.name
+
+
+def _remove(kind):
+    def damage(root):
+        path = _one(root, f"calib/{kind}_*.fits.fz")
+        path.unlink()
+        return f"calib/{kind}_"
+
+    damage.__name__ = f"missing_{kind.lower()}"
+    return damage
+
+
+def _wrong_shape(root):
+    path = _one(root, "calib/SKYFLAT_*.fits.fz")
+
+    def crop(hdul):
+        for hdu in hdul[1:]:
+            hdu.data = hdu.data[:-16, :-16].copy()
+
+    _rewrite(path, crop)
+    return path.name
+
+
+def _drop_keyword(keyword):
+    def damage(root):
+        path = _one(root, "data/*_raw.fits.fz")
+
+        def drop(hdul):
+            for hdu in hdul:
+                hdu.header.remove(keyword, ignore_missing=True, remove_all=True)
+            if keyword == "EXPTIME":
+                for hdu in hdul:
+                    hdu.header.remove("EXPOSURE", ignore_missing=True, remove_all=True)
+
+        _rewrite(path, drop)
+        return keyword
+
+    damage.__name__ = f"missing_{keyword.lower()}"
+    return damage
+
+
+def _invalid_info(root):
+    path = root / VICTIM / "info.json"
+    path.write_text('{"band": "g", ')
+    return "info.json"
+
+
+FAILURES = [_truncate, _corrupt_tiles, _not_fits, _remove("BIAS"), _remove("DARK"), _remove("SKYFLAT"),
+            _wrong_shape, _drop_keyword("GAIN"), _drop_keyword("EXPTIME"), _invalid_info]  # fmt: skip
+
+
+def _run(root, out, client):
+    report = run(root, out, Config(), client, echo=lambda line: None)
+    report.write_json(report_path(out))
+    return report, json.loads(report_path(out).read_text())
+
+
+@pytest.mark.parametrize("damage", FAILURES, ids=lambda f: f.__name__.strip("_"))
+def test_damaged_session_fails_alone_naming_the_file(damage, damaged, client, tmp_path):
+    named = damage(damaged)
+    out = tmp_path / "out.zarr"
+    report, saved = _run(damaged, out, client)
+    assert report.exit_code == 1
+    statuses = {s["key"]: s for s in saved["sessions"]}
+    assert statuses[HEALTHY]["status"] == "ok"
+    assert statuses[VICTIM]["status"] == "failed"
+    assert named in statuses[VICTIM]["reason"], statuses[VICTIM]["reason"]
+    assert "Error:" not in statuses[VICTIM]["reason"], "an input error should not surface as a bare exception"
+    assert complete_sessions(out) == {HEALTHY}
+
+
+def _session(out, key=VICTIM):
+    return xr.open_zarr(out, group=key, consolidated=False)
+
+
+def test_missing_bpm_gives_a_session_without_bad_pixel_bits(damaged, client, tmp_path):
+    _remove("BPM")(damaged)
+    out = tmp_path / "out.zarr"
+    report, _ = _run(damaged, out, client)
+    assert report.exit_code == 0, report.table()
+    ds = _session(out)
+    assert not np.any(ds["mask"].values & Flag.BAD_PIXEL)
+    assert np.any(_session(out, HEALTHY)["mask"].values & Flag.BAD_PIXEL)
+
+
+def test_session_without_e91_frames_has_no_stack_variables(damaged, client, tmp_path):
+    shutil.rmtree(damaged / VICTIM / "e91")
+    out = tmp_path / "out.zarr"
+    report, _ = _run(damaged, out, client)
+    assert report.exit_code == 0, report.table()
+    ds = _session(out)
+    assert not STACK_VARIABLES & set(ds.data_vars)
+    assert {"os", "calib", "mask"} <= set(ds.data_vars)
+
+
+def test_session_with_one_e91_frame_is_a_stack_of_one(damaged, client, tmp_path):
+    for frame in sorted((damaged / HEALTHY / "e91").iterdir())[1:]:
+        frame.unlink()
+    out = tmp_path / "out.zarr"
+    report, _ = _run(damaged, out, client)
+    assert report.exit_code == 0, report.table()
+    ds = _session(out, HEALTHY)
+    assert ds.attrs["registration"][0]["ok"]
+    assert ds.sizes["frame"] == 1
+    count, mean, std = ds["count"].values, ds["mean"].values, ds["std"].values
+    assert set(np.unique(count)) <= {0, 1} and count.sum() > 0.9 * count.size
+    used = count == 1
+    np.testing.assert_array_equal(mean[used], ds["e91"].values[0][used])
+    assert np.all(std[used] == 0)
+    assert np.all(np.isnan(mean[~used]))
+
+
+def test_nan_and_inf_pixels_are_flagged_no_data(damaged, client, tmp_path):
+    bias, frame = _one(damaged, "calib/BIAS_*.fits.fz"), sorted((damaged / VICTIM / "e91").iterdir())[0]
+    bad_bias, bad_frame = (np.s_[40, 10:20], np.s_[60, 30:40])
+
+    def poison_bias(hdul):
+        hdul["SCI"].data[bad_bias] = [np.nan, np.inf, -np.inf] * 3 + [np.nan]
+
+    def poison_frame(hdul):
+        hdul["SCI"].data[bad_frame] = np.nan
+
+    _rewrite(bias, poison_bias)
+    _rewrite(frame, poison_frame)
+    out = tmp_path / "out.zarr"
+    report, _ = _run(damaged, out, client)
+    assert report.exit_code == 0, report.table()
+    ds = _session(out)
+    assert np.all(ds["mask"].values[bad_bias] & Flag.NO_DATA)
+    assert np.all(~np.isfinite(ds["calib"].values[bad_bias]))
+    shifted = ds["e91_mask"].values[0]
+    assert np.sum((shifted & Flag.NO_DATA) != 0) >= 10
+    assert np.all(np.isfinite(ds["mean"].values[ds["count"].values > 0]))
+
+
+def test_unwritable_output_is_a_clear_error(tiny_archive, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the store's parent folder should be\n")
+    out = blocker / "out.zarr"
+    cmd = [sys.executable, "-m", "pipeline", "run", str(tiny_archive), "--out", str(out), "--workers", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert str(out) in done.stderr and "cannot write" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,55 @@
+"""One run per store: the lock file next to the store."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.lock import StoreError, lock_path, store_lock
+from pipeline.synth import SynthSpec, write_archive
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_second_holder_is_refused_naming_the_owner(tmp_path):
+    store = tmp_path / "out.zarr"
+    with store_lock(store) as path:
+        owner = json.loads(path.read_text())
+        with pytest.raises(StoreError, match=f"pid {owner['pid']} on host {socket.gethostname()}"):
+            with store_lock(store):
+                pass
+        assert path.exists()
+    assert not lock_path(store).exists()
+
+
+def test_stale_lock_of_a_dead_process_on_this_host_is_replaced(tmp_path):
+    store = tmp_path / "out.zarr"
+    lock_path(store).write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "started": "x"}))
+    with store_lock(store) as path:
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
+def test_lock_of_another_host_is_never_broken(tmp_path):
+    store = tmp_path / "out.zarr"
+    lock_path(store).write_text(json.dumps({"pid": _dead_pid(), "host": "elsewhere.example", "started": "x"}))
+    with pytest.raises(StoreError, match="elsewhere.example"):
+        with store_lock(store):
+            pass
+
+
+def test_second_run_on_the_same_store_refuses(tmp_path):
+    root, store = tmp_path / "archive", tmp_path / "out.zarr"
+    write_archive(root, SynthSpec(sessions=1, size=128, frames=2, amps=1, seed=0))
+    cmd = [sys.executable, "-m", "pipeline", "run", str(root), "--out", str(store), "--workers", "1"]
+    with store_lock(store):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "in use by another skyprep run" in done.stderr and str(lock_path(store)) in done.stderr
+    assert not (store / "zarr.json").exists()
