@@ -3,6 +3,7 @@
 import shutil
 
 import pytest
+from distributed import Client
 
 from pipeline.synth import SynthSpec, write_archive
 
@@ -24,3 +25,10 @@ def archive_copy(archive, tmp_path):
     root = tmp_path / "archive"
     shutil.copytree(archive, root)
     return root
+
+
+@pytest.fixture(scope="module")
+def client():
+    """An in-process Dask client (one worker, two threads), shared by a test module."""
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
+        yield c

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import xarray as xr
 from astropy.io import fits
-from distributed import Client
 
 from pipeline.config import Config
 from pipeline.masks import Flag
@@ -30,12 +29,6 @@ def tiny_archive(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     write_archive(root, SynthSpec(sessions=2, size=128, frames=3, amps=1, seed=3))
     return root
-
-
-@pytest.fixture(scope="module")
-def client():
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
-        yield c
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import xarray as xr
-from distributed import Client
 
 from pipeline.config import Config
 from pipeline.masks import Flag
@@ -33,12 +32,6 @@ CONTRACT = {
     "ref_mean": (("y", "x"), np.float32),
     "ref_mask": (("y", "x"), np.uint8),
 }
-
-
-@pytest.fixture(scope="module")
-def client():
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
