@@ -326,9 +326,9 @@ def _e91_stack(session: Session, calib: da.Array, calib_mask: da.Array, shape, c
         offsets.append(offset)
         blocks = []
         bpm, err = (None if a is None else a.rechunk(data.chunks) for a in (bpm, err))  # no-op for equal tiling
+        block_lists = [None if a is None else list(a.to_delayed(optimize_graph=False).ravel()) for a in (data, bpm, err)]
         for (y0, y1), (first, last, window_y0) in zip(bounds, _windows(data.chunks[0], bounds, margin)):
-            inputs = [None if a is None else list(a.to_delayed(optimize_graph=False).ravel()[first:last])
-                      for a in (data, bpm, err)]  # fmt: skip
+            inputs = [None if b is None else b[first:last] for b in block_lists]
             blocks.append(dask.delayed(_shift_strip, pure=True, nout=3)(
                 *inputs, window_y0, y0, y1, offset, config.register.subpixel,
                 dask_key_name=f"e91-shift-{k}-{y0}-{base}"))  # fmt: skip
