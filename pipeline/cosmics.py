@@ -37,7 +37,7 @@ class CosmicParams:
     sigclip: float = 4.5
     sigfrac: float = 0.3
     objlim: float = 5.0
-    niter: int = 4
+    niter: int = 2
     saturation_grow_px: int = 2
     enabled: bool = True
 

@@ -27,11 +27,11 @@ from .calibrate import Masters, calibrate_block
 from .config import Config
 from .cosmics import CosmicParams, cosmic_rays
 from .discover import Session, SessionError
-from .fits_reader import ImageRef, lazy_image, list_images, primary_header, read_image, strip_bounds
+from .fits_reader import ImageRef, lazy_image, list_images, primary_header, read_cutout, read_image, read_rows, strip_bounds
 from .keywords import MissingKeyword, amp_elements, lookup, records, resolve, select_profile, session_elements
 from .masks import MASK_DTYPE, Flag, cf_attrs
 from .reference import robust_difference
-from .register import Offset, celestial_wcs, measure_offset, wcs_offset
+from .register import Offset, celestial_wcs, measure_offsets, wcs_offset
 from .resample import bpm_flags, shift_rows
 from .sources import source_mask
 from .stack import sigma_clip_stack
@@ -286,80 +286,75 @@ def _getitem(block, key):
     return block[key]
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """An e91 exposure's extensions and the factors that bring its values (and ERR) to ADU."""
+
+    sci: ImageRef
+    bpm: ImageRef | None
+    err: ImageRef | None
+    factor: float
+    err_factor: float
+
+
 def _e91_stack(session: Session, calib: da.Array, calib_mask: da.Array, shape, config: Config, base: str,
                reference_header, profile, gain_e_per_adu: float):  # fmt: skip
     """Registered e91 frames, their masks and the sigma-clipped stack with its source mask.
 
     ``reference_header``: the raw frame's header, whose WCS is the session grid's (``wcs``).
     Frames (and ERR) are converted to ADU from their ``BUNIT`` (the frame's ``GAIN``, else
-    ``gain_e_per_adu``)."""
-    strip = config.chunks.strip_rows
+    ``gain_e_per_adu``). One task per strip reads the rows of every frame it needs (each frame
+    row is decoded once), moves them onto the grid and stacks them; registration reads the
+    central cutouts of all frames in one task."""
     ny, nx = shape
     cut = min(config.register.cutout_px, ny, nx)
     cy, cx = slice((ny - cut) // 2, (ny - cut) // 2 + cut), slice((nx - cut) // 2, (nx - cut) // 2 + cut)
-    margin = math.ceil(config.register.params.max_shift_px) + 1
-    bounds = strip_bounds(ny, strip)
-    weighted = config.stack.weighted
-    exts = [_extensions(path, shape) for path in session.e91]
-    if weighted:
-        for path, ext in zip(session.e91, exts):
-            if "ERR" not in ext:
-                raise SessionError(f"{path}: no ERR extension, needed by stack.weighted (inverse-variance weights)")
-    wcs_offsets, wcs_note = _wcs_offsets(reference_header, [e["SCI"] for e in exts], shape, config.register)
-    frames, masks, variances, offsets = [], [], [], []
-    for k, ext in enumerate(exts):
-        data = _in_unit(ext["SCI"], strip, f"e91-read-{k}-{base}", "adu", "adu", profile, gain_e_per_adu)
-        if "BPM" in ext:
-            bpm = lazy_image(ext["BPM"], strip, f"e91-bpm-{k}-{base}")
-        else:
-            bpm = da.zeros(shape, dtype=np.uint8, chunks=(strip, nx))
-        err = _in_unit(ext["ERR"], strip, f"e91-err-{k}-{base}", "adu",
-                       header_unit(ext["SCI"].header, "adu", profile, ext["SCI"].label),
-                       profile, gain_e_per_adu) if weighted else None  # fmt: skip
-        if wcs_offsets is not None:
-            offset = wcs_offsets[k]
-        else:
-            offset = dask.delayed(_measure, pure=True)(
-                *(_row_blocks(a, cy) for a in (calib, calib_mask, data, bpm)), cx, config.register.params, wcs_note,
-                dask_key_name=f"offset-{k}-{base}",
-            )
-        offsets.append(offset)
-        blocks = []
-        bpm, err = (None if a is None else a.rechunk(data.chunks) for a in (bpm, err))  # no-op for equal tiling
-        block_lists = [None if a is None else list(a.to_delayed(optimize_graph=False).ravel()) for a in (data, bpm, err)]
-        for (y0, y1), (first, last, window_y0) in zip(bounds, _windows(data.chunks[0], bounds, margin)):
-            inputs = [None if b is None else b[first:last] for b in block_lists]
-            blocks.append(dask.delayed(_shift_strip, pure=True, nout=3)(
-                *inputs, window_y0, y0, y1, offset, config.register.subpixel,
-                dask_key_name=f"e91-shift-{k}-{y0}-{base}"))  # fmt: skip
-        parts = [(0, np.float32, frames), (1, MASK_DTYPE, masks)] + ([(2, np.float32, variances)] if weighted else [])
-        for i, dtype, out in parts:
-            out.append(da.concatenate([da.from_delayed(blk[i], (y1 - y0, nx), dtype)
-                                       for blk, (y0, y1) in zip(blocks, bounds)]))  # fmt: skip
+    frames = [_frame(path, shape, config.stack.weighted, profile, gain_e_per_adu) for path in session.e91]
+    wcs_offsets, wcs_note = _wcs_offsets(reference_header, [f.sci for f in frames], shape, config.register)
+    if wcs_offsets is not None:
+        offsets = wcs_offsets
+    else:
+        offsets = dask.delayed(_measure, pure=True)(_row_blocks(calib, cy), _row_blocks(calib_mask, cy), frames, cy, cx,
+                                                    config.register.params, wcs_note, dask_key_name=f"register-{base}")  # fmt: skip
     n = len(frames)
-    packed = da.map_blocks(_stack_strip, *frames, *masks, *variances, n=n, params=config.stack,
-                           name=f"stack-{base}", meta=np.empty((0, 0), object))  # fmt: skip
-    stacked = _split(packed, {"mean": np.float32, "std": np.float32, "count": np.uint16}, base)
-    e91_mask = da.map_blocks(_getitem, packed, "e91_mask", new_axis=0, chunks=((n,), *packed.chunks),
-                             dtype=MASK_DTYPE, meta=np.empty((0, 0, 0), MASK_DTYPE), name=f"e91_mask-{base}")  # fmt: skip
-    mean = stacked["mean"]
-    sources = dask.delayed(_source_mask, pure=True)(_row_blocks(mean, slice(0, ny)),
-                                                    _row_blocks(stacked["count"], slice(0, ny)),
+    bounds = strip_bounds(ny, config.chunks.strip_rows)
+    packed = [dask.delayed(_stack_strip, pure=True)(frames, offsets, y0, y1, config.register.subpixel, config.stack,
+                                                    dask_key_name=f"stack-{y0}-{base}")
+              for y0, y1 in bounds]  # fmt: skip
+
+    def part(key, dtype, lead=()):
+        return da.concatenate([da.from_delayed(p[key], (*lead, y1 - y0, nx), dtype, name=f"{key}-{y0}-{base}")
+                               for p, (y0, y1) in zip(packed, bounds)], axis=len(lead))  # fmt: skip
+
+    mean, count = part("mean", np.float32), part("count", np.uint16)
+    sources = dask.delayed(_source_mask, pure=True)(_row_blocks(mean, slice(0, ny)), _row_blocks(count, slice(0, ny)),
                                                     config.sources, dask_key_name=f"sources-{base}")  # fmt: skip
     source = da.from_delayed(sources, shape, np.uint8, name=f"source-mask-{base}").rechunk(mean.chunks)
     shifts = da.from_delayed(dask.delayed(_applied_shifts, pure=True)(offsets, config.register.subpixel,
                                                                       dask_key_name=f"shifts-{base}"),
                              (n, 2), np.float32, name=f"shift-{base}")  # fmt: skip
     variables = {
-        "e91": (("frame", "y", "x"), da.stack(frames)),
-        "e91_mask": (("frame", "y", "x"), e91_mask),
+        "e91": (("frame", "y", "x"), part("e91", np.float32, (n,))),
+        "e91_mask": (("frame", "y", "x"), part("e91_mask", MASK_DTYPE, (n,))),
         "shift": (("frame", "axis"), shifts),
         "mean": (("y", "x"), mean),
-        "count": (("y", "x"), stacked["count"]),
-        "std": (("y", "x"), stacked["std"]),
+        "count": (("y", "x"), count),
+        "std": (("y", "x"), part("std", np.float32)),
         "source_mask": (("y", "x"), source),
     }
     return variables, offsets
+
+
+def _frame(path: Path, shape, weighted: bool, profile, gain_e_per_adu: float) -> _Frame:
+    """The e91 file's SCI (BPM, and ERR when ``weighted``) with their factors to ADU."""
+    ext = _extensions(path, shape)
+    if weighted and "ERR" not in ext:
+        raise SessionError(f"{path}: no ERR extension, needed by stack.weighted (inverse-variance weights)")
+    sci = ext["SCI"]
+    factor = header_factor(sci.header, "adu", "adu", gain_e_per_adu, profile, sci.label)
+    err, err_factor = (ext["ERR"], header_factor(ext["ERR"].header, "adu", header_unit(sci.header, "adu", profile, sci.label),
+                                                 gain_e_per_adu, profile, ext["ERR"].label)) if weighted else (None, 1.0)  # fmt: skip
+    return _Frame(sci, ext.get("BPM"), err, factor, err_factor)
 
 
 def _wcs_offsets(reference_header, frames: list[ImageRef], shape, params) -> tuple[list[Offset] | None, str]:
@@ -385,8 +380,10 @@ def _row_blocks(array: da.Array, rows: slice) -> tuple[list, int, slice]:
     The blocks keep the keys of the session graph: a task taking them shares the graph's
     computation (a Dask array passed to ``dask.delayed`` would be optimised into a renamed copy
     and everything upstream of it computed again)."""
-    ((first, last, start),) = _windows(array.chunks[0], [(rows.start, rows.stop)], 0)
-    return list(array.to_delayed(optimize_graph=False).ravel()[first:last]), start, rows
+    starts = np.concatenate([[0], np.cumsum(array.chunks[0])])
+    first = int(np.searchsorted(starts, rows.start, side="right")) - 1
+    last = int(np.searchsorted(starts, rows.stop, side="left"))
+    return list(array.to_delayed(optimize_graph=False).ravel()[first:last]), int(starts[first]), rows
 
 
 def _rows(blocks_start_rows) -> np.ndarray:
@@ -395,11 +392,17 @@ def _rows(blocks_start_rows) -> np.ndarray:
     return np.concatenate(blocks)[rows.start - start : rows.stop - start]
 
 
-def _measure(reference, reference_mask, frame, frame_bpm, cols: slice, params, note):
-    reference, reference_mask, frame, frame_bpm = (_rows(a)[:, cols]
-                                                   for a in (reference, reference_mask, frame, frame_bpm))  # fmt: skip
-    offset = measure_offset(reference, frame, reference_mask != 0, frame_bpm != 0, params)
-    return dataclasses.replace(offset, note=note) if note else offset
+def _measure(reference, reference_mask, frames: list[_Frame], rows: slice, cols: slice, params, note) -> list[Offset]:
+    """Offsets of ``frames`` from their central cutouts (read here, one frame at a time)."""
+
+    def cutouts():
+        for frame in frames:
+            values = read_cutout(frame.sci, rows.start, rows.stop, cols.start, cols.stop) * np.float32(frame.factor)
+            bad = None if frame.bpm is None else read_cutout(frame.bpm, rows.start, rows.stop, cols.start, cols.stop) != 0
+            yield values, bad
+
+    offsets = measure_offsets(_rows(reference)[:, cols], cutouts(), _rows(reference_mask)[:, cols] != 0, params)
+    return [dataclasses.replace(offset, note=note) for offset in offsets] if note else offsets
 
 
 def _reference_difference(ours, reference, mask):
@@ -410,53 +413,51 @@ def _source_mask(mean, count, params):
     return source_mask(_rows(mean), None, _rows(count) == 0, params)
 
 
-def _windows(chunks: tuple[int, ...], bounds, margin: int) -> list[tuple[int, int, int]]:
-    """For each strip ``(y0, y1)`` of ``bounds``: the read blocks ``[first, last)`` (of row
-    ``chunks``) holding rows ``[y0 - margin, y1 + margin)`` and the first row they hold. The
-    shift tasks take whole read blocks, so every strip is decoded once."""
-    starts = np.concatenate([[0], np.cumsum(chunks)])
-    found = []
-    for y0, y1 in bounds:
-        a, b = max(0, y0 - margin), min(int(starts[-1]), y1 + margin)
-        first = int(np.searchsorted(starts, a, side="right")) - 1
-        last = int(np.searchsorted(starts, b, side="left"))
-        found.append((first, last, int(starts[first])))
-    return found
+def _stack_strip(frames: list[_Frame], offsets: list[Offset], y0: int, y1: int, subpixel: bool, params) -> dict:
+    """Session rows ``[y0, y1)`` of every frame moved onto the grid, and their stack.
 
-
-def _shift_strip(data_blocks, bpm_blocks, err_blocks, window_y0: int, y0: int, y1: int, offset, subpixel: bool):
-    """Rows ``[y0, y1)`` of the frame moved onto the session grid (``resample.shift_rows``) by the
-    offset, rounded unless ``subpixel``: (values, mask, variance from ERR**2 or None). The blocks
-    are consecutive row strips starting at row ``window_y0``. A frame that failed registration is
-    left in place and flagged NOT_REGISTERED."""
-    window, window_bpm = np.concatenate(data_blocks), np.concatenate(bpm_blocks)
-    window_err = None if err_blocks is None else np.concatenate(err_blocks)
-    if not offset.ok:
-        dy, dx = 0, 0
-    elif subpixel:
-        dy, dx = offset.dy, offset.dx
-    else:
-        dy, dx = round(offset.dy), round(offset.dx)
-    variance = None if window_err is None else np.square(window_err, dtype=np.float32)
-    out, mask, variance = shift_rows(window, bpm_flags(window_bpm), variance, window_y0, y0, y1, dy, dx)
-    if not offset.ok:
-        mask |= Flag.NOT_REGISTERED.value
-    return out, mask, variance
-
-
-def _stack_strip(*blocks, n, params):
-    masks = np.stack(blocks[n : 2 * n])
-    variance = np.stack(blocks[2 * n :]) if params.weighted else None
-    result = sigma_clip_stack(np.stack(blocks[:n]), masks, variance, params, parallel=False)  # Dask parallelises
+    Each frame's rows are read here: those the offset (rounded unless ``subpixel``) brings onto
+    the strip. A frame that failed registration is left in place and flagged NOT_REGISTERED."""
+    nx = frames[0].sci.shape[1]
+    values = np.empty((len(frames), y1 - y0, nx), np.float32)
+    masks = np.empty(values.shape, MASK_DTYPE)
+    variance = np.empty(values.shape, np.float32) if params.weighted else None
+    for k, (frame, offset) in enumerate(zip(frames, offsets)):
+        dy, dx = _applied(offset, subpixel)
+        a, b = max(0, y0 + math.floor(dy)), min(frame.sci.shape[0], y1 + math.ceil(dy))
+        b = max(a, b)
+        window = _read(frame.sci, a, b, frame.factor)
+        flags = bpm_flags(_read(frame.bpm, a, b)) if frame.bpm is not None else np.zeros(window.shape, MASK_DTYPE)
+        window_var = None if frame.err is None else np.square(_read(frame.err, a, b, frame.err_factor))
+        out, mask, var = shift_rows(window, flags, window_var, a, y0, y1, dy, dx)
+        values[k], masks[k] = out, mask
+        if variance is not None:
+            variance[k] = var
+        if not offset.ok:
+            masks[k] |= MASK_DTYPE(Flag.NOT_REGISTERED)
+    result = sigma_clip_stack(values, masks, variance, params, parallel=False)  # Dask parallelises
     masks[result.clipped] |= MASK_DTYPE(Flag.CLIPPED)  # in place: no cube-sized temporaries
-    return {"mean": result.mean, "std": result.std, "count": result.count, "e91_mask": masks}
+    return {"e91": values, "e91_mask": masks, "mean": result.mean, "std": result.std, "count": result.count}
+
+
+def _read(ref: ImageRef, y0: int, y1: int, factor: float = 1.0) -> np.ndarray:
+    """Rows ``[y0, y1)`` of ``ref`` (none when empty), times ``factor``."""
+    rows = read_rows(ref, y0, y1) if y1 > y0 else np.empty((0, ref.shape[1]), ref.dtype)
+    return rows if factor == 1.0 else rows * np.float32(factor)
+
+
+def _applied(offset: Offset, subpixel: bool) -> tuple[float, float]:
+    """The offset a frame is moved by: measured (rounded unless ``subpixel``), 0 when refused."""
+    if not offset.ok:
+        return 0, 0
+    return (offset.dy, offset.dx) if subpixel else (round(offset.dy), round(offset.dx))
 
 
 def _applied_shifts(offsets, subpixel: bool) -> np.ndarray:
     """(dy, dx) translation applied to each frame: minus the offset (rounded unless ``subpixel``);
     NaN when refused."""
-    return np.array([((-o.dy, -o.dx) if subpixel else (-round(o.dy), -round(o.dx))) if o.ok else (np.nan, np.nan)
-                     for o in offsets], np.float32)  # fmt: skip
+    return np.array([tuple(-v for v in _applied(o, subpixel)) if o.ok else (np.nan, np.nan) for o in offsets],
+                    np.float32)
 
 
 def _checksum(path: str) -> dict:

@@ -23,6 +23,7 @@ pointing differ by nothing else to within a small fraction of a pixel).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,17 +87,35 @@ def measure_offset(
     params: RegisterParams = RegisterParams(),
 ) -> Offset:
     """Offset (pixels) of ``image`` relative to ``reference``; masks are True where bad."""
+    return measure_offsets(reference, [(image, image_mask)], reference_mask, params)[0]
+
+
+def measure_offsets(
+    reference: np.ndarray,
+    images: Iterable[tuple[np.ndarray, np.ndarray | None]],
+    reference_mask: np.ndarray | None = None,
+    params: RegisterParams = RegisterParams(),
+) -> list[Offset]:
+    """``measure_offset`` of each ``(image, mask)`` of ``images`` (consumed one at a time, so it
+    may read them lazily) against one ``reference``, which is prepared once."""
     reference = np.asarray(reference, dtype=np.float64)
-    image = np.asarray(image, dtype=np.float64)
-    if reference.ndim != 2 or reference.shape != image.shape:
-        raise ValueError(f"need two 2-D frames of one shape, got {reference.shape}, {image.shape}")
+    if reference.ndim != 2:
+        raise ValueError(f"need a 2-D reference frame, got shape {reference.shape}")
     ref_clean, ref_bad = prepare(reference, reference_mask)
-    img_clean, img_bad = prepare(image, image_mask)
     _, ref_centres = find_sources(ref_clean, ref_bad)
+    ref_windowed = window(ref_clean)
+    return [_offset(ref_windowed, ref_centres, image, mask, params) for image, mask in images]
+
+
+def _offset(ref_windowed: np.ndarray, ref_centres: np.ndarray, image, image_mask, params: RegisterParams) -> Offset:
+    image = np.asarray(image, dtype=np.float64)
+    if image.shape != ref_windowed.shape:
+        raise ValueError(f"need two 2-D frames of one shape, got {ref_windowed.shape}, {image.shape}")
+    img_clean, img_bad = prepare(image, image_mask)
     img_footprint, img_centres = find_sources(img_clean, img_bad)
     n_sources = min(len(ref_centres), len(img_centres))
-    spectrum = cross_power(window(ref_clean), window(img_clean))
-    (dy, dx), ratio = peak(spectrum, reference.shape)
+    spectrum = cross_power(ref_windowed, window(img_clean))
+    (dy, dx), ratio = peak(spectrum, image.shape)
     shift = float(np.hypot(dy, dx))
     matched = matched_fraction(ref_centres, img_footprint, dy, dx)
     if n_sources < params.min_sources:

@@ -26,7 +26,9 @@ from .masks import MASK_DTYPE, Flag
 def bpm_flags(bpm: np.ndarray) -> np.ndarray:
     """skyprep flags (uint16) of an observatory (BANZAI) BPM: bit 1 bad pixel, bit 2 saturated
     (skyprep's low bits keep BANZAI's values, so the bits carry over; others are dropped)."""
-    return (np.asarray(bpm) & (Flag.BAD_PIXEL | Flag.SATURATED)).astype(MASK_DTYPE)
+    flags = np.asarray(bpm).astype(MASK_DTYPE)
+    flags &= MASK_DTYPE(Flag.BAD_PIXEL | Flag.SATURATED)
+    return flags
 
 
 def bilinear_weights(dy: float, dx: float) -> list[tuple[int, int, float]]:
@@ -55,19 +57,24 @@ def shift_rows(
     ``flags`` its uint16 mask and ``variance`` its variance (same unit squared) or ``None``.
     """
     rows, nx = y1 - y0, window.shape[1]
-    total = np.zeros((rows, nx))
-    total_var = np.zeros((rows, nx)) if variance is not None else None
+    terms = bilinear_weights(dy, dx)
+    exact = len(terms) == 1  # an integer offset copies pixels: no float64 accumulation needed
+    total = np.zeros((rows, nx), np.float32 if exact else np.float64)
+    total_var = None if variance is None else np.zeros_like(total)
     mask = np.zeros((rows, nx), MASK_DTYPE)
     covered = np.ones((rows, nx), bool)
-    for oy, ox, weight in bilinear_weights(dy, dx):
-        inside = np.zeros((rows, nx), bool)
+    for oy, ox, weight in terms:
         src_y0 = y0 + oy - window_y0  # window row of session row y0
         ys = slice(max(src_y0, 0), min(src_y0 + rows, window.shape[0]))
         xs = slice(max(ox, 0), min(nx + ox, nx))
+        region = (slice(ys.start - src_y0, ys.stop - src_y0), slice(xs.start - ox, xs.stop - ox))
+        inside = np.zeros((rows, nx), bool)
         if ys.start < ys.stop and xs.start < xs.stop:
-            region = (slice(ys.start - src_y0, ys.stop - src_y0), slice(xs.start - ox, xs.stop - ox))
             inside[region] = True
-            total[region] += weight * window[ys, xs]
+            if exact:
+                total[region] = window[ys, xs]
+            else:
+                total[region] += weight * window[ys, xs]
             mask[region] |= flags[ys, xs]
             if variance is not None:
                 total_var[region] += weight * weight * variance[ys, xs]
@@ -77,5 +84,5 @@ def shift_rows(
     total[~covered] = np.nan
     if variance is not None:
         total_var[~covered] = np.nan
-        total_var = total_var.astype(np.float32)
-    return total.astype(np.float32), mask, total_var
+        total_var = total_var.astype(np.float32, copy=False)
+    return total.astype(np.float32, copy=False), mask, total_var

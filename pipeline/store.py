@@ -12,6 +12,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+import dask
 import numpy as np
 import xarray as xr
 import zarr
@@ -36,14 +37,26 @@ def write_session(dataset: xr.Dataset, store: Path | str, key: str, chunk_px: in
     """Write the session's metadata now and return the Delayed that writes its arrays.
 
     Any earlier (incomplete) version of the group is replaced. Dask chunks are whole multiples
-    of the Zarr chunks along every axis, so each Zarr chunk is written by exactly one task.
+    of the Zarr chunks along every axis, so each Zarr chunk is written by exactly one task: one
+    region write per Dask block, which takes the block's own key (so a task elsewhere in the
+    session's graph that uses the same block shares its computation rather than repeating it).
     """
     _check_alignment(dataset, chunk_px)
     _unmark(store, key)
-    return dataset.to_zarr(
-        str(store), group=key, mode="w", compute=False, consolidated=False, zarr_format=3,
-        encoding=encoding(dataset, chunk_px),
-    )  # fmt: skip
+    dataset.to_zarr(str(store), group=key, mode="w", compute=False, consolidated=False, zarr_format=3,
+                    encoding=encoding(dataset, chunk_px))  # the template: metadata and coordinates
+    writes = []
+    for name, variable in dataset.data_vars.items():
+        starts = [np.cumsum((0,) + c) for c in variable.chunks]
+        blocks = variable.data.to_delayed(optimize_graph=False)
+        for index in np.ndindex(blocks.shape):
+            region = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, index))
+            writes.append(dask.delayed(_write_region, pure=True)(blocks[index], str(store), f"{key}/{name}", region))
+    return dask.delayed(len, pure=True)(writes)
+
+
+def _write_region(block: np.ndarray, store: str, path: str, region: tuple[slice, ...]) -> None:
+    zarr.open_array(store, path=path, mode="r+", zarr_format=3)[region] = block
 
 
 def _check_alignment(dataset: xr.Dataset, chunk_px: int) -> None:
