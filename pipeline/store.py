@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import dask
+from dask.base import tokenize
 import numpy as np
 import xarray as xr
 import zarr
@@ -45,14 +46,16 @@ def write_session(dataset: xr.Dataset, store: Path | str, key: str, chunk_px: in
     _unmark(store, key)
     dataset.to_zarr(str(store), group=key, mode="w", compute=False, consolidated=False, zarr_format=3,
                     encoding=encoding(dataset, chunk_px))  # the template: metadata and coordinates
-    writes = []
+    writes, token = [], tokenize(dataset)[:8]
     for name, variable in dataset.data_vars.items():
         starts = [np.cumsum((0,) + c) for c in variable.chunks]
         blocks = variable.data.to_delayed(optimize_graph=False)
         for index in np.ndindex(blocks.shape):
             region = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, index))
-            writes.append(dask.delayed(_write_region, pure=True)(blocks[index], str(store), f"{key}/{name}", region))
-    return dask.delayed(len, pure=True)(writes)
+            writes.append(dask.delayed(_write_region, pure=True)(
+                blocks[index], str(store), f"{key}/{name}", region,
+                dask_key_name=(f"write-{name}-{key.replace('/', '-')}-{token}", *index)))
+    return dask.delayed(len, pure=True)(writes, dask_key_name=f"written-{key.replace('/', '-')}-{token}")
 
 
 def _write_region(block: np.ndarray, store: str, path: str, region: tuple[slice, ...]) -> None:
