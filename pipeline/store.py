@@ -23,12 +23,13 @@ INDEX_KEY = "skyprep"
 
 
 def encoding(dataset: xr.Dataset, chunk_px: int) -> dict:
-    """Zarr chunks for every variable: ``chunk_px`` squares, one frame deep for cubes."""
+    """Zarr chunks for every variable: ``chunk_px`` squares (no larger than the frame), one frame
+    deep for cubes."""
     result = {}
     for name, variable in dataset.data_vars.items():
         if variable.dims[-2:] == ("y", "x"):
             lead = (1,) * (variable.ndim - 2)
-            result[name] = {"chunks": (*lead, chunk_px, chunk_px)}
+            result[name] = {"chunks": (*lead, *(min(chunk_px, n) for n in variable.shape[-2:]))}
         else:
             result[name] = {"chunks": variable.shape}
     return result
