@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import dask
+import yaml
 from dask.base import tokenize
 from distributed import Client, LocalCluster, as_completed
 
@@ -28,6 +29,9 @@ from .keywords import MissingKeyword
 from .graph import build_session
 from .store import complete_sessions, consolidate, mark_complete, write_session
 from .verify import array_sha256
+
+DASK_YAML = Path(__file__).with_name("dask.yaml")  # worker settings (allocator), as Dask defaults
+dask.config.update_defaults(yaml.safe_load(DASK_YAML.read_text()))
 
 
 @dataclass
