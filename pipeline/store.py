@@ -48,14 +48,15 @@ def write_session(dataset: xr.Dataset, store: Path | str, key: str, chunk_px: in
     dataset.to_zarr(str(store), group=key, mode="w", compute=False, consolidated=False, zarr_format=3,
                     encoding=encoding(dataset, chunk_px))  # the template: metadata and coordinates
     writes, token = [], tokenize(dataset)[:8]
-    for name, variable in dataset.data_vars.items():
-        starts = [np.cumsum((0,) + c) for c in variable.chunks]
-        blocks = variable.data.to_delayed(optimize_graph=False)
-        for index in np.ndindex(blocks.shape):
-            region = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, index))
-            writes.append(dask.delayed(_write_region, pure=True)(
-                blocks[index], str(store), f"{key}/{name}", region,
-                dask_key_name=(f"write-{name}-{key.replace('/', '-')}-{token}", *index)))
+    with dask.annotate(priority=1):  # a block is written (and freed) as soon as it is computed
+        for name, variable in dataset.data_vars.items():
+            starts = [np.cumsum((0,) + c) for c in variable.chunks]
+            blocks = variable.data.to_delayed(optimize_graph=False)
+            for index in np.ndindex(blocks.shape):
+                region = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, index))
+                writes.append(dask.delayed(_write_region, pure=True)(
+                    blocks[index], str(store), f"{key}/{name}", region,
+                    dask_key_name=(f"write-{name}-{key.replace('/', '-')}-{token}", *index)))
     return dask.delayed(len, pure=True)(writes, dask_key_name=f"written-{key.replace('/', '-')}-{token}")
 
 
