@@ -3,7 +3,10 @@
 Wiring only: every numeric step is a pure function of another module, applied here per block.
 Keys carry the session's name. Frames are full-width row strips (tile-aligned); the only
 whole-frame tasks are the amplifier reduction (the overscan needs every row) and the source
-detection on the stack. No task holds more than one strip of the e91 cube.
+detection on the stack. The e91 work is coarse: one registration task per session and one task
+per strip that reads the rows of every frame it needs, moves and stacks them, so no task holds
+more than one strip of the e91 cube and every e91 row is decoded once. Tasks that need rows of
+an array take the graph's own blocks (``_row_blocks``), so nothing upstream is computed twice.
 """
 
 from __future__ import annotations
