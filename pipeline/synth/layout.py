@@ -79,14 +79,6 @@ def read_out(detector: np.ndarray, amp: AmpSections) -> np.ndarray:
     return amp.detsec.orient(detector[amp.detsec.slices])
 
 
-def assemble(data: Sequence[np.ndarray], amps: Sequence[AmpSections], size: int) -> np.ndarray:
-    """Place each amplifier's trimmed data (readout order) on the detector by its DETSEC."""
-    detector = np.empty((size, size), dtype=np.result_type(*data))
-    for pixels, amp in zip(data, amps, strict=True):
-        detector[amp.detsec.slices] = amp.detsec.orient(pixels)
-    return detector
-
-
 def amp_cards(amp: AmpSections, readout: Readout) -> list[Card]:
     """The keywords that differ between amplifiers."""
     return [
