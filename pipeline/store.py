@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import dask
-from dask.base import tokenize
 import numpy as np
 import xarray as xr
 import zarr
+from dask.base import tokenize
 
 STORE_VERSION = 1
 INDEX_KEY = "skyprep"
