@@ -78,6 +78,7 @@ def loader_rows(frames: np.ndarray, root: Path, n: int) -> list[dict]:
     """Patches per second: the skyprep loader (1 process, 2-worker DataLoader), .npy memmap, .fits.fz."""
     from astropy.io import fits
 
+    from pipeline.config import ChunkParams
     from pipeline.loader import LoaderParams, PatchDataset
     from pipeline.store import index, mark_complete, write_session
     import dask
@@ -90,7 +91,7 @@ def loader_rows(frames: np.ndarray, root: Path, n: int) -> list[dict]:
         image = da.from_array(frame, chunks=(size, size))
         ds = xr.Dataset({name: (("y", "x"), image) for name in ("os", "calib")} |
                         {"mask": (("y", "x"), da.zeros((size, size), dtype=np.uint16, chunks=size))})  # fmt: skip
-        dask.compute(write_session(ds, store, f"bench_x/obs{k}", 256))
+        dask.compute(write_session(ds, store, f"bench_x/obs{k}", ChunkParams().store_chunk_px))  # the default layout
         mark_complete(store, f"bench_x/obs{k}", {"instrument": "bench", "band": "x", "obs_id": f"obs{k}"}, {})
     assert len(index(store)) == len(frames)
     params = LoaderParams(input="os", target="calib", patch_px=PATCH, patches_per_epoch=n, with_variance=False)
