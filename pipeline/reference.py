@@ -16,9 +16,10 @@ def robust_difference(ours: np.ndarray, reference: np.ndarray, good: np.ndarray 
     values = diff[use]
     if values.size == 0:
         return {"median": None, "robust_std": None, "n": 0}
-    median = float(np.median(values))
+    median = float(np.median(values, overwrite_input=True))  # values is ours: reorder it in place
+    np.abs(np.subtract(values, median, out=values), out=values)
     return {
         "median": median,
-        "robust_std": float(MAD_TO_SIGMA * np.median(np.abs(values - median))),
-        "n": int(values.size),
+        "robust_std": float(MAD_TO_SIGMA * np.median(values, overwrite_input=True)),
+        "n": values.size,
     }
