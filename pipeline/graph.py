@@ -445,7 +445,7 @@ def _stack_strip(frames: list[_Frame], offsets: list[Offset], y0: int, y1: int, 
 
 def _read(ref: ImageRef, y0: int, y1: int, factor: float = 1.0) -> np.ndarray:
     """Rows ``[y0, y1)`` of ``ref`` (none when empty), times ``factor``."""
-    rows = read_rows(ref, y0, y1) if y1 > y0 else np.empty((0, ref.shape[1]), ref.dtype)
+    rows = read_rows(ref, y0, y1)
     return rows if factor == 1.0 else rows * np.float32(factor)
 
 
