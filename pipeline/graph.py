@@ -71,13 +71,14 @@ def build_session(session: Session, config: Config) -> SessionGraph:
         {"calib": np.float32, "variance": np.float32, "mask": MASK_DTYPE},
         base,
     )  # fmt: skip
+    calibration_mask = products["mask"]  # registration needs no cosmic-ray flags: it need not wait for them
     products["mask"] = _with_cosmic_rays(products, meta, config.cosmics, base)
     variables = {"os": (("y", "x"), os_adu), **{k: (("y", "x"), v) for k, v in products.items()}}
     if not config.write_variance:
         del variables["variance"]
     summary = {"offsets": []}
     if session.e91:
-        stacked, offsets = _e91_stack(session, products["calib"], products["mask"], shape, config, base,
+        stacked, offsets = _e91_stack(session, products["calib"], calibration_mask, shape, config, base,
                                       amps_refs[0].header, profile, meta["gain"])
         variables.update(stacked)
         summary["offsets"] = offsets

@@ -28,7 +28,6 @@ from .fits_reader import FitsError
 from .keywords import MissingKeyword
 from .graph import build_session
 from .store import complete_sessions, consolidate, mark_complete, write_session
-from .verify import array_sha256
 
 DASK_YAML = Path(__file__).with_name("dask.yaml")  # worker settings (allocator), as Dask defaults
 dask.config.update_defaults(yaml.safe_load(DASK_YAML.read_text()))
@@ -179,14 +178,13 @@ def _submit(session: Session, store, config: Config, client: Client):
     graph = build_session(session, config)
     write = write_session(graph.dataset, store, session.key, config.chunks.store_chunk_px)
     name = f"done-{session.key.replace('/', '-')}-{tokenize(write)[:8]}"
-    done = dask.delayed(_summary_after_write, pure=True)(write, graph.summary, str(store), session.key,
-                                                         dask_key_name=name)
+    done = dask.delayed(_summary_after_write, pure=True)(write, graph.summary, dask_key_name=name)
     return client.compute(done), dict(graph.dataset.attrs)
 
 
-def _summary_after_write(_written, summary: dict, store: str, key: str) -> dict:
+def _summary_after_write(written: dict, summary: dict) -> dict:
     """Registration results, input checksums, agreement with the archive's products and the
-    SHA-256 of each array's written files."""
+    SHA-256 of each array's written files (``written``, from ``write_session``)."""
     return {
         "offsets": [
             {"dy": o.dy, "dx": o.dx, "quality": o.quality, "ok": o.ok, "reason": o.reason,
@@ -195,7 +193,7 @@ def _summary_after_write(_written, summary: dict, store: str, key: str) -> dict:
         ],
         "checksums": summary["checksums"],
         "reference": summary["reference"],
-        "array_sha256": array_sha256(store, key),
+        "array_sha256": written,
     }
 
 

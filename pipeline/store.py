@@ -8,6 +8,7 @@ crash leaves at most an incomplete session, which the next run rewrites.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,32 +37,51 @@ def encoding(dataset: xr.Dataset, chunk_px: int) -> dict:
 
 
 def write_session(dataset: xr.Dataset, store: Path | str, key: str, chunk_px: int):
-    """Write the session's metadata now and return the Delayed that writes its arrays.
+    """Write the session's metadata now and return the Delayed that writes its arrays and gives
+    the SHA-256 of each array's files, ``{name: hex digest}`` (``array_files_sha256``).
 
     Any earlier (incomplete) version of the group is replaced. Dask chunks are whole multiples
     of the Zarr chunks along every axis, so each Zarr chunk is written by exactly one task: one
     region write per Dask block, which takes the block's own key (so a task elsewhere in the
     session's graph that uses the same block shares its computation rather than repeating it).
+    Each array is hashed as soon as its own blocks are written.
     """
     _check_alignment(dataset, chunk_px)
     _unmark(store, key)
     dataset.to_zarr(str(store), group=key, mode="w", compute=False, consolidated=False, zarr_format=3,
                     encoding=encoding(dataset, chunk_px))  # the template: metadata and coordinates
-    writes, token = [], tokenize(dataset)[:8]
+    digests, token, label = {}, tokenize(dataset)[:8], key.replace("/", "-")
     with dask.annotate(priority=1):  # a block is written (and freed) as soon as it is computed
         for name, variable in dataset.data_vars.items():
             starts = [np.cumsum((0,) + c) for c in variable.chunks]
             blocks = variable.data.to_delayed(optimize_graph=False)
+            writes = []
             for index in np.ndindex(blocks.shape):
                 region = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, index))
                 writes.append(dask.delayed(_write_region, pure=True)(
                     blocks[index], str(store), f"{key}/{name}", region,
-                    dask_key_name=(f"write-{name}-{key.replace('/', '-')}-{token}", *index)))
-    return dask.delayed(len, pure=True)(writes, dask_key_name=f"written-{key.replace('/', '-')}-{token}")
+                    dask_key_name=(f"write-{name}-{label}-{token}", *index)))
+            digests[name] = dask.delayed(_digest_after, pure=True)(writes, str(Path(store) / key / name),
+                                                                   dask_key_name=f"sha256-{name}-{label}-{token}")  # fmt: skip
+    return dask.delayed(dict, pure=True)(digests, dask_key_name=f"written-{label}-{token}")
 
 
 def _write_region(block: np.ndarray, store: str, path: str, region: tuple[slice, ...]) -> None:
     zarr.open_array(store, path=path, mode="r+", zarr_format=3)[region] = block
+
+
+def _digest_after(_writes, array_dir: str) -> str:
+    return array_files_sha256(Path(array_dir))
+
+
+def array_files_sha256(array_dir: Path) -> str:
+    """SHA-256 of an array's files: its ``zarr.json`` and every chunk file in key order, each as
+    its name relative to ``array_dir`` and a NUL, then its bytes."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in array_dir.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(array_dir).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _check_alignment(dataset: xr.Dataset, chunk_px: int) -> None:

@@ -1,19 +1,18 @@
 """``skyprep verify``: is every indexed session complete, as the contract says, and unchanged since written?
 
-Checksums: when a session's arrays are written, the task that follows the write hashes each
-array's files (its ``zarr.json`` and every chunk file, in key order) with SHA-256; the digests
-are stored in the session attribute ``array_sha256``. ``verify`` recomputes them from the files.
+Checksums: when an array of a session has been written, a task hashes its files (its
+``zarr.json`` and every chunk file, in key order) with SHA-256; the digests are stored in the
+session attribute ``array_sha256``. ``verify`` recomputes them from the files.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from .store import index
+from .store import array_files_sha256, index
 
 # variable: (dimension names, dtype) of the store contract v1
 CONTRACT = {
@@ -38,16 +37,12 @@ STACK = ("e91", "e91_mask", "shift", "mean", "count", "std", "source_mask")
 
 
 def array_sha256(store: Path | str, key: str) -> dict[str, str]:
-    """SHA-256 of each array of session ``key``: its metadata and chunk files (relative name + bytes)."""
+    """SHA-256 of each contract array of session ``key`` (``store.array_files_sha256``)."""
     group_dir = Path(store) / key
-    digests = {}
-    for array_dir in sorted(p for p in group_dir.iterdir() if (p / "zarr.json").is_file() and p.name in CONTRACT):
-        digest = hashlib.sha256()
-        for path in sorted(p for p in array_dir.rglob("*") if p.is_file()):
-            digest.update(path.relative_to(array_dir).as_posix().encode() + b"\0")
-            digest.update(path.read_bytes())
-        digests[array_dir.name] = digest.hexdigest()
-    return digests
+    return {
+        array_dir.name: array_files_sha256(array_dir)
+        for array_dir in sorted(p for p in group_dir.iterdir() if (p / "zarr.json").is_file() and p.name in CONTRACT)
+    }
 
 
 def _shape_problems(name: str, array: zarr.Array, record: dict) -> list[str]:

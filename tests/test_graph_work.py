@@ -35,7 +35,7 @@ def _run_session(root, tmp_path):
     built = graph.build_session(session, CONFIG)
     store = str(tmp_path / "store.zarr")
     written = write_session(built.dataset, store, KEY, CONFIG.chunks.store_chunk_px)
-    done = dask.delayed(_summary_after_write)(written, built.summary, store, KEY)
+    done = dask.delayed(_summary_after_write)(written, built.summary)
     with dask.config.set(scheduler="synchronous"):
         return done.compute(), built
 
