@@ -39,13 +39,13 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
+# astropy's private C codecs, the very functions its own reads call: astropy >= 7, astropy 6.
+_CODEC_MODULES = ("astropy.io.fits.hdu.compressed._compression", "astropy.io.fits._tiled_compression._compression")
 
 
 def _astropy_codec(name: str):
-    """astropy's private C function ``name``, the very one its own reads call; None once moved
-    (the layouts that need it then go to the other decoders)."""
-    for module in ("astropy.io.fits.hdu.compressed._compression",  # astropy >= 7
-                   "astropy.io.fits._tiled_compression._compression"):  # astropy 6  # fmt: skip
+    """astropy's C function ``name``, or None once it moves (its layouts go to the other decoders)."""
+    for module in _CODEC_MODULES:
         try:
             return getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError):
@@ -399,13 +399,13 @@ def _open_tiles(path: str, index: int) -> _Tiles:
         dtype=np.dtype({8: "u1", 16: "i2", 32: "i4", -32: "f4", -64: "f8"}[bitpix]),
         blocksize=settings.get("BLOCKSIZE", 32),
         bytepix=settings.get("BYTEPIX", 4),
-        **(_quantization(table, rows, heap) if bitpix < 0 else {}),
+        **(_quantization(table, forms, rows, heap) if bitpix < 0 else {}),
     )
 
 
-def _quantization(table: fits.Header, rows: np.ndarray, heap: int) -> dict:
-    """The ``_Tiles`` fields of a quantized float image, from its header and tile table ``rows``."""
-    forms = _columns(table)
+def _quantization(table: fits.Header, forms: dict[str, str], rows: np.ndarray, heap: int) -> dict:
+    """The ``_Tiles`` fields of a quantized float image, from its header, column types and tile
+    table ``rows`` (``heap``: file offset of the heap)."""
     blanks = rows["ZBLANK"].tolist() if "ZBLANK" in forms else None
     if blanks is None and "ZBLANK" in table:
         blanks = [table["ZBLANK"]] * len(rows)
@@ -439,24 +439,24 @@ def _tile(tiles: _Tiles, index: int, npix: int) -> np.ndarray:
         words = np.frombuffer(coded, ">i2").astype("=i2").tobytes()
         return np.frombuffer(decompress_plio_1_c(words, npix), "i4", npix)
     codes = decompress_rice_1_c(coded, tiles.blocksize, tiles.bytepix, npix)
-    return _unquantize(tiles, index, codes, npix) if tiles.scales is not None else np.frombuffer(
-        codes, f"i{tiles.bytepix}", npix)  # fmt: skip
+    if tiles.scales is not None:
+        return _unquantize(tiles, index, codes, npix)
+    return np.frombuffer(codes, f"i{tiles.bytepix}", npix)
 
 
 def _unquantize(tiles: _Tiles, index: int, codes: bytes, npix: int) -> np.ndarray:
     """Quantized tile ``index`` (``npix`` integer ``codes``) as floats, as astropy computes them:
     NO_DITHER in numpy float64, the dithered methods in its C unquantizer with the dither
     sequence ``seed + index``; codes equal to the tile's ZBLANK become NaN."""
-    ints = np.frombuffer(codes, f"i{tiles.bytepix}", npix)
     scale, zero = tiles.scales[index], tiles.zeros[index]
     if tiles.dither == DITHER_METHODS["NO_DITHER"]:
-        values = ints * scale + zero
+        values = np.frombuffer(codes, f"i{tiles.bytepix}", npix) * scale + zero
     else:
         unquantize = unquantize_float_c if tiles.dtype.itemsize == 4 else unquantize_double_c
         floats = unquantize(codes, tiles.seed + index, npix, scale, zero, tiles.dither, 0, 0, 0.0, tiles.bytepix)
         values = np.frombuffer(floats, tiles.dtype, npix)
     if tiles.blanks is not None:
-        blank = ints == tiles.blanks[index]
+        blank = np.frombuffer(codes, f"i{tiles.bytepix}", npix) == tiles.blanks[index]
         if blank.any():
             values = values.copy()
             values[blank] = np.nan
@@ -471,37 +471,29 @@ def _lossless_tile(tiles: _Tiles, index: int, npix: int) -> np.ndarray:
     return np.frombuffer(raw, tiles.dtype.newbyteorder(">"), npix)
 
 
+def _spans(start: int, stop: int, size: int, extent: int) -> list[tuple[int, int, slice, slice]]:
+    """The tiles of ``size`` pixels along an axis of ``extent`` that ``[start, stop)`` touches:
+    (tile number, tile length, its part of the request, the request's part of it)."""
+    spans = []
+    for number in range(start // size, -(-stop // size)):
+        t0, t1 = number * size, min(number * size + size, extent)
+        a, b = max(t0, start), min(t1, stop)
+        spans.append((number, t1 - t0, slice(a - start, b - start), slice(a - t0, b - t0)))
+    return spans
+
+
 def _decode_tiles(tiles: _Tiles, shape: tuple[int, int], rows: range, cols: range) -> np.ndarray:
     """Pixels ``[rows, cols]`` (unit steps inside ``shape``), before BZERO, in ``tiles.dtype``."""
     (ny, nx), (th, tw) = shape, tiles.tile_shape
     out = np.empty((len(rows), len(cols)), tiles.dtype)
     if not out.size:
         return out
-    if tw >= nx and len(cols) == nx:
-        return _decode_rows(tiles, shape, rows)
-    tiles_per_row = -(-nx // tw)
-    for ty in range(rows.start // th, -(-rows.stop // th)):
-        r0, r1 = ty * th, min(ty * th + th, ny)
-        ya, yb = max(r0, rows.start), min(r1, rows.stop)
-        for tx in range(cols.start // tw, -(-cols.stop // tw)):
-            c0, c1 = tx * tw, min(tx * tw + tw, nx)
-            xa, xb = max(c0, cols.start), min(c1, cols.stop)
-            tile = _tile(tiles, ty * tiles_per_row + tx, (r1 - r0) * (c1 - c0)).reshape(r1 - r0, c1 - c0)
-            out[ya - rows.start : yb - rows.start, xa - cols.start : xb - cols.start] = (
-                tile[ya - r0 : yb - r0, xa - c0 : xb - c0])  # fmt: skip
+    tiles_per_row, col_spans = -(-nx // tw), _spans(cols.start, cols.stop, tw, nx)
+    for ty, height, out_rows, tile_rows in _spans(rows.start, rows.stop, th, ny):
+        for tx, width, out_cols, tile_cols in col_spans:
+            tile = _tile(tiles, ty * tiles_per_row + tx, height * width).reshape(height, width)
+            out[out_rows, out_cols] = tile[tile_rows, tile_cols]
     return out
-
-
-def _decode_rows(tiles: _Tiles, shape: tuple[int, int], rows: range) -> np.ndarray:
-    """Whole rows ``rows`` of an image tiled in whole rows: its tiles' pixels laid end to end
-    (one copy, not one per tile)."""
-    (ny, nx), th = shape, tiles.tile_shape[0]
-    pieces = []
-    for ty in range(rows.start // th, -(-rows.stop // th)):
-        r0, r1 = ty * th, min(ty * th + th, ny)
-        pixels = _tile(tiles, ty, (r1 - r0) * nx)
-        pieces.append(pixels[(max(r0, rows.start) - r0) * nx : (min(r1, rows.stop) - r0) * nx])
-    return np.concatenate(pieces, dtype=tiles.dtype, casting="unsafe").reshape(len(rows), nx)
 
 
 def _read_tiles(ref: ImageRef, rows: range, cols: range) -> np.ndarray:

@@ -1,0 +1,70 @@
+"""The Zarr writer: region writes of known arrays, the codec per dtype and the per-array digests."""
+
+import hashlib
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from benchmarks import bench_codecs
+from pipeline.store import write_session
+
+KEY = "muscat3_g/obs1"
+CHUNK = 32
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    truth = {
+        "calib": rng.normal(1000, 30, (96, 64)).astype(np.float32),
+        "mask": rng.integers(0, 8, (96, 64)).astype(np.uint16),
+        "e91": rng.normal(500, 20, (3, 96, 64)).astype(np.float32),
+    }
+    dims = {2: ("y", "x"), 3: ("frame", "y", "x")}
+    dataset = xr.Dataset({name: (dims[a.ndim], da.from_array(a, chunks=(1,) * (a.ndim - 2) + (64, 64)))
+                          for name, a in truth.items()})  # fmt: skip
+    store = tmp_path_factory.mktemp("store") / "s.zarr"
+    (digests,) = dask.compute(write_session(dataset, store, KEY, CHUNK), scheduler="synchronous")
+    return store, truth, digests
+
+
+def test_values_round_trip(written):
+    store, truth, _ = written
+    group = zarr.open_group(str(store), path=KEY, mode="r")
+    for name, values in truth.items():
+        np.testing.assert_array_equal(group[name][...], values)
+        assert group[name].chunks[-2:] == (CHUNK, CHUNK)
+
+
+def test_floats_use_blosc_lz4_with_shuffle_and_integers_zstd(written):
+    store, _, _ = written
+    group = zarr.open_group(str(store), path=KEY, mode="r")
+    for name in ("calib", "e91"):
+        (codec,) = group[name].compressors
+        assert (type(codec).__name__, codec.cname.value, codec.shuffle.value) == ("BloscCodec", "lz4", "shuffle")
+    (codec,) = group["mask"].compressors
+    assert type(codec).__name__ == "ZstdCodec"
+
+
+def test_digests_are_the_sha256_of_each_arrays_files(written):
+    store, truth, digests = written
+    assert set(digests) == set(truth)
+    for name, digest in digests.items():
+        array_dir = store / KEY / name
+        expected = hashlib.sha256()
+        for path in sorted(p for p in array_dir.rglob("*") if p.is_file()):
+            expected.update(str(path.relative_to(array_dir)).encode() + b"\0" + path.read_bytes())
+        assert digest == expected.hexdigest()
+
+
+def test_codec_benchmark_runs_on_a_written_store(written):
+    store, truth, _ = written
+    report = bench_codecs.run_benchmark(store, KEY, frames=2, repeats=1)
+    assert set(report["arrays"]) == set(truth)
+    for row in report["arrays"].values():
+        assert all(row[label]["ratio"] > 0 for label in bench_codecs.CODECS)
+    assert "| e91 | float32 |" in bench_codecs.format_table(report)
