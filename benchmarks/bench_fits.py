@@ -1,14 +1,20 @@
-"""Benchmark of the FITS reading layer on a full-size RICE frame, two tilings.
+"""Benchmark of the FITS reading layer on full-size compressed frames, several tilings.
 
     python benchmarks/bench_fits.py [--rows 2048 --cols 2080 --repeats 15 --strip 512 --json PATH]
 
 The frame is uint16, written by astropy with RICE_1 (seeded: a 1000 ADU level with a gradient
 and Poisson noise, like a raw LCO frame with its overscan columns), once with fpack's default
 one-row tiles, once with 256 x 256 and once with 128 x 128 tiles (all three read by the
-reader's ``"rice"`` decoder). For each tiling, best time of ``--repeats`` interleaved runs:
+reader's ``"rice"`` decoder). Two more one-row-tiled frames stand for a reduced (e91) frame:
+``quantized_one_row``, the same frame as float32 quantized like fpack (RICE_1, level 64,
+SUBTRACTIVE_DITHER_1, a fixed ZDITHER0; ``"rice"`` decoder), and ``plio_one_row``, a uint8
+PLIO_1 mask of its pixels above 1250 ADU (``"plio"`` decoder). For each, best time of
+``--repeats`` interleaved runs:
 
 * ``astropy_full``  ``fits.getdata(path, 1)``, one plain full read (the reference: it opens
                     the file and parses its headers every time);
+* ``fitsio_full``   ``fitsio.read(path, ext=1)``, the same through cfitsio (the decoder these
+                    layouts would otherwise get);
 * ``chunked_full``  the whole frame through the pipeline's path, from a closed file (the
                     reader's open-file cache is emptied first, so the open is paid once):
                     ``lazy_image`` row strips of ``--strip`` rows computed with Dask's
@@ -23,8 +29,8 @@ reader's ``"rice"`` decoder). For each tiling, best time of ``--repeats`` interl
 
 Ratios, of the best CPU (process) times, which load from other processes disturbs less than
 wall times (those ratios are reported too, ``wall_*``): ``chunked_full / astropy_full``
-(target <= 1.2) and ``astropy_full / cutout_256`` (target >= 20; ``cold_cutout_speedup`` for
-the cold cutout).
+(target <= 1.2; ``chunked_over_fitsio`` likewise against cfitsio) and ``astropy_full /
+cutout_256`` (target >= 20; ``cold_cutout_speedup`` for the cold cutout).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import sys
 import time
 from pathlib import Path
 
+import fitsio
 import numpy as np
 from astropy.io import fits
 
@@ -43,17 +50,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.fits_reader import close_open_files, image, lazy_image, read_cutout  # noqa: E402
 
-TILINGS = {"one_row": None, "tiles_256": (256, 256), "tiles_128": (128, 128)}
+TILINGS = {  # name: (tile_shape or None for one-row tiles, pixels)
+    "one_row": (None, "raw"),
+    "tiles_256": ((256, 256), "raw"),
+    "tiles_128": ((128, 128), "raw"),
+    "quantized_one_row": (None, "quantized"),
+    "plio_one_row": (None, "mask"),
+}
+COMPRESSION = {  # pixels: the frame's dtype and astropy's compression options
+    "raw": (np.uint16, {"compression_type": "RICE_1"}),
+    "quantized": (np.float32, {"compression_type": "RICE_1", "quantize_level": 64, "quantize_method": 1,
+                               "dither_seed": 8433}),
+    "mask": (np.uint8, {"compression_type": "PLIO_1"}),
+}  # fmt: skip
 
 
-def make_frame(path: Path, rows: int, cols: int, tile_shape) -> Path:
-    """A seeded raw-like uint16 frame, RICE_1 compressed with ``tile_shape`` (None: one row)."""
+def make_frame(path: Path, rows: int, cols: int, tile_shape, pixels: str = "raw") -> Path:
+    """A seeded raw-like frame compressed with ``tile_shape`` (None: one row): ``pixels`` is
+    ``"raw"`` (uint16 counts), ``"quantized"`` (the counts as float32, quantized) or ``"mask"``
+    (uint8, 1 where the counts exceed 1250 ADU)."""
     rng = np.random.default_rng(0)
     level = 1000 + 200 * np.linspace(0, 1, cols)[None, :] + 100 * np.linspace(0, 1, rows)[:, None]
-    data = rng.poisson(level).astype(np.uint16)
-    options = {} if tile_shape is None else {"tile_shape": tile_shape}
-    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, compression_type="RICE_1", **options)]).writeto(
-        path, overwrite=True)  # fmt: skip
+    counts = rng.poisson(level)
+    dtype, options = COMPRESSION[pixels]
+    data = (counts > 1250) if pixels == "mask" else counts
+    options = options | ({} if tile_shape is None else {"tile_shape": tile_shape})
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data.astype(dtype), **options)]).writeto(path, overwrite=True)
     return path
 
 
@@ -94,6 +116,7 @@ def measure(path: Path, repeats: int, strip: int) -> dict:
 
     seconds, cpu = _best_interleaved({
         "astropy_full": lambda: fits.getdata(path, 1),
+        "fitsio_full": lambda: fitsio.read(path, ext=1),
         "chunked_full": _cold(lambda: lazy_image(ref, strip, "bench").compute(scheduler="sync")),
         "cutout_256": cutout,
         "cutout_256_cold": _cold(cutout),
@@ -106,6 +129,7 @@ def measure(path: Path, repeats: int, strip: int) -> dict:
         "best_seconds": {k: round(v, 5) for k, v in seconds.items()},
         "best_cpu_seconds": {k: round(v, 5) for k, v in cpu.items()},
         "chunked_over_astropy": round(cpu["chunked_full"] / cpu["astropy_full"], 3),
+        "chunked_over_fitsio": round(cpu["chunked_full"] / cpu["fitsio_full"], 3),
         "cutout_speedup": round(cpu["astropy_full"] / cpu["cutout_256"], 1),
         "cold_cutout_speedup": round(cpu["astropy_full"] / cpu["cutout_256_cold"], 1),
         "aligned_cutout_speedup": round(cpu["astropy_full"] / cpu["cutout_256_aligned"], 1),
@@ -125,8 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     report = {"frame": [args.rows, args.cols], "strip_rows": args.strip, "repeats": args.repeats,
               "machine": platform.platform(), "tilings": {}}  # fmt: skip
-    for name, tile_shape in TILINGS.items():
-        path = make_frame(args.workdir / f"skyprep_bench_{name}.fits.fz", args.rows, args.cols, tile_shape)
+    for name, (tile_shape, pixels) in TILINGS.items():
+        path = make_frame(args.workdir / f"skyprep_bench_{name}.fits.fz", args.rows, args.cols, tile_shape, pixels)
         try:
             report["tilings"][name] = measure(path, args.repeats, args.strip)
         finally:
