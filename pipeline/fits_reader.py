@@ -17,14 +17,18 @@ HDU's layout, chosen once per HDU (``ImageRef.decoder``; figures in benchmarks/R
   astropy (quantized GZIP_2 floats excepted: cfitsio ~10% faster), and integer images scaled to
   floats by BSCALE/BZERO (astropy scales in float32, cfitsio in float64: one decoder keeps every
   reader of the file on the same values);
+* ``"hcompress"``: HCOMPRESS_1 tiles of more than one row through astropy as above, one thread
+  of the process at a time (astropy's C H-decoder keeps its state in static variables: threads
+  decoding at once corrupt each other's tiles);
 * ``"cfitsio"`` (fitsio): other one-row tiles and plain images.
 
-All four decode bit-identically to ``fits.getdata``. Every error names the file and the
+All of them decode bit-identically to ``fits.getdata``. Every error names the file and the
 reason. Arrays are scaled by ``BZERO``/``BSCALE``, native byte order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib
 import mmap
@@ -95,7 +99,7 @@ class ImageRef:
     blank: float | None = None  # decoded value of BLANK pixels (become NaN, like astropy)
     rescaled: bool = False  # BSCALE/BZERO scaling to floats: astropy's float32 arithmetic is used
     version: int = 1  # EXTVER (1 when absent)
-    decoder: str = "cfitsio"  # "rice", "plio", "astropy" or "cfitsio": the fastest for this layout (_decoder)
+    decoder: str = "cfitsio"  # "rice", "plio", "astropy", "hcompress" or "cfitsio" (_decoder)
 
     @property
     def label(self) -> str:
@@ -148,7 +152,8 @@ def _decoder(hdu, rescaled: bool) -> str:
     if isinstance(hdu, fits.CompImageHDU) and (codec := _tile_codec(hdu._bintable.header, hdu.header)):
         return codec
     if rescaled or (isinstance(hdu, fits.CompImageHDU) and _tile_shape(hdu)[0] > 1):
-        return "astropy"
+        hcompress = isinstance(hdu, fits.CompImageHDU) and hdu._bintable.header.get("ZCMPTYPE") == "HCOMPRESS_1"
+        return "hcompress" if hcompress else "astropy"
     return "cfitsio"
 
 
@@ -296,6 +301,7 @@ def _matches(ref: ImageRef, selector: str) -> bool:
 
 _OPEN_FILES_PER_THREAD = 32  # memory-mapped files kept open by each thread (a descriptor each)
 _open_files = threading.local()
+_HCOMPRESS_LOCK = threading.Lock()  # the "hcompress" decoder's: one thread at a time
 
 
 def _open_cached(path: str, index: int | None, opener):
@@ -522,8 +528,9 @@ def read_cutout(ref: ImageRef, y0: int, y1: int, x0: int, x1: int) -> np.ndarray
     try:
         if ref.decoder in ("rice", "plio"):
             pixels = _read_tiles(ref, rows, cols)
-        elif ref.decoder == "astropy":
-            pixels = _open_cached(ref.path, None, _open_mapped)[ref.index].section[y0:y1, x0:x1]
+        elif ref.decoder in ("astropy", "hcompress"):
+            with _HCOMPRESS_LOCK if ref.decoder == "hcompress" else contextlib.nullcontext():
+                pixels = _open_cached(ref.path, None, _open_mapped)[ref.index].section[y0:y1, x0:x1]
         else:
             with fitsio.FITS(ref.path) as fits_file:
                 pixels = fits_file[ref.index][y0:y1, x0:x1]

@@ -69,7 +69,7 @@ NOT_RICE = {  # layouts the Rice and PLIO decoders must leave alone, with the de
                                       "cfitsio"),
     "hcompress_quantized_float_2d": (lambda: fits.CompImageHDU(RNG.normal(1000, 20, SHAPE).astype(np.float32),
                                                                compression_type="HCOMPRESS_1", tile_shape=(64, 48)),
-                                     "astropy"),
+                                     "hcompress"),  # astropy's, one thread at a time (C statics)
     "uint8_rice": (lambda: fits.CompImageHDU(RNG.integers(0, 255, SHAPE).astype(np.uint8), compression_type="RICE_1",
                                              tile_shape=(64, 48)), "astropy"),
     "gzip1_int16_2d": (lambda: fits.CompImageHDU(_counts(np.int16), compression_type="GZIP_1", tile_shape=(64, 48)),
@@ -245,7 +245,8 @@ def test_file_rewritten_at_the_same_path_is_read_anew(tmp_path):
 
 
 @pytest.mark.parametrize("make", [lambda: _rice(_counts(np.uint16), (32, 32)),
-                                  lambda: _quantized(_floats(np.float32), "SUBTRACTIVE_DITHER_2", (32, 32), 99)])
+                                  lambda: _quantized(_floats(np.float32), "SUBTRACTIVE_DITHER_2", (32, 32), 99),
+                                  NOT_RICE["hcompress_quantized_float_2d"][0]])  # astropy's H-decoder: C statics
 def test_threads_read_the_same_file_concurrently(tmp_path, make):
     path = _write(tmp_path / "shared.fits.fz", make())
     values, ref = fits.getdata(path, 1), image(path)
