@@ -1,4 +1,5 @@
-"""Cosmic-ray detection in a single calibrated frame (L.A.Cosmic, van Dokkum 2001, via astroscrappy).
+"""Cosmic-ray detection in a single calibrated frame (L.A.Cosmic, van Dokkum 2001: astroscrappy's
+algorithm, run by the numba kernel of ``pipeline.lacosmic``).
 
 Cosmic rays are only flagged (``Flag.COSMIC_RAY``); ``calib`` is never repaired. The detector
 works on the calibrated frame in ADU with its propagated variance (ADU^2) as the noise model and
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import astroscrappy
 import numpy as np
 from scipy import ndimage
 
+from .lacosmic import detect_cosmics
 from .masks import Flag
 
 _EXCLUDED = Flag.BAD_PIXEL | Flag.LOW_FLAT | Flag.NO_DATA
@@ -52,7 +53,7 @@ class CosmicParams:
 
 
 def cosmic_rays(calib_adu: np.ndarray, variance_adu2: np.ndarray, mask: np.ndarray, gain_e_per_adu: float,
-                rdnoise_e: float, params: CosmicParams) -> np.ndarray:  # fmt: skip
+                params: CosmicParams) -> np.ndarray:  # fmt: skip
     """Boolean map of cosmic-ray pixels in a calibrated block (ADU, its variance in ADU^2)."""
     mask = np.asarray(mask)
     if not params.enabled or mask.size == 0:
@@ -65,9 +66,6 @@ def cosmic_rays(calib_adu: np.ndarray, variance_adu2: np.ndarray, mask: np.ndarr
     pad = _EDGE_PAD_PX
     data = np.pad(np.where(valid, calib_adu, 0.0).astype(np.float32), pad, mode="reflect")
     var = np.pad(np.where(valid, variance_adu2, 1.0).astype(np.float32), pad, mode="reflect")
-    found, _ = astroscrappy.detect_cosmics(
-        data, inmask=np.pad(excluded, pad, mode="reflect"), invar=var, sigclip=params.sigclip, sigfrac=params.sigfrac,
-        objlim=params.objlim, gain=float(gain_e_per_adu), readnoise=float(rdnoise_e), satlevel=np.inf,
-        niter=params.niter, sepmed=True, cleantype="meanmask", fsmode="median",
-    )  # fmt: skip
-    return np.asarray(found, bool)[pad:-pad, pad:-pad] & ~excluded
+    found = detect_cosmics(data, np.pad(excluded, pad, mode="reflect"), var, float(gain_e_per_adu),
+                           params.sigclip, params.sigfrac, params.objlim, params.niter)  # fmt: skip
+    return found[pad:-pad, pad:-pad] & ~excluded

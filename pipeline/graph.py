@@ -268,12 +268,12 @@ def _with_cosmic_rays(products: dict, meta: dict, params: CosmicParams, base: st
         _flag_cosmic_rays, products["calib"], products["variance"], products["mask"],
         depth={0: margin, 1: 0}, boundary="none", align_arrays=False, trim=True, dtype=MASK_DTYPE,
         meta=np.empty((0, 0), MASK_DTYPE), name=f"cosmics-{base}",
-        gain_e_per_adu=meta["gain"], rdnoise_e=meta["rdnoise"], params=params,
+        gain_e_per_adu=meta["gain"], params=params,
     )  # fmt: skip
 
 
-def _flag_cosmic_rays(calib, variance, mask, *, gain_e_per_adu, rdnoise_e, params):
-    found = cosmic_rays(calib, variance, mask, gain_e_per_adu, rdnoise_e, params)
+def _flag_cosmic_rays(calib, variance, mask, *, gain_e_per_adu, params):
+    found = cosmic_rays(calib, variance, mask, gain_e_per_adu, params)
     return mask | np.where(found, Flag.COSMIC_RAY, 0).astype(MASK_DTYPE)
 
 

@@ -70,7 +70,7 @@ def test_isolated_hit_on_flat_sky_is_flagged_and_saturated_star_is_not():
     calib = rng.normal(expected, np.sqrt(variance)).astype(np.float32)
     calib[30, 20] += 3000.0
     mask = np.where(expected > 30000, Flag.SATURATED, 0).astype(np.uint16)
-    found = cosmic_rays(calib, variance.astype(np.float32), mask, gain, rdnoise, CosmicParams())
+    found = cosmic_rays(calib, variance.astype(np.float32), mask, gain, CosmicParams())
     assert found[30, 20]
     assert found.sum() <= 3
     assert not found[50:70, 50:70].any()
