@@ -299,7 +299,10 @@ def _matches(ref: ImageRef, selector: str) -> bool:
     return not extver or (extver.isdigit() and ref.version == int(extver))
 
 
-_OPEN_FILES_PER_THREAD = 32  # memory-mapped files kept open by each thread (a descriptor each)
+# Images kept open by each thread (a descriptor and ~70 kB each): more than a strip task reads
+# (SCI and BPM, and ERR when weighting, of each e91 frame: 40 frames fit), or the cache would
+# reopen every image for every strip (with 32, a 20-frame strip spent a third of its time so).
+_OPEN_FILES_PER_THREAD = 128
 _open_files = threading.local()
 _HCOMPRESS_LOCK = threading.Lock()  # the "hcompress" decoder's: one thread at a time
 
@@ -359,10 +362,10 @@ def _row_dtype(table: fits.Header) -> np.dtype:
     return dtype
 
 
-def _extents(descriptors: np.ndarray, form: str, heap: int) -> list[tuple[int, int]]:
-    """(bytes, file offset) of each tile's codes from a column's heap descriptors."""
-    item = np.dtype(_HEAP_TYPES[form[1]]).itemsize
-    return [(count * item, heap + offset) for count, offset in descriptors.tolist()]
+def _extents(descriptors: np.ndarray, form: str, heap: int) -> np.ndarray:
+    """(bytes, file offset) of each tile's codes, an (n, 2) int64 array, from a column's heap descriptors."""
+    counts, offsets = descriptors.astype(np.int64).T
+    return np.stack([counts * np.dtype(_HEAP_TYPES[form[1]]).itemsize, offsets + heap], axis=1)
 
 
 @dataclass(frozen=True)
@@ -371,17 +374,17 @@ class _Tiles:
 
     file: mmap.mmap
     codec: str  # "rice" or "plio"
-    extents: list[tuple[int, int]]  # bytes and file offset of each tile's codes, row-major
+    extents: np.ndarray  # (n, 2): bytes and file offset of each tile's codes, row-major
     tile_shape: tuple[int, int]  # (rows, columns) of a full tile
     dtype: np.dtype  # ZBITPIX's type, integers signed: the image as stored, before BZERO
     blocksize: int = 32  # Rice block, pixels
     bytepix: int = 4  # bytes per pixel the Rice codes carry
-    scales: list[float] | None = None  # ZSCALE of each tile of a quantized image, None for integers
-    zeros: list[float] | None = None  # ZZERO of each tile
-    blanks: list[int] | None = None  # ZBLANK code of each tile (column, else keyword), None if neither
+    scales: np.ndarray | None = None  # ZSCALE of each tile of a quantized image, None for integers
+    zeros: np.ndarray | None = None  # ZZERO of each tile
+    blanks: np.ndarray | None = None  # ZBLANK code of each tile (column, else keyword), None if neither
     dither: int = -1  # DITHER_METHODS code
     seed: int = 0  # ZDITHER0: the dither sequence of tile i starts at seed + i
-    lossless: list[tuple[int, int]] | None = None  # GZIP_1 extents of float tiles kept unquantized
+    lossless: np.ndarray | None = None  # GZIP_1 extents of float tiles kept unquantized
 
     def close(self) -> None:
         self.file.close()
@@ -415,13 +418,13 @@ def _open_tiles(path: str, index: int) -> _Tiles:
 def _quantization(table: fits.Header, forms: dict[str, str], rows: np.ndarray, heap: int) -> dict:
     """The ``_Tiles`` fields of a quantized float image, from its header, column types and tile
     table ``rows`` (``heap``: file offset of the heap)."""
-    blanks = rows["ZBLANK"].tolist() if "ZBLANK" in forms else None
+    blanks = rows["ZBLANK"].astype(np.int64) if "ZBLANK" in forms else None
     if blanks is None and "ZBLANK" in table:
-        blanks = [table["ZBLANK"]] * len(rows)
+        blanks = np.full(len(rows), table["ZBLANK"], np.int64)
     gzip_column = forms.get("GZIP_COMPRESSED_DATA")
     return {
-        "scales": rows["ZSCALE"].tolist(),
-        "zeros": rows["ZZERO"].tolist(),
+        "scales": rows["ZSCALE"].astype(np.float64),
+        "zeros": rows["ZZERO"].astype(np.float64),
         "blanks": blanks,
         "dither": DITHER_METHODS[table.get("ZQUANTIZ", "NO_DITHER")],
         "seed": table.get("ZDITHER0", 0),
@@ -429,9 +432,9 @@ def _quantization(table: fits.Header, forms: dict[str, str], rows: np.ndarray, h
     }
 
 
-def _heap(tiles: _Tiles, extent: tuple[int, int], index: int) -> bytes:
+def _heap(tiles: _Tiles, extent: np.ndarray, index: int) -> bytes:
     """The bytes at ``extent`` (bytes, file offset) of tile ``index``."""
-    size, offset = extent
+    size, offset = extent.tolist()
     if size == 0 or offset + size > len(tiles.file):
         raise ValueError(f"tile {index} is empty or past the end of the file")
     return tiles.file[offset : offset + size]
@@ -457,7 +460,7 @@ def _unquantize(tiles: _Tiles, index: int, codes: bytes, npix: int) -> np.ndarra
     """Quantized tile ``index`` (``npix`` integer ``codes``) as floats, as astropy computes them:
     NO_DITHER in numpy float64, the dithered methods in its C unquantizer with the dither
     sequence ``seed + index``; codes equal to the tile's ZBLANK become NaN."""
-    scale, zero = tiles.scales[index], tiles.zeros[index]
+    scale, zero = float(tiles.scales[index]), float(tiles.zeros[index])
     if tiles.dither == DITHER_METHODS["NO_DITHER"]:
         values = np.frombuffer(codes, f"i{tiles.bytepix}", npix) * scale + zero
     else:

@@ -287,3 +287,23 @@ def test_damaged_rice_tiles_name_the_file_and_the_reason(tmp_path):
     good.write_bytes(data[: len(data) * 2 // 3])  # truncated after the reference was taken
     with pytest.raises(FitsError, match=r"good.fits.fz.*(cannot decode|truncated)"):
         read_image(ref)
+
+
+def test_a_strip_tasks_images_stay_open_between_strips(tmp_path, monkeypatch):
+    """SCI and BPM of 40 frames (a strip task of a 40-frame session) are opened once, not per strip."""
+    opened = []
+    original = fits_reader._open_tiles
+    monkeypatch.setattr(fits_reader, "_open_tiles", lambda path, index: opened.append(path) or original(path, index))
+    close_open_files()
+    refs = []
+    for k in range(40):
+        path = tmp_path / f"frame{k}.fits.fz"
+        fits.HDUList([fits.PrimaryHDU(), _rice(_counts(np.int16), None),
+                      fits.CompImageHDU(np.zeros(SHAPE, np.uint8), compression_type="PLIO_1")]).writeto(path)
+        refs += [image(path, "1"), image(path, "2")]
+    assert {ref.decoder for ref in refs} == {"rice", "plio"}
+    for y0 in range(0, SHAPE[0], 100):
+        for ref in refs:
+            read_rows(ref, y0, y0 + 100)
+    assert len(opened) == len(refs)
+    close_open_files()
