@@ -500,6 +500,10 @@ def _decode_tiles(tiles: _Tiles, shape: tuple[int, int], rows: range, cols: rang
     out = np.empty((len(rows), len(cols)), tiles.dtype)
     if not out.size:
         return out
+    if th == 1 and tw >= nx and len(cols) == nx:  # whole rows of one-row tiles (fpack's default): tile = row
+        for k, index in enumerate(rows):
+            out[k] = _tile(tiles, index, nx)
+        return out
     tiles_per_row, col_spans = -(-nx // tw), _spans(cols.start, cols.stop, tw, nx)
     for ty, height, out_rows, tile_rows in _spans(rows.start, rows.stop, th, ny):
         for tx, width, out_cols, tile_cols in col_spans:

@@ -19,14 +19,14 @@ from pathlib import Path
 import dask
 import yaml
 from dask.base import tokenize
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, LocalCluster, as_completed, fire_and_forget
 
 from . import __version__
 from .config import Config
 from .discover import Session, SessionError, find_sessions
 from .fits_reader import FitsError
 from .keywords import MissingKeyword
-from .graph import build_session
+from .graph import build_session, load_kernels
 from .store import complete_sessions, consolidate, mark_complete, write_session
 
 DASK_YAML = Path(__file__).with_name("dask.yaml")  # worker settings (allocator), as Dask defaults
@@ -126,6 +126,8 @@ def run(
             report.results.append(SessionResult(session.key, "skipped", "already complete", frames=len(session.e91)))
         else:
             todo.append(session)
+    for worker in client.scheduler_info().get("workers", {}) if todo else ():  # while the first graphs are built
+        fire_and_forget(client.submit(load_kernels, workers=[worker], pure=False, priority=10))
     window = window or 2 * max(1, len(client.scheduler_info().get("workers", {})))
     echo(f"{len(todo)} session(s) to process, {len(done & {s.key for s in sessions})} already complete, "
          f"{len(problems)} unusable; dashboard: {report.dashboard}")  # fmt: skip

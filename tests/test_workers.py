@@ -19,3 +19,24 @@ def test_local_cluster_workers_get_the_allocator_settings():
         assert client.submit(np.sum, np.ones(10)).result() == 10
     assert {k: found[k] for k in wanted} == {k: str(v) for k, v in wanted.items()}
     assert found["OMP_NUM_THREADS"] == "1"  # Dask's own defaults are kept
+
+
+def test_load_kernels_loads_what_the_session_tasks_call():
+    """In a new process the stack and cosmic-ray kernels are not loaded; ``load_kernels`` (run on
+    every worker by ``runner.run``) loads them with the argument types the tasks use."""
+    import subprocess
+    import sys
+
+    code = (
+        "from pipeline import graph, lacosmic, stack\n"
+        "kernels = (stack._do_rows, lacosmic._snr, lacosmic._candidates)\n"
+        "assert not any(k.signatures for k in kernels)\n"
+        "graph.load_kernels()\n"
+        "loaded = [k.signatures for k in kernels]\n"
+        "# a call like the strip task's must find its signature loaded, not add one\n"
+        "import numpy as np\n"
+        "from pipeline.masks import MASK_DTYPE\n"
+        "stack.sigma_clip_stack(np.ones((3, 5, 7), np.float32), np.zeros((3, 5, 7), MASK_DTYPE), parallel=False)\n"
+        "assert all(loaded) and [k.signatures for k in kernels] == loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
