@@ -500,9 +500,10 @@ def _decode_tiles(tiles: _Tiles, shape: tuple[int, int], rows: range, cols: rang
     out = np.empty((len(rows), len(cols)), tiles.dtype)
     if not out.size:
         return out
-    if th == 1 and tw >= nx and len(cols) == nx:  # whole rows of one-row tiles (fpack's default): tile = row
+    if th == 1 and tw >= nx:  # one-row tiles (fpack's default): a tile is an image row
+        x0, x1 = cols.start, cols.stop
         for k, index in enumerate(rows):
-            out[k] = _tile(tiles, index, nx)
+            out[k] = _tile(tiles, index, nx)[x0:x1]
         return out
     tiles_per_row, col_spans = -(-nx // tw), _spans(cols.start, cols.stop, tw, nx)
     for ty, height, out_rows, tile_rows in _spans(rows.start, rows.stop, th, ny):
