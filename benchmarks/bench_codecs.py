@@ -24,7 +24,8 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from pipeline.store import index
 
 CODECS = {
-    "zstd (zarr default)": [ZstdCodec(level=0)],
+    "zstd (zarr default, level 3)": [ZstdCodec(level=0)],
+    "zstd level 1": [ZstdCodec(level=1)],
     "blosc-lz4 + shuffle": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
     "blosc-zstd1 + shuffle": [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
 }
