@@ -94,8 +94,8 @@ def build_session(session: Session, config: Config) -> SessionGraph:
             dask_key_name=f"ref-diff-{product}-{base}")
         for product in ("os", "calib") if f"ref_{product}" in variables
     }  # fmt: skip
-    summary["checksums"] = [dask.delayed(_checksum, pure=True)(str(p), dask_key_name=f"sha256-{i}-{base}")
-                            for i, p in enumerate(session.inputs)]  # fmt: skip
+    summary["checksums"] = dask.delayed(_checksums, pure=True)([str(p) for p in session.inputs],
+                                                               dask_key_name=f"sha256-inputs-{base}")
     dataset = xr.Dataset(
         variables,
         coords={"y": np.arange(shape[0]), "x": np.arange(shape[1])},
@@ -471,6 +471,10 @@ def _applied_shifts(offsets, subpixel: bool) -> np.ndarray:
     NaN when refused."""
     return np.array([tuple(-v for v in _applied(o, subpixel)) if o.ok else (np.nan, np.nan) for o in offsets],
                     np.float32)
+
+
+def _checksums(paths: list[str]) -> list[dict]:
+    return [_checksum(path) for path in paths]
 
 
 def _checksum(path: str) -> dict:
