@@ -500,17 +500,28 @@ def _decode_tiles(tiles: _Tiles, shape: tuple[int, int], rows: range, cols: rang
     out = np.empty((len(rows), len(cols)), tiles.dtype)
     if not out.size:
         return out
+    tiles_per_row = -(-nx // tw)
     if th == 1 and tw >= nx:  # one-row tiles (fpack's default): a tile is an image row
         x0, x1 = cols.start, cols.stop
         for k, index in enumerate(rows):
             out[k] = _tile(tiles, index, nx)[x0:x1]
-        return out
-    tiles_per_row, col_spans = -(-nx // tw), _spans(cols.start, cols.stop, tw, nx)
-    for ty, height, out_rows, tile_rows in _spans(rows.start, rows.stop, th, ny):
-        for tx, width, out_cols, tile_cols in col_spans:
-            tile = _tile(tiles, ty * tiles_per_row + tx, height * width).reshape(height, width)
-            out[out_rows, out_cols] = tile[tile_rows, tile_cols]
+    else:
+        col_spans = _spans(cols.start, cols.stop, tw, nx)
+        for ty, height, out_rows, tile_rows in _spans(rows.start, rows.stop, th, ny):
+            for tx, width, out_cols, tile_cols in col_spans:
+                tile = _tile(tiles, ty * tiles_per_row + tx, height * width).reshape(height, width)
+                out[out_rows, out_cols] = tile[tile_rows, tile_cols]
+    _release(tiles, rows.start // th * tiles_per_row, ((rows.stop - 1) // th + 1) * tiles_per_row)
     return out
+
+
+def _release(tiles: _Tiles, first: int, stop: int) -> None:
+    """Drop the file pages of tiles ``[first, stop)`` from this process's resident set (they stay
+    in the page cache). Files kept mapped and read strip by strip would otherwise end up counted
+    whole in the worker's memory (40 e91 frames of 4096 x 4096: ~300 MB more)."""
+    extents = tiles.extents[first:stop]
+    start = int(extents[:, 1].min()) // mmap.PAGESIZE * mmap.PAGESIZE
+    tiles.file.madvise(mmap.MADV_DONTNEED, start, int((extents[:, 1] + extents[:, 0]).max()) - start)
 
 
 def _read_tiles(ref: ImageRef, rows: range, cols: range) -> np.ndarray:
