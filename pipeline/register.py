@@ -25,6 +25,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from astropy.io import fits
@@ -103,18 +104,19 @@ def measure_offsets(
         raise ValueError(f"need a 2-D reference frame, got shape {reference.shape}")
     ref_clean, ref_bad = prepare(reference, reference_mask)
     _, ref_centres = find_sources(ref_clean, ref_bad)
-    ref_windowed = window(ref_clean)
-    return [_offset(ref_windowed, ref_centres, image, mask, params) for image, mask in images]
+    ref_spectrum = fft.rfft2(window(ref_clean))
+    return [_offset(ref_spectrum, reference.shape, ref_centres, image, mask, params) for image, mask in images]
 
 
-def _offset(ref_windowed: np.ndarray, ref_centres: np.ndarray, image, image_mask, params: RegisterParams) -> Offset:
+def _offset(ref_spectrum: np.ndarray, shape: tuple[int, int], ref_centres: np.ndarray, image, image_mask,
+            params: RegisterParams) -> Offset:  # fmt: skip
     image = np.asarray(image, dtype=np.float64)
-    if image.shape != ref_windowed.shape:
-        raise ValueError(f"need two 2-D frames of one shape, got {ref_windowed.shape}, {image.shape}")
+    if image.shape != shape:
+        raise ValueError(f"need two 2-D frames of one shape, got {shape}, {image.shape}")
     img_clean, img_bad = prepare(image, image_mask)
     img_footprint, img_centres = find_sources(img_clean, img_bad)
     n_sources = min(len(ref_centres), len(img_centres))
-    spectrum = cross_power(ref_windowed, window(img_clean))
+    spectrum = cross_power(ref_spectrum, window(img_clean))
     (dy, dx), ratio = peak(spectrum, image.shape)
     shift = float(np.hypot(dy, dx))
     matched = matched_fraction(ref_centres, img_footprint, dy, dx)
@@ -214,14 +216,17 @@ def fill_from_neighbours(scaled: np.ndarray, bad: np.ndarray) -> np.ndarray:
     depth = ndimage.distance_transform_cdt(bad, metric="chessboard")  # px to a good one, 0 if good
     depth = np.pad(depth, r, constant_values=np.iinfo(depth.dtype).max)  # the pad is never known
     values = np.pad(np.where(bad, 0.0, scaled), r)
+    holes_y, holes_x = np.nonzero(bad)
+    holes_y, holes_x = holes_y + r, holes_x + r
+    holes_depth = depth[holes_y, holes_x]
     for ring in range(_FILL_PASSES):
-        known = depth <= ring * r
-        ys, xs = np.nonzero(~known & (depth <= (ring + 1) * r))
+        this_ring = (holes_depth > ring * r) & (holes_depth <= (ring + 1) * r)
+        ys, xs = holes_y[this_ring], holes_x[this_ring]
         total = np.zeros(ys.size)
         weight = np.zeros(ys.size)
         for oy in range(-r, r + 1):
             for ox in range(-r, r + 1):
-                w = np.exp(-0.5 * (oy**2 + ox**2)) * known[ys + oy, xs + ox]
+                w = np.exp(-0.5 * (oy**2 + ox**2)) * (depth[ys + oy, xs + ox] <= ring * r)  # known
                 total += w * values[ys + oy, xs + ox]
                 weight += w
         values[ys, xs] = total / weight
@@ -310,14 +315,23 @@ def window(prepared: np.ndarray) -> np.ndarray:
     return (compressed - compressed.mean()) * taper
 
 
-def cross_power(reference: np.ndarray, image: np.ndarray) -> np.ndarray:
+def cross_power(reference_spectrum: np.ndarray, image: np.ndarray) -> np.ndarray:
     """Low-pass weighted, normalised cross-power spectrum ``F(image) F*(reference) / |...|``
-    (half spectrum of ``rfft2``); its inverse peaks at the shift of the image."""
-    cross = fft.rfft2(image) * np.conj(fft.rfft2(reference))
+    (half spectrum of ``rfft2``); its inverse peaks at the shift of the image.
+    ``reference_spectrum`` is ``rfft2`` of the (windowed) reference, computed once per reference."""
+    cross = fft.rfft2(image) * np.conj(reference_spectrum)
     cross /= np.maximum(np.abs(cross), np.finfo(float).tiny)
-    fy = fft.fftfreq(reference.shape[0])[:, None]
-    fx = fft.rfftfreq(reference.shape[1])[None, :]
-    return cross * np.exp(-0.5 * (fy**2 + fx**2) / _LOWPASS_CYCLES_PER_PX**2)
+    return cross * _lowpass(image.shape)
+
+
+@lru_cache(maxsize=8)
+def _lowpass(shape: tuple[int, int]) -> np.ndarray:
+    """The Gaussian low-pass weights of the half spectrum of frames of ``shape`` (read-only)."""
+    fy = fft.fftfreq(shape[0])[:, None]
+    fx = fft.rfftfreq(shape[1])[None, :]
+    weights = np.exp(-0.5 * (fy**2 + fx**2) / _LOWPASS_CYCLES_PER_PX**2)
+    weights.setflags(write=False)
+    return weights
 
 
 def peak(spectrum: np.ndarray, shape: tuple[int, int]) -> tuple[tuple[float, float], float]:
