@@ -1,4 +1,4 @@
-"""Acceptance benchmark of the FITS reading layer (slow: about 10 s).
+"""Acceptance benchmark of the FITS reading layer (slow: about 15 s).
 
 Runs benchmarks/bench_fits.py on a 2048 x 2080 RICE uint16 frame and checks the issue's targets
 on one layout, 128 x 128 tiles (figures in benchmarks/README.md): the whole frame through the
