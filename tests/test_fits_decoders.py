@@ -2,6 +2,7 @@
 (``fits.getdata``), at tile edges, across threads, forks and files rewritten in place."""
 
 import multiprocessing
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import fitsio
@@ -306,4 +307,30 @@ def test_a_strip_tasks_images_stay_open_between_strips(tmp_path, monkeypatch):
         for ref in refs:
             read_rows(ref, y0, y0 + 100)
     assert len(opened) == len(refs)
+    close_open_files()
+
+
+def _resident_kb(path) -> int:
+    """Resident kB of this process's mappings of ``path`` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and len(fields[0].split("-")) == 2 and ":" not in fields[0]:
+            inside = fields[-1] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc/self/smaps")
+def test_read_pages_leave_the_resident_set(tmp_path):
+    """An image kept open and read strip by strip does not end up counted whole in the process's
+    memory: each read's file pages are released once decoded (they stay in the page cache)."""
+    values = np.random.default_rng(2).integers(0, 2**31 - 1, (1024, 2048)).astype(np.int32)
+    path = _write(tmp_path / "noise.fits.fz", _rice(values, None))
+    ref = image(path, "1")
+    assert ref.decoder == "rice" and path.stat().st_size > 4_000_000
+    for y0 in range(0, 1024, 128):
+        np.testing.assert_array_equal(read_rows(ref, y0, y0 + 128), values[y0 : y0 + 128])
+    assert _resident_kb(path) < path.stat().st_size / 1024 / 10
     close_open_files()
