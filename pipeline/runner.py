@@ -126,9 +126,10 @@ def run(
             report.results.append(SessionResult(session.key, "skipped", "already complete", frames=len(session.e91)))
         else:
             todo.append(session)
-    for worker in client.scheduler_info().get("workers", {}) if todo else ():  # while the first graphs are built
+    workers = list(client.scheduler_info().get("workers", {}))
+    for worker in workers if todo else ():  # while the first graphs are built
         fire_and_forget(client.submit(load_kernels, workers=[worker], pure=False, priority=10))
-    window = window or 2 * max(1, len(client.scheduler_info().get("workers", {})))
+    window = window or 2 * max(1, len(workers))
     echo(f"{len(todo)} session(s) to process, {len(done & {s.key for s in sessions})} already complete, "
          f"{len(problems)} unusable; dashboard: {report.dashboard}")  # fmt: skip
     pending = list(reversed(todo))
