@@ -520,8 +520,9 @@ def _release(tiles: _Tiles, first: int, stop: int) -> None:
     in the page cache). Files kept mapped and read strip by strip would otherwise end up counted
     whole in the worker's memory (40 e91 frames of 4096 x 4096: ~300 MB more)."""
     extents = tiles.extents[first:stop]
-    start = int(extents[:, 1].min()) // mmap.PAGESIZE * mmap.PAGESIZE
-    tiles.file.madvise(mmap.MADV_DONTNEED, start, int((extents[:, 1] + extents[:, 0]).max()) - start)
+    start = min(int(extents[:, 1].min()), len(tiles.file)) // mmap.PAGESIZE * mmap.PAGESIZE
+    end = min(int((extents[:, 1] + extents[:, 0]).max()), len(tiles.file))  # damaged tables stay in bounds
+    tiles.file.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 def _read_tiles(ref: ImageRef, rows: range, cols: range) -> np.ndarray:
