@@ -1,6 +1,8 @@
 """The worker processes skyprep starts get its allocator settings (pipeline/dask.yaml)."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import yaml
@@ -24,9 +26,6 @@ def test_local_cluster_workers_get_the_allocator_settings():
 def test_load_kernels_loads_what_the_session_tasks_call():
     """In a new process the stack and cosmic-ray kernels are not loaded; ``load_kernels`` (run on
     every worker by ``runner.run``) loads them with the argument types the tasks use."""
-    import subprocess
-    import sys
-
     code = (
         "from pipeline import graph, lacosmic, stack\n"
         "kernels = (stack._do_rows, lacosmic._snr, lacosmic._candidates)\n"
