@@ -1,4 +1,4 @@
-"""The worker processes skyprep starts get its allocator settings (pipeline/dask.yaml)."""
+"""Worker processes: skyprep's allocator settings (pipeline/dask.yaml) and its kernels loaded ahead of the first task."""
 
 import os
 import subprocess
