@@ -34,7 +34,7 @@ from astropy.io import fits
 
 from benchmarks.common import PeakRSS, local_client, machine
 from pipeline.config import Config, load_config
-from pipeline.discover import find_sessions
+from pipeline.io.discover import find_sessions
 from pipeline.runner import run
 from pipeline.synth import SynthSpec, write_archive
 
@@ -58,7 +58,8 @@ def floor_seconds(client, files: list[str]) -> tuple[float, int]:
 
 
 def run_benchmark(workdir: Path, sessions: int = 2, size: int = 2048, frames: int = 20,
-                  config: Config = Config(), repeats: int = 3, verbose: bool = True) -> dict:  # fmt: skip
+                  config: Config | None = None, repeats: int = 3, verbose: bool = True) -> dict:  # fmt: skip
+    config = config or Config()
     log = print if verbose else (lambda *a, **k: None)
     workers = len(os.sched_getaffinity(0))
     archive = workdir / f"e2e-archive-{sessions}x{size}-{frames}"

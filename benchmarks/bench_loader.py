@@ -4,7 +4,7 @@ Two tables, printed as Markdown:
 
 1. layout: random 256 x 256 patch reads per second, whole-frame reads per second and bytes on
    disk of one float32 image variable, for several chunk / shard / codec choices (zarr-python);
-2. loader: patches per second of ``pipeline.loader.PatchDataset`` from one process and through a
+2. loader: patches per second of ``pipeline.tools.loader.PatchDataset`` from one process and through a
    2-worker PyTorch ``DataLoader`` (when torch is installed), against the two routes it replaces:
    a memory-mapped ``.npy`` per frame, and decoding the frame's ``.fits.fz`` for every patch.
 
@@ -76,14 +76,14 @@ def layout_row(frames: np.ndarray, root: Path, chunk_px: int, shard_px: int | No
 
 def loader_rows(frames: np.ndarray, root: Path, n: int) -> list[dict]:
     """Patches per second: the skyprep loader (1 process, 2-worker DataLoader), .npy memmap, .fits.fz."""
-    from astropy.io import fits
-
-    from pipeline.config import ChunkParams
-    from pipeline.loader import LoaderParams, PatchDataset
-    from pipeline.store import index, mark_complete, write_session
     import dask
     import dask.array as da
     import xarray as xr
+    from astropy.io import fits
+
+    from pipeline.config import ChunkParams
+    from pipeline.io.store import index, mark_complete, write_session
+    from pipeline.tools.loader import LoaderParams, PatchDataset
 
     store = root / "loader.zarr"
     size = frames.shape[1]
@@ -104,7 +104,7 @@ def loader_rows(frames: np.ndarray, root: Path, n: int) -> list[dict]:
     try:
         from torch.utils.data import DataLoader
 
-        from pipeline.loader import torch_dataset
+        from pipeline.tools.loader import torch_dataset
 
         loader = DataLoader(torch_dataset(store, params), batch_size=32, num_workers=2,
                             multiprocessing_context="forkserver", persistent_workers=True)  # fmt: skip
@@ -129,7 +129,12 @@ def loader_rows(frames: np.ndarray, root: Path, n: int) -> list[dict]:
         with fits.open(root / f"frame{p[0]}.fits.fz") as hdul:
             return np.array(hdul[1].data[p[1] : p[1] + PATCH, p[2] : p[2] + PATCH])
 
-    rows.append({"route": ".fits.fz decoded per patch (astropy)", "patches/s": rate_per_s(fits_patch, points[: max(n // 20, 8)])})
+    rows.append(
+        {
+            "route": ".fits.fz decoded per patch (astropy)",
+            "patches/s": rate_per_s(fits_patch, points[: max(n // 20, 8)]),
+        }
+    )
     return rows
 
 

@@ -31,7 +31,7 @@ from distributed import get_task_stream
 
 from benchmarks.common import PeakRSS, local_client, machine
 from pipeline.config import ChunkParams, Config, RegisterConfig
-from pipeline.fits_reader import strip_bounds
+from pipeline.io.fits_reader import strip_bounds
 from pipeline.runner import run
 from pipeline.synth import SynthSpec
 from pipeline.synth.files import write_fits, write_images
@@ -80,7 +80,9 @@ def run_benchmark(workdir: Path, size: int = 4096, frames: int = 40, strip_rows:
         (archive / ".complete").touch()
     log(f"archive {archive} ready in {time.perf_counter() - t0:.1f} s")
     store = workdir / f"memory-{size}-{frames}.zarr"
-    config = Config(register=RegisterConfig(method="wcs"), chunks=ChunkParams(strip_rows=strip_rows, store_chunk_px=strip_rows))
+    config = Config(
+        register=RegisterConfig(method="wcs"), chunks=ChunkParams(strip_rows=strip_rows, store_chunk_px=strip_rows)
+    )
     with local_client(1, memory_limit) as client:
         client.run(lambda: __import__("pipeline.graph"))  # imports (numba) are part of the baseline
         with PeakRSS(client) as rss, get_task_stream(client) as stream:

@@ -18,9 +18,9 @@ import dask
 from distributed import Client, wait
 
 from pipeline.config import Config
-from pipeline.discover import find_sessions
 from pipeline.graph import build_session
-from pipeline.store import write_session
+from pipeline.io.discover import find_sessions
+from pipeline.io.store import write_session
 from pipeline.synth import SynthSpec, write_archive
 
 
@@ -47,7 +47,10 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--frames", type=int, default=5)
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, Client(n_workers=2, threads_per_worker=1, dashboard_address=":0") as client:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Client(n_workers=2, threads_per_worker=1, dashboard_address=":0") as client,
+    ):
         root = Path(tmp) / "archive"
         t0 = time.perf_counter()
         write_archive(root, SynthSpec(sessions=args.sessions, size=args.size, frames=args.frames, amps=1, seed=0))

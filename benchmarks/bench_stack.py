@@ -46,7 +46,7 @@ try:
 except ImportError:  # run as a script from the repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.stack import ClipParams, sigma_clip_stack  # noqa: E402
+from pipeline.steps.stack import ClipParams, sigma_clip_stack  # noqa: E402
 
 SIGMA = 3.0
 MAXITERS = 5
@@ -84,22 +84,21 @@ def make_cube(frames: int, size: int, seed: int = 12345) -> np.ndarray:
 
 
 def run_skyprep(cube):
-    res = sigma_clip_stack(cube, params=ClipParams(sigma_lower=SIGMA, sigma_upper=SIGMA,
-                                                   maxiters=MAXITERS))
+    res = sigma_clip_stack(cube, params=ClipParams(sigma_lower=SIGMA, sigma_upper=SIGMA, maxiters=MAXITERS))
     return res.mean, res.clipped
 
 
 def run_skyprep_1thread(cube):
-    res = sigma_clip_stack(cube, params=ClipParams(sigma_lower=SIGMA, sigma_upper=SIGMA,
-                                                   maxiters=MAXITERS), parallel=False)
+    res = sigma_clip_stack(
+        cube, params=ClipParams(sigma_lower=SIGMA, sigma_upper=SIGMA, maxiters=MAXITERS), parallel=False
+    )
     return res.mean, res.clipped
 
 
 def run_astropy(cube):
     from astropy.stats import sigma_clip
 
-    clipped = sigma_clip(cube, sigma=SIGMA, maxiters=MAXITERS, cenfunc="median",
-                         stdfunc="std", axis=0)
+    clipped = sigma_clip(cube, sigma=SIGMA, maxiters=MAXITERS, cenfunc="median", stdfunc="std", axis=0)
     return clipped.mean(axis=0), clipped.mask
 
 
@@ -108,14 +107,17 @@ def run_ccdproc(cube):
     from ccdproc import Combiner
 
     combiner = Combiner([CCDData(frame, unit="adu") for frame in cube])
-    combiner.sigma_clipping(low_thresh=SIGMA, high_thresh=SIGMA, func="median",
-                            dev_func="std")
+    combiner.sigma_clipping(low_thresh=SIGMA, high_thresh=SIGMA, func="median", dev_func="std")
     combined = combiner.average_combine()
     return combined.data, None
 
 
-METHODS = {"skyprep": run_skyprep, "skyprep_1thread": run_skyprep_1thread,
-           "astropy": run_astropy, "ccdproc": run_ccdproc}
+METHODS = {
+    "skyprep": run_skyprep,
+    "skyprep_1thread": run_skyprep_1thread,
+    "astropy": run_astropy,
+    "ccdproc": run_ccdproc,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,16 +169,19 @@ def traced_peak_mb(fn, cube) -> float:
     return peak / 2**20
 
 
-def run_benchmark(frames: int = 20, size: int = 2048, repeats: int = 3,
-                  methods: tuple[str, ...] = ("skyprep", "skyprep_1thread", "astropy",
-                                              "ccdproc"),
-                  seed: int = 12345, verbose: bool = True) -> dict:
+def run_benchmark(
+    frames: int = 20,
+    size: int = 2048,
+    repeats: int = 3,
+    methods: tuple[str, ...] = ("skyprep", "skyprep_1thread", "astropy", "ccdproc"),
+    seed: int = 12345,
+    verbose: bool = True,
+) -> dict:
     warnings.simplefilter("ignore")  # astropy / numpy runtime warnings on masked data
     log = print if verbose else (lambda *a, **k: None)
     t0 = time.perf_counter()
     cube = make_cube(frames, size, seed)
-    log(f"cube {cube.shape} {cube.dtype} ({cube.nbytes / 2**20:.0f} MB) built in "
-        f"{time.perf_counter() - t0:.1f} s")
+    log(f"cube {cube.shape} {cube.dtype} ({cube.nbytes / 2**20:.0f} MB) built in {time.perf_counter() - t0:.1f} s")
 
     # numba warm-up (compiles or loads the cache) on a small cube of the same dtype/layout
     t0 = time.perf_counter()
@@ -193,8 +198,10 @@ def run_benchmark(frames: int = 20, size: int = 2048, repeats: int = 3,
             times[m].append(dt)
             if peak is not None:
                 rss[m].append(peak)
-            log(f"  repeat {r + 1}/{repeats} {m:8s} {dt:7.3f} s"
-                + (f"  peak RSS +{peak:.0f} MB" if peak is not None else ""))
+            log(
+                f"  repeat {r + 1}/{repeats} {m:8s} {dt:7.3f} s"
+                + (f"  peak RSS +{peak:.0f} MB" if peak is not None else "")
+            )
             if r == 0:
                 results[m] = out
             del out
@@ -217,8 +224,13 @@ def run_benchmark(frames: int = 20, size: int = 2048, repeats: int = 3,
         "size": size,
         "dtype": "float32",
         "repeats": repeats,
-        "params": {"sigma": SIGMA, "maxiters_skyprep_astropy": MAXITERS,
-                   "maxiters_ccdproc": 1, "cenfunc": "median", "stdfunc": "std"},
+        "params": {
+            "sigma": SIGMA,
+            "maxiters_skyprep_astropy": MAXITERS,
+            "maxiters_ccdproc": 1,
+            "cenfunc": "median",
+            "stdfunc": "std",
+        },
         "machine": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
@@ -251,18 +263,18 @@ def format_table(report: dict) -> str:
     lines = [
         f"sigma-clip stack of {report['frames']} x {report['size']} x {report['size']} "
         f"float32, best of {report['repeats']}",
-        f"{'method':16s} {'best s':>8s} {'speed-up':>9s} {'peak RSS MB':>12s} "
-        f"{'tracemalloc MB':>15s}",
+        f"{'method':16s} {'best s':>8s} {'speed-up':>9s} {'peak RSS MB':>12s} {'tracemalloc MB':>15s}",
     ]
     for m, t in report["best_seconds"].items():
         sp = "1.0x" if m == "skyprep" else f"{report.get('speedup', {}).get(m, float('nan')):.1f}x"
         rss = report["peak_rss_mb"].get(m)
         rss_s = f"{rss:.0f}" if rss is not None else "n/a"
-        lines.append(f"{m:16s} {t:8.3f} {sp:>9s} {rss_s:>12s} "
-                     f"{report['tracemalloc_peak_mb'][m]:15.0f}")
+        lines.append(f"{m:16s} {t:8.3f} {sp:>9s} {rss_s:>12s} {report['tracemalloc_peak_mb'][m]:15.0f}")
     if report.get("check"):
-        lines.append("check: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float)
-                                           else f"{k}={v}" for k, v in report["check"].items()))
+        lines.append(
+            "check: "
+            + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in report["check"].items())
+        )
     lines.append("(speed-up = method time / skyprep time; ccdproc clips in a single pass)")
     return "\n".join(lines)
 
@@ -273,8 +285,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=12345)
-    ap.add_argument("--methods", default="skyprep,skyprep_1thread,astropy,ccdproc",
-                    help="comma-separated subset of skyprep,skyprep_1thread,astropy,ccdproc")
+    ap.add_argument(
+        "--methods",
+        default="skyprep,skyprep_1thread,astropy,ccdproc",
+        help="comma-separated subset of skyprep,skyprep_1thread,astropy,ccdproc",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     args = ap.parse_args(argv)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())

@@ -32,8 +32,9 @@ def _load_bench():
 @pytest.mark.slow
 def test_stack_speedup_targets(tmp_path):
     bench = _load_bench()
-    report = bench.main(["--frames", "20", "--size", "2048", "--repeats", "3",
-                         "--json", str(tmp_path / "bench_stack.json")])
+    report = bench.main(
+        ["--frames", "20", "--size", "2048", "--repeats", "3", "--json", str(tmp_path / "bench_stack.json")]
+    )
     assert json.loads((tmp_path / "bench_stack.json").read_text())["best_seconds"]
     assert report["check"]["clipped_mismatches_vs_astropy"] == 0
     assert report["check"]["mean_max_rel_diff_vs_astropy"] < 1e-5

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, dump_config, load_config
-from .lock import StoreError, store_lock
+from .io.lock import StoreError, store_lock
 
 
 def _synth(args) -> int:
@@ -46,7 +46,7 @@ def _run(args) -> int:
 
 
 def _verify(args) -> int:
-    from .verify import verify
+    from .tools.verify import verify
 
     problems = verify(args.store)
     bad = {key: found for key, found in problems.items() if found}
@@ -58,21 +58,21 @@ def _verify(args) -> int:
 
 
 def _info(args) -> int:
-    from .info import describe
+    from .tools.info import describe
 
     print(describe(args.store))
     return 0
 
 
 def _preview(args) -> int:
-    from .preview import preview
+    from .tools.preview import preview
 
     print(f"wrote {preview(args.store, args.session, args.out)}")
     return 0
 
 
 def _export(args) -> int:
-    from .export import export_session
+    from .tools.export import export_session
 
     try:
         print(f"wrote {export_session(args.store, args.session, args.out)}")
@@ -82,8 +82,8 @@ def _export(args) -> int:
 
 
 def _split(args) -> int:
-    from . import splits
-    from .store import index, record_split
+    from .io.store import index, record_split
+    from .tools import splits
 
     records = index(args.store)
     if not records:
@@ -111,9 +111,9 @@ def _config(args) -> int:
 
 
 def _demo(args) -> int:
-    from .info import describe
     from .runner import make_client, report_path, run
     from .synth import SynthSpec, write_archive
+    from .tools.info import describe
 
     root, store = Path(args.workdir) / "archive", Path(args.workdir) / "demo.zarr"
     if not root.exists():
@@ -185,8 +185,12 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--test-fraction", type=float, help="fraction of the groups (see --by) put in test")
     how.add_argument("--from-json", type=Path, help='import a train_test_split.json {"train": [...], "test": [...]}')
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--by", choices=("session", "instrument", "band"), default="session",
-                    help="keep all sessions of one instrument (or band) on the same side")
+    sp.add_argument(
+        "--by",
+        choices=("session", "instrument", "band"),
+        default="session",
+        help="keep all sessions of one instrument (or band) on the same side",
+    )
     sp.set_defaults(func=_split)
 
     c = sub.add_parser("config", help="print the configuration (defaults, or a file's) as YAML")

@@ -14,12 +14,13 @@ from typing import Literal
 import pydantic
 import yaml
 
-from .calibrate import CalibParams
-from .cosmics import CosmicParams
-from .overscan import OverscanParams
-from .register import RegisterParams
-from .sources import SourceParams
-from .stack import ClipParams
+from .steps.calibrate import CalibParams
+from .steps.cosmics import CosmicParams
+from .steps.overscan import OverscanParams
+from .steps.register import RegisterParams
+from .steps.sources import SourceParams
+from .steps.stack import ClipParams
+
 
 @dataclass(frozen=True)
 class ChunkParams:
@@ -44,7 +45,7 @@ class RegisterConfig:
     (offsets from the celestial WCSs of the raw and e91 headers; when any frame lacks a valid
     one, phase correlation is used for all and the registration records say why).
     ``subpixel``: resample each frame bilinearly by its measured offset (variance and mask
-    propagated, ``pipeline/resample.py``) instead of moving it by the rounded offset.
+    propagated, ``pipeline/steps/resample.py``) instead of moving it by the rounded offset.
     """
 
     cutout_px: int = 512

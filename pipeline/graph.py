@@ -25,21 +25,30 @@ import xarray as xr
 from dask.base import tokenize
 
 from . import __version__
-from .amplifiers import Amplifier, amp_value_map, detector_shape, mosaic, reduce_amp
-from .calibrate import Masters, calibrate_block
 from .config import Config
-from .cosmics import CosmicParams, cosmic_rays
-from .discover import Session, SessionError
-from .fits_reader import ImageRef, lazy_image, list_images, primary_header, read_cutout, read_image, read_rows, strip_bounds
-from .keywords import MissingKeyword, amp_elements, lookup, records, resolve, select_profile, session_elements
-from .masks import MASK_DTYPE, Flag, cf_attrs
-from .reference import robust_difference
-from .register import Offset, celestial_wcs, measure_offsets, wcs_offset
-from .resample import bpm_flags, shift_rows
-from .sources import source_mask
-from .stack import ClipParams, sigma_clip_stack
-from .uncertainty import variance_terms
-from .units import header_factor, header_unit
+from .io.discover import Session, SessionError
+from .io.fits_reader import (
+    ImageRef,
+    lazy_image,
+    list_images,
+    primary_header,
+    read_cutout,
+    read_image,
+    read_rows,
+    strip_bounds,
+)
+from .io.keywords import MissingKeyword, amp_elements, lookup, records, resolve, select_profile, session_elements
+from .io.units import header_factor, header_unit
+from .steps.amplifiers import Amplifier, amp_value_map, detector_shape, mosaic, reduce_amp
+from .steps.calibrate import Masters, calibrate_block
+from .steps.cosmics import CosmicParams, cosmic_rays
+from .steps.masks import MASK_DTYPE, Flag, cf_attrs
+from .steps.reference import robust_difference
+from .steps.register import Offset, celestial_wcs, measure_offsets, wcs_offset
+from .steps.resample import bpm_flags, shift_rows
+from .steps.sources import source_mask
+from .steps.stack import ClipParams, sigma_clip_stack
+from .steps.uncertainty import variance_terms
 
 
 @dataclass(frozen=True)
@@ -78,8 +87,17 @@ def build_session(session: Session, config: Config) -> SessionGraph:
         del variables["variance"]
     summary = {"offsets": []}
     if session.e91:
-        stacked, offsets = _e91_stack(session, products["calib"], calibration_mask, shape, config, base,
-                                      amps_refs[0].header, profile, meta["gain"])
+        stacked, offsets = _e91_stack(
+            session,
+            products["calib"],
+            calibration_mask,
+            shape,
+            config,
+            base,
+            amps_refs[0].header,
+            profile,
+            meta["gain"],
+        )
         variables.update(stacked)
         summary["offsets"] = offsets
     for product, path in session.references.items():
@@ -94,8 +112,9 @@ def build_session(session: Session, config: Config) -> SessionGraph:
             dask_key_name=f"ref-diff-{product}-{base}")
         for product in ("os", "calib") if f"ref_{product}" in variables
     }  # fmt: skip
-    summary["checksums"] = dask.delayed(_checksums, pure=True)([str(p) for p in session.inputs],
-                                                               dask_key_name=f"sha256-inputs-{base}")
+    summary["checksums"] = dask.delayed(_checksums, pure=True)(
+        [str(p) for p in session.inputs], dask_key_name=f"sha256-inputs-{base}"
+    )
     dataset = xr.Dataset(
         variables,
         coords={"y": np.arange(shape[0]), "x": np.arange(shape[1])},
@@ -201,7 +220,9 @@ def _extensions(path: Path, shape: tuple[int, int]) -> dict[str, ImageRef]:
 
 def _check_shape(ref: ImageRef, shape: tuple[int, int]) -> None:
     if ref.shape != shape:
-        raise SessionError(f"{ref.label}: shape {ref.shape[1]} x {ref.shape[0]} does not match the raw frame's trimmed {shape[1]} x {shape[0]}")
+        raise SessionError(
+            f"{ref.label}: shape {ref.shape[1]} x {ref.shape[0]} does not match the raw frame's trimmed {shape[1]} x {shape[0]}"
+        )
     return ref
 
 
@@ -250,7 +271,7 @@ def _calibrate_strip(os_adu, raw_flags, bias, dark, flat, bpm, bias_err, dark_er
 
 
 def variance_model_terms(session: Session, config: Config, recorded_sha256: dict[str, str]) -> list[da.Array]:
-    """The uncertainty model's terms ``K0..K3`` (:mod:`pipeline.uncertainty`) of ``session``, lazy
+    """The uncertainty model's terms ``K0..K3`` (:mod:`pipeline.steps.uncertainty`) of ``session``, lazy
     strips; raise ``ValueError`` naming a master whose SHA-256 differs from the recorded one."""
     for path in session.masters.values():
         found = _checksum(str(path))["sha256"]
@@ -263,11 +284,15 @@ def variance_model_terms(session: Session, config: Config, recorded_sha256: dict
     return list(_split(packed, dict.fromkeys(("K0", "K1", "K2", "K3"), np.float64), base).values())
 
 
-def _terms_strip(bias, dark, flat, bpm, bias_err, dark_err, flat_err, *, amps, darktime_s, gain_nominal, block_info=None):
+def _terms_strip(
+    bias, dark, flat, bpm, bias_err, dark_err, flat_err, *, amps, darktime_s, gain_nominal, block_info=None
+):
     (y0, y1), _ = block_info[0]["array-location"]
     rdnoise = amp_value_map(amps, [a.rdnoise_e for a in amps], y0, y1)
     masters = Masters(bias, dark, flat, bpm, bias_err, dark_err, flat_err)
-    return {k: np.broadcast_to(v, flat.shape) for k, v in variance_terms(masters, rdnoise, gain_nominal, darktime_s).items()}
+    return {
+        k: np.broadcast_to(v, flat.shape) for k, v in variance_terms(masters, rdnoise, gain_nominal, darktime_s).items()
+    }
 
 
 def _with_cosmic_rays(products: dict, meta: dict, params: CosmicParams, base: str) -> da.Array:
@@ -411,7 +436,9 @@ def _measure(reference, reference_mask, frames: list[_Frame], rows: slice, cols:
     def cutouts():
         for frame in frames:
             values = read_cutout(frame.sci, rows.start, rows.stop, cols.start, cols.stop) * np.float32(frame.factor)
-            bad = None if frame.bpm is None else read_cutout(frame.bpm, rows.start, rows.stop, cols.start, cols.stop) != 0
+            bad = (
+                None if frame.bpm is None else read_cutout(frame.bpm, rows.start, rows.stop, cols.start, cols.stop) != 0
+            )
             yield values, bad
 
     offsets = measure_offsets(_rows(reference)[:, cols], cutouts(), _rows(reference_mask)[:, cols] != 0, params)
@@ -469,8 +496,9 @@ def _applied(offset: Offset, subpixel: bool) -> tuple[float, float]:
 def _applied_shifts(offsets, subpixel: bool) -> np.ndarray:
     """(dy, dx) translation applied to each frame: minus the offset (rounded unless ``subpixel``);
     NaN when refused."""
-    return np.array([tuple(-v for v in _applied(o, subpixel)) if o.ok else (np.nan, np.nan) for o in offsets],
-                    np.float32)
+    return np.array(
+        [tuple(-v for v in _applied(o, subpixel)) if o.ok else (np.nan, np.nan) for o in offsets], np.float32
+    )
 
 
 def _checksums(paths: list[str]) -> list[dict]:

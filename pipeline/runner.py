@@ -23,11 +23,11 @@ from distributed import Client, LocalCluster, as_completed, fire_and_forget
 
 from . import __version__
 from .config import Config
-from .discover import Session, SessionError, find_sessions
-from .fits_reader import FitsError
-from .keywords import MissingKeyword
 from .graph import build_session, load_kernels
-from .store import complete_sessions, consolidate, mark_complete, write_session
+from .io.discover import Session, SessionError, find_sessions
+from .io.fits_reader import FitsError
+from .io.keywords import MissingKeyword
+from .io.store import complete_sessions, consolidate, mark_complete, write_session
 
 DASK_YAML = Path(__file__).with_name("dask.yaml")  # worker settings (allocator), as Dask defaults
 dask.config.update_defaults(yaml.safe_load(DASK_YAML.read_text()))
@@ -69,7 +69,9 @@ class RunReport:
         for r in self.results:
             lines.append(f"{r.key:<{width}}  {r.status:<7}  {r.frames:>6}  {r.seconds:>8.1f}  {r.reason}")
         counts = {s: sum(r.status == s for r in self.results) for s in ("ok", "skipped", "failed")}
-        lines.append(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed in {self.seconds:.1f} s")
+        lines.append(
+            f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed in {self.seconds:.1f} s"
+        )
         return "\n".join(lines)
 
     def write_json(self, path: Path) -> None:
@@ -87,8 +89,9 @@ def report_path(store: Path | str) -> Path:
 
 
 @contextmanager
-def make_client(scheduler: str | None = None, workers: int | None = None,
-                scheduler_file: str | None = None) -> Iterator[Client]:
+def make_client(
+    scheduler: str | None = None, workers: int | None = None, scheduler_file: str | None = None
+) -> Iterator[Client]:
     """A client of ``scheduler``, of the cluster a ``scheduler_file`` describes, or of Dask's configured
     ``scheduler-address`` (``DASK_SCHEDULER_ADDRESS``); else of a new LocalCluster shut down on exit."""
     if scheduler_file:
@@ -190,8 +193,15 @@ def _summary_after_write(written: dict, summary: dict) -> dict:
     SHA-256 of each array's written files (``written``, from ``write_session``)."""
     return {
         "offsets": [
-            {"dy": o.dy, "dx": o.dx, "quality": o.quality, "ok": o.ok, "reason": o.reason,
-             "method": o.method, "note": o.note}
+            {
+                "dy": o.dy,
+                "dx": o.dx,
+                "quality": o.quality,
+                "ok": o.ok,
+                "reason": o.reason,
+                "method": o.method,
+                "note": o.note,
+            }
             for o in summary["offsets"]
         ],
         "checksums": summary["checksums"],

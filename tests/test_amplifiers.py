@@ -4,19 +4,28 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from pipeline.amplifiers import Amplifier, amp_value_map, mosaic, reduce_amp
-from pipeline.fits_reader import ImageRef
-from pipeline.keywords import MissingKeyword, profiles
-from pipeline.masks import Flag
-from pipeline.overscan import OverscanParams
+from pipeline.io.fits_reader import ImageRef
+from pipeline.io.keywords import MissingKeyword, profiles
+from pipeline.steps.amplifiers import Amplifier, amp_value_map, mosaic, reduce_amp
+from pipeline.steps.masks import Flag
+from pipeline.steps.overscan import OverscanParams
 
 GENERIC = profiles()["generic"]
 
 
 def _amp(detsec, shape=(4, 6), nover=2, **extra):
     ny, nx = shape
-    header = fits.Header({"GAIN": 2.0, "RDNOISE": 5.0, "SATURATE": 60000, "BIASSEC": f"[{nx + 1}:{nx + nover},1:{ny}]",
-                          "DATASEC": f"[1:{nx},1:{ny}]", "DETSEC": detsec, **extra})
+    header = fits.Header(
+        {
+            "GAIN": 2.0,
+            "RDNOISE": 5.0,
+            "SATURATE": 60000,
+            "BIASSEC": f"[{nx + 1}:{nx + nover},1:{ny}]",
+            "DATASEC": f"[1:{nx},1:{ny}]",
+            "DETSEC": detsec,
+            **extra,
+        }
+    )
     for key in [k for k, v in extra.items() if v is None]:
         del header[key]
     return Amplifier.from_header(ImageRef("x.fits", 1, "im", (ny, nx + nover), np.dtype(np.uint16), 1, header), GENERIC)

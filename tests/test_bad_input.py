@@ -15,9 +15,9 @@ import xarray as xr
 from astropy.io import fits
 
 from pipeline.config import Config
-from pipeline.masks import Flag
+from pipeline.io.store import complete_sessions
 from pipeline.runner import report_path, run
-from pipeline.store import complete_sessions
+from pipeline.steps.masks import Flag
 from pipeline.synth import SynthSpec, write_archive
 
 VICTIM, HEALTHY = "muscat3_g/20240315_003_000", "muscat4_r/20240315_003_001"

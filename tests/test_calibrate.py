@@ -5,8 +5,8 @@ import pytest
 from astropy import units as u
 from astropy.nddata import CCDData
 
-from pipeline.calibrate import CalibParams, Masters, calibrate_block, variance_e2
-from pipeline.masks import Flag
+from pipeline.steps.calibrate import CalibParams, Masters, calibrate_block, variance_e2
+from pipeline.steps.masks import Flag
 
 ccdproc = pytest.importorskip("ccdproc")
 
@@ -44,8 +44,9 @@ def test_variance_without_calibration_errors_matches_ccdproc_deviation(frames):
     flat_one = Masters(masters.bias_e, np.zeros(shape), np.ones(shape), masters.bpm)
     var = variance_e2(os_adu * gain, rdnoise, flat_one, 0.0)
     after_bias_adu = os_adu - masters.bias_e / gain
-    dev = ccdproc.create_deviation(CCDData(after_bias_adu, unit="adu"), gain=gain * u.electron / u.adu,
-                                   readnoise=rdnoise * u.electron)
+    dev = ccdproc.create_deviation(
+        CCDData(after_bias_adu, unit="adu"), gain=gain * u.electron / u.adu, readnoise=rdnoise * u.electron
+    )
     np.testing.assert_allclose(np.sqrt(var) / gain, dev.uncertainty.array, rtol=1e-10)
 
 

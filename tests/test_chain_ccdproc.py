@@ -12,14 +12,14 @@ from astropy.modeling import models
 from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.stats import sigma_clip
 
-from pipeline.amplifiers import Amplifier
 from pipeline.config import Config
-from pipeline.cosmics import CosmicParams
-from pipeline.discover import find_sessions
-from pipeline.fits_reader import list_images, read_image
 from pipeline.graph import build_session
-from pipeline.keywords import select_profile
-from pipeline.overscan import OverscanParams
+from pipeline.io.discover import find_sessions
+from pipeline.io.fits_reader import list_images, read_image
+from pipeline.io.keywords import select_profile
+from pipeline.steps.amplifiers import Amplifier
+from pipeline.steps.cosmics import CosmicParams
+from pipeline.steps.overscan import OverscanParams
 
 ccdproc = pytest.importorskip("ccdproc")
 EPS32 = np.finfo(np.float32).eps
@@ -44,10 +44,12 @@ def _ccdproc_amp(amp, masters, method, params, darktime_s, gain_nominal):
     os = ccdproc.trim_image(os, fits_section=trimsec)
     region = amp.target
     (bias, bias_err), (dark, dark_err), (flat, flat_err) = (
-        (amp.detsec.orient(m[region]), amp.detsec.orient(e[region])) for m, e in masters)  # raw orientation
+        (amp.detsec.orient(m[region]), amp.detsec.orient(e[region])) for m, e in masters
+    )  # raw orientation
     ccd = ccdproc.gain_correct(os, amp.gain_e_per_adu * u.electron / u.adu)
-    poisson = ccdproc.create_deviation(ccdproc.subtract_bias(ccd, CCDData(bias, unit="electron")),
-                                       readnoise=amp.rdnoise_e * u.electron)  # Poisson of the signal after bias
+    poisson = ccdproc.create_deviation(
+        ccdproc.subtract_bias(ccd, CCDData(bias, unit="electron")), readnoise=amp.rdnoise_e * u.electron
+    )  # Poisson of the signal after bias
     ccd.uncertainty = poisson.uncertainty
     ccd = ccdproc.subtract_bias(ccd, CCDData(bias, unit="electron", uncertainty=StdDevUncertainty(bias_err)))
     dark = CCDData(dark, unit="electron", uncertainty=StdDevUncertainty(dark_err))

@@ -20,11 +20,11 @@ import zarr
 from distributed import Client
 
 from pipeline.config import Config
-from pipeline.lock import lock_path
+from pipeline.io.lock import lock_path
+from pipeline.io.store import complete_sessions, index
 from pipeline.runner import run
-from pipeline.store import complete_sessions, index
 from pipeline.synth import SynthSpec, write_archive
-from pipeline.verify import check_session
+from pipeline.tools.verify import check_session
 
 pytestmark = pytest.mark.slow  # about 3 minutes on 2 shared cores: fresh worker processes, numba warm-up
 
@@ -195,7 +195,9 @@ def test_killed_run_resumes_to_the_same_store(cluster, tiny_archive, local_store
     assert lock_path(out).exists()  # left behind by the killed run: stale, replaced by the rerun
     code, stdout, stderr = _finish(_skyprep(tiny_archive, out, "--scheduler", cluster.address))
     assert code == 0, stderr
-    report = {s["key"]: s["status"] for s in json.loads(out.with_name(out.name + ".report.json").read_text())["sessions"]}
+    report = {
+        s["key"]: s["status"] for s in json.loads(out.with_name(out.name + ".report.json").read_text())["sessions"]
+    }
     assert {k for k, s in report.items() if s == "skipped"} == before
     assert {k for k, s in report.items() if s == "ok"} == complete_sessions(local_store) - before
     assert_same_store(local_store, out)

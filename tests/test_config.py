@@ -18,13 +18,16 @@ def test_partial_yaml_overrides_only_what_it_names(tmp_path):
     assert config.chunks == Config().chunks
 
 
-@pytest.mark.parametrize("text,match", [
-    ("overscan: {method: fancy}", "method"),
-    ("stack: {sigmaa: 3}", "sigmaa"),
-    ("chunks: {strip_rows: many}", "strip_rows"),
-    ("typo_section: 1", "typo_section"),
-    ("overscan: [unclosed", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("overscan: {method: fancy}", "method"),
+        ("stack: {sigmaa: 3}", "sigmaa"),
+        ("chunks: {strip_rows: many}", "strip_rows"),
+        ("typo_section: 1", "typo_section"),
+        ("overscan: [unclosed", "cannot read"),
+    ],
+)
 def test_invalid_configuration_names_the_problem(tmp_path, text, match):
     path = tmp_path / "c.yaml"
     path.write_text(text)

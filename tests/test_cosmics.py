@@ -7,10 +7,10 @@ import pytest
 from scipy import ndimage
 
 from pipeline.config import Config
-from pipeline.cosmics import CosmicParams, cosmic_rays
-from pipeline.discover import find_sessions
 from pipeline.graph import build_session
-from pipeline.masks import Flag
+from pipeline.io.discover import find_sessions
+from pipeline.steps.cosmics import CosmicParams, cosmic_rays
+from pipeline.steps.masks import Flag
 
 
 def _calibrated(archive, config, pattern=None):
@@ -46,7 +46,7 @@ def test_cosmic_rays_are_found_with_few_false_positives(calibrated):
 def test_calib_is_not_repaired(calibrated, archive):
     config = dataclasses.replace(Config(), cosmics=CosmicParams(enabled=False))
     plain = _calibrated(archive, config)
-    for key, (ds, truth) in calibrated.items():
+    for key, (ds, _truth) in calibrated.items():
         np.testing.assert_array_equal(ds["calib"].values, plain[key][0]["calib"].values)
         assert not np.any(plain[key][0]["mask"].values & Flag.COSMIC_RAY)
         assert np.any(ds["mask"].values & Flag.COSMIC_RAY)

@@ -77,7 +77,9 @@ def test_slurm_driver_hands_the_cluster_to_skyprep_run(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(module, "skyprep", lambda argv: seen.setdefault("argv", argv) and 0)
     monkeypatch.setattr(module.SLURMCluster, "scale", lambda self, jobs: seen.setdefault("jobs", jobs))
-    assert module.main([str(tmp_path), "--out", str(tmp_path / "s.zarr"), "--jobs", "3", "--", "--sessions", "x/*"]) == 0
+    assert (
+        module.main([str(tmp_path), "--out", str(tmp_path / "s.zarr"), "--jobs", "3", "--", "--sessions", "x/*"]) == 0
+    )
     args = _skyprep_args(seen["argv"])
     assert seen["jobs"] == 3 and args.scheduler.startswith("tcp://") and args.sessions == "x/*"
 

@@ -1,13 +1,16 @@
 import pytest
 
-from pipeline.discover import SessionError, find_sessions, load_session
+from pipeline.io.discover import SessionError, find_sessions, load_session
 
 
 def test_finds_every_session_with_its_products(archive):
     sessions, problems = find_sessions(archive)
     assert problems == []
-    assert [s.key for s in sessions] == ["mosaic_g/20240315_001_000", "muscat3_g/20240315_000_000",
-                                         "muscat4_r/20240315_000_001"]
+    assert [s.key for s in sessions] == [
+        "mosaic_g/20240315_001_000",
+        "muscat3_g/20240315_000_000",
+        "muscat4_r/20240315_000_001",
+    ]
     s = sessions[1]
     assert (s.instrument, s.band, s.obs_id) == ("muscat3", "g", "20240315_000_000")
     assert set(s.masters) == {"BIAS", "DARK", "SKYFLAT", "BPM"}
@@ -21,11 +24,14 @@ def test_glob_selects_sessions(archive):
     assert {s.instrument for s in sessions} == {"muscat3", "muscat4"}
 
 
-@pytest.mark.parametrize("damage,reason", [
-    (lambda d: (d / "data" / f"{d.name}_raw.fits.fz").unlink(), "no raw frame"),
-    (lambda d: next((d / "calib").glob("DARK_*")).unlink(), "missing calibration: no calib/DARK"),
-    (lambda d: (d / "info.json").write_text("{not json"), "info.json: invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        (lambda d: (d / "data" / f"{d.name}_raw.fits.fz").unlink(), "no raw frame"),
+        (lambda d: next((d / "calib").glob("DARK_*")).unlink(), "missing calibration: no calib/DARK"),
+        (lambda d: (d / "info.json").write_text("{not json"), "info.json: invalid JSON"),
+    ],
+)
 def test_unusable_sessions_are_reported_with_the_reason(archive_copy, damage, reason):
     directory = archive_copy / "muscat3_g" / "20240315_000_000"
     damage(directory)

@@ -9,9 +9,9 @@ import pytest
 import xarray as xr
 
 from pipeline.config import Config
-from pipeline.masks import Flag
+from pipeline.io.store import complete_sessions, index
 from pipeline.runner import run
-from pipeline.store import complete_sessions, index
+from pipeline.steps.masks import Flag
 
 from .conftest import FRAMES
 
@@ -156,8 +156,19 @@ def test_bad_session_fails_alone_and_a_rerun_completes_it(archive_copy, client, 
 
 def test_command_line_runs_the_job_and_reports(archive, tmp_path):
     out = tmp_path / "cli.zarr"
-    cmd = [sys.executable, "-m", "pipeline", "run", str(archive), "--out", str(out), "--workers", "1",
-           "--sessions", "muscat3_*/*"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        str(archive),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--sessions",
+        "muscat3_*/*",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "1 ok, 0 skipped, 0 failed" in done.stdout

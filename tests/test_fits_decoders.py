@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from pipeline import fits_reader
-from pipeline.fits_reader import FitsError, close_open_files, image, lazy_image, read_cutout, read_image, read_rows
+from pipeline.io import fits_reader
+from pipeline.io.fits_reader import FitsError, close_open_files, image, lazy_image, read_cutout, read_image, read_rows
 from pipeline.synth.files import compressed_image, dither_seed, write_fits
 
 RNG = np.random.default_rng(21)
@@ -28,7 +28,7 @@ RICE = {  # (values, tile_shape or None for fpack's one-row tiles)
     "uint16_full_width_16_rows": (_counts(np.uint16), (16, 260)),
     "uint16_one_tile": (_counts(np.uint16), SHAPE),
     "int16_negative_37x53": (RNG.integers(-3000, 3000, SHAPE).astype(np.int16), (37, 53)),
-    "int32_wide_range_128x128": (RNG.integers(-2**30, 2**30, SHAPE).astype(np.int32), (128, 128)),
+    "int32_wide_range_128x128": (RNG.integers(-(2**30), 2**30, SHAPE).astype(np.int32), (128, 128)),
     "uint32_64x64": (RNG.integers(0, 2**32 - 1, SHAPE, dtype=np.uint32), (64, 64)),
 }
 
@@ -245,9 +245,14 @@ def test_file_rewritten_at_the_same_path_is_read_anew(tmp_path):
     np.testing.assert_array_equal(read_image(image(path)), second)
 
 
-@pytest.mark.parametrize("make", [lambda: _rice(_counts(np.uint16), (32, 32)),
-                                  lambda: _quantized(_floats(np.float32), "SUBTRACTIVE_DITHER_2", (32, 32), 99),
-                                  NOT_RICE["hcompress_quantized_float_2d"][0]])  # astropy's H-decoder: C statics
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _rice(_counts(np.uint16), (32, 32)),
+        lambda: _quantized(_floats(np.float32), "SUBTRACTIVE_DITHER_2", (32, 32), 99),
+        NOT_RICE["hcompress_quantized_float_2d"][0],
+    ],
+)  # astropy's H-decoder: C statics
 def test_threads_read_the_same_file_concurrently(tmp_path, make):
     path = _write(tmp_path / "shared.fits.fz", make())
     values, ref = fits.getdata(path, 1), image(path)
@@ -299,8 +304,13 @@ def test_a_strip_tasks_images_stay_open_between_strips(tmp_path, monkeypatch):
     refs = []
     for k in range(40):
         path = tmp_path / f"frame{k}.fits.fz"
-        fits.HDUList([fits.PrimaryHDU(), _rice(_counts(np.int16), None),
-                      fits.CompImageHDU(np.zeros(SHAPE, np.uint8), compression_type="PLIO_1")]).writeto(path)
+        fits.HDUList(
+            [
+                fits.PrimaryHDU(),
+                _rice(_counts(np.int16), None),
+                fits.CompImageHDU(np.zeros(SHAPE, np.uint8), compression_type="PLIO_1"),
+            ]
+        ).writeto(path)
         refs += [image(path, "1"), image(path, "2")]
     assert {ref.decoder for ref in refs} == {"rice", "plio"}
     for y0 in range(0, SHAPE[0], 100):

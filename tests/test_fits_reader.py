@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from pipeline.fits_reader import (FitsError, effective_header, image, lazy_image, list_images, read_cutout, read_image,
-                                  read_rows)
+from pipeline.io.fits_reader import (
+    FitsError,
+    effective_header,
+    image,
+    lazy_image,
+    list_images,
+    read_cutout,
+    read_image,
+    read_rows,
+)
 
 RNG = np.random.default_rng(11)
 
@@ -16,19 +24,52 @@ def _write(path, hdus):
 
 
 LAYOUTS = {
-    "rice_uint16": lambda: fits.CompImageHDU(RNG.integers(0, 65535, (300, 260)).astype(np.uint16), compression_type="RICE_1"),
-    "gzip1_int32": lambda: fits.CompImageHDU(RNG.integers(-5000, 5000, (300, 260)).astype(np.int32), compression_type="GZIP_1"),
-    "gzip2_float32": lambda: fits.CompImageHDU(RNG.normal(0, 1, (300, 260)).astype(np.float32), compression_type="GZIP_2", quantize_level=0.0),
-    "hcompress_int16": lambda: fits.CompImageHDU(RNG.integers(0, 3000, (300, 260)).astype(np.int16), compression_type="HCOMPRESS_1"),
+    "rice_uint16": lambda: fits.CompImageHDU(
+        RNG.integers(0, 65535, (300, 260)).astype(np.uint16), compression_type="RICE_1"
+    ),
+    "gzip1_int32": lambda: fits.CompImageHDU(
+        RNG.integers(-5000, 5000, (300, 260)).astype(np.int32), compression_type="GZIP_1"
+    ),
+    "gzip2_float32": lambda: fits.CompImageHDU(
+        RNG.normal(0, 1, (300, 260)).astype(np.float32), compression_type="GZIP_2", quantize_level=0.0
+    ),
+    "hcompress_int16": lambda: fits.CompImageHDU(
+        RNG.integers(0, 3000, (300, 260)).astype(np.int16), compression_type="HCOMPRESS_1"
+    ),
     "plio_mask": lambda: fits.CompImageHDU(RNG.integers(0, 9, (300, 260)).astype(np.int32), compression_type="PLIO_1"),
-    "rice_dithered_float": lambda: fits.CompImageHDU(RNG.normal(1000, 20, (300, 260)).astype(np.float32), compression_type="RICE_1", quantize_level=64, quantize_method=1, dither_seed=5),
-    "rice_dither2_float": lambda: fits.CompImageHDU(RNG.normal(1000, 20, (300, 260)).astype(np.float32), compression_type="RICE_1", quantize_level=16, quantize_method=2, dither_seed=9),
-    "rice_uint16_2d_tiles": lambda: fits.CompImageHDU((1000 + RNG.poisson(40, (300, 260))).astype(np.uint16), compression_type="RICE_1", tile_shape=(64, 48)),
-    "rice_nodither_float": lambda: fits.CompImageHDU(RNG.normal(1000, 20, (300, 260)).astype(np.float32), compression_type="RICE_1", quantize_level=16, quantize_method=-1),
-    "gzip2_nodither_float": lambda: fits.CompImageHDU(RNG.normal(0, 3, (300, 260)).astype(np.float32), compression_type="GZIP_2", quantize_level=8, quantize_method=-1),
-    "rice_uint32": lambda: fits.CompImageHDU(RNG.integers(0, 2**32 - 1, (300, 260), dtype=np.uint32), compression_type="GZIP_1"),
+    "rice_dithered_float": lambda: fits.CompImageHDU(
+        RNG.normal(1000, 20, (300, 260)).astype(np.float32),
+        compression_type="RICE_1",
+        quantize_level=64,
+        quantize_method=1,
+        dither_seed=5,
+    ),
+    "rice_dither2_float": lambda: fits.CompImageHDU(
+        RNG.normal(1000, 20, (300, 260)).astype(np.float32),
+        compression_type="RICE_1",
+        quantize_level=16,
+        quantize_method=2,
+        dither_seed=9,
+    ),
+    "rice_uint16_2d_tiles": lambda: fits.CompImageHDU(
+        (1000 + RNG.poisson(40, (300, 260))).astype(np.uint16), compression_type="RICE_1", tile_shape=(64, 48)
+    ),
+    "rice_nodither_float": lambda: fits.CompImageHDU(
+        RNG.normal(1000, 20, (300, 260)).astype(np.float32),
+        compression_type="RICE_1",
+        quantize_level=16,
+        quantize_method=-1,
+    ),
+    "gzip2_nodither_float": lambda: fits.CompImageHDU(
+        RNG.normal(0, 3, (300, 260)).astype(np.float32), compression_type="GZIP_2", quantize_level=8, quantize_method=-1
+    ),
+    "rice_uint32": lambda: fits.CompImageHDU(
+        RNG.integers(0, 2**32 - 1, (300, 260), dtype=np.uint32), compression_type="GZIP_1"
+    ),
     "uncompressed_uint32": lambda: fits.ImageHDU(RNG.integers(0, 2**32 - 1, (300, 260), dtype=np.uint32)),
-    "uncompressed_int16_bscale": lambda: _scaled(RNG.integers(-3000, 3000, (300, 260)).astype(np.int16), bscale=0.5, bzero=100.0),
+    "uncompressed_int16_bscale": lambda: _scaled(
+        RNG.integers(-3000, 3000, (300, 260)).astype(np.int16), bscale=0.5, bzero=100.0
+    ),
     "uncompressed_uint16": lambda: fits.ImageHDU(RNG.integers(0, 65535, (300, 260)).astype(np.uint16)),
     "uncompressed_float64": lambda: fits.ImageHDU(RNG.normal(0, 1, (300, 260))),
 }
@@ -94,8 +135,10 @@ def test_inheritance_merges_primary_then_extension():
 
 def test_multi_extension_file_lists_images_by_name_and_skips_tables(tmp_path):
     primary = fits.PrimaryHDU(header=fits.Header({"INSTRUME": "mosaic", "EXPTIME": 60.0}))
-    amps = [fits.CompImageHDU(np.full((20, 30), i, np.uint16), header=fits.Header({"INHERIT": True}), name=f"im{i}")
-            for i in range(1, 4)]
+    amps = [
+        fits.CompImageHDU(np.full((20, 30), i, np.uint16), header=fits.Header({"INHERIT": True}), name=f"im{i}")
+        for i in range(1, 4)
+    ]
     table = fits.BinTableHDU.from_columns([fits.Column(name="flux", format="E", array=np.ones(3))], name="CAT")
     path = tmp_path / "mef.fits.fz"
     fits.HDUList([primary, *amps, table]).writeto(path)
@@ -117,7 +160,14 @@ def test_iraf_addresses_select_by_extname_extver_and_number(tmp_path):
     ]
     path = tmp_path / "two_sci.fits.fz"
     fits.HDUList([primary, *hdus]).writeto(path)
-    cases = {"SCI": ("SCI", 1), "sci,1": ("SCI", 1), "SCI,2": ("SCI", 2), "[3]": 3, "im3": ("IM3", 1), "BPM": ("BPM", 1)}
+    cases = {
+        "SCI": ("SCI", 1),
+        "sci,1": ("SCI", 1),
+        "SCI,2": ("SCI", 2),
+        "[3]": 3,
+        "im3": ("IM3", 1),
+        "BPM": ("BPM", 1),
+    }
     for selector, expected in cases.items():
         address = f"{path}[{selector.strip('[]')}]"
         ref = image(address)

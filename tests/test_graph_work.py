@@ -7,12 +7,13 @@ from __future__ import annotations
 import dask
 import numpy as np
 
-from pipeline import graph, register
+from pipeline import graph
 from pipeline.config import ChunkParams, Config
-from pipeline.discover import load_session
-from pipeline.register import measure_offset, measure_offsets
+from pipeline.io.discover import load_session
+from pipeline.io.store import write_session
 from pipeline.runner import _summary_after_write
-from pipeline.store import write_session
+from pipeline.steps import register
+from pipeline.steps.register import measure_offset, measure_offsets
 
 KEY = "muscat3_g/20240315_000_000"
 CONFIG = Config(chunks=ChunkParams(strip_rows=64, store_chunk_px=64))  # 4 strips of the 256-row test frames

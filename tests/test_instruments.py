@@ -10,11 +10,11 @@ from astropy.io import fits
 from distributed import Client
 
 from pipeline.config import Config
-from pipeline.discover import load_session
 from pipeline.graph import build_session
-from pipeline.keywords import PROFILES_ENV, MissingKeyword, lookup, select_profile
+from pipeline.io.discover import load_session
+from pipeline.io.keywords import PROFILES_ENV, MissingKeyword, lookup, select_profile
+from pipeline.io.store import complete_sessions
 from pipeline.runner import run
-from pipeline.store import complete_sessions
 from pipeline.synth import SynthSpec, write_archive
 
 KEY = "mosaic_g/20240315_007_000"

@@ -1,8 +1,8 @@
-from astropy.io import fits
 import pytest
+from astropy.io import fits
 
-from pipeline.keywords import MissingKeyword, dictionary, lookup, profiles, select_profile
-from pipeline.sections import Section
+from pipeline.io.keywords import MissingKeyword, dictionary, lookup, profiles, select_profile
+from pipeline.io.sections import Section
 
 
 def test_dictionary_elements_have_keyword_type_and_definition():

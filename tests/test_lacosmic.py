@@ -7,10 +7,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # astroscrappy's C Laplacian edge
 import astroscrappy  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
 from astroscrappy.utils import dilate3, laplaceconvolve, median, rebin, sepmedfilt5, sepmedfilt7, sepmedfilt9, subsample  # noqa: E402, E501
 
-from pipeline.lacosmic import _dilate3, _lower_median, _sepmedfilt, _snr, detect_cosmics  # noqa: E402
+from pipeline.steps.lacosmic import _dilate3, _lower_median, _sepmedfilt, _snr, detect_cosmics  # noqa: E402
 
 GAIN, READNOISE = 1.7, 5.0
 
@@ -43,7 +42,7 @@ def _frame(ny, nx, seed, n_cr, n_stars):
         angle, length, width = rng.uniform(0, np.pi), rng.integers(1, 15), rng.integers(1, 3)
         for t in range(length):
             yi, xi = int(y + t * np.sin(angle)), int(x + t * np.cos(angle))
-            data[max(yi, 0):yi + width, max(xi, 0):xi + width] += rng.uniform(100, 8000)
+            data[max(yi, 0) : yi + width, max(xi, 0) : xi + width] += rng.uniform(100, 8000)
     excluded = np.zeros((ny, nx), bool)
     excluded[rng.integers(0, ny, ny * nx // 500), rng.integers(0, nx, ny * nx // 500)] = True
     excluded[:, rng.integers(0, nx)] = True

@@ -1,4 +1,4 @@
-"""The patch loader and splits on a small store written through `pipeline.store` from known arrays."""
+"""The patch loader and splits on a small store written through `pipeline.io.store` from known arrays."""
 
 import json
 import subprocess
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pipeline.loader import LoaderParams, PatchDataset, tile_origins
-from pipeline.masks import Flag
-from pipeline.splits import assign, from_json, to_json
-from pipeline.store import index, mark_complete, record_split, splits, write_session
+from pipeline.io.store import index, mark_complete, record_split, splits, write_session
+from pipeline.steps.masks import Flag
+from pipeline.tools.loader import LoaderParams, PatchDataset, tile_origins
+from pipeline.tools.splits import assign, from_json, to_json
 
 CHUNK = 64
 SESSIONS = {  # key: (shape, e91 frames)
@@ -201,7 +201,7 @@ def test_torch_dataloader_with_two_workers(store):
     torch = pytest.importorskip("torch")
     from torch.utils.data import DataLoader
 
-    from pipeline.loader import torch_dataset
+    from pipeline.tools.loader import torch_dataset
 
     path, truth = store
     PatchDataset(path, LoaderParams(patch_px=32))[0]  # the parent has read the store before forking
@@ -219,7 +219,7 @@ def test_torch_dataloader_with_two_workers(store):
 
 
 def test_info_table_shows_shape_split_and_completeness_from_the_index(store):
-    from pipeline.info import describe
+    from pipeline.tools.info import describe
 
     path, truth = store
     assignment = assign(index(path), 0.34, seed=1)
@@ -232,7 +232,7 @@ def test_info_table_shows_shape_split_and_completeness_from_the_index(store):
 def test_preview_writes_a_png_of_the_expected_size(store, tmp_path):
     import matplotlib.image
 
-    from pipeline.preview import figure_size_px
+    from pipeline.tools.preview import figure_size_px
 
     path, _ = store
     out = tmp_path / "obs1.png"

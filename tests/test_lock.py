@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pipeline.lock import StoreError, lock_path, store_lock
+from pipeline.io.lock import StoreError, lock_path, store_lock
 from pipeline.synth import SynthSpec, write_archive
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.masks import Flag, cf_attrs
+from pipeline.steps.masks import Flag, cf_attrs
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^\| (\d+) \| (\d+) \| `(\w+)` \|", re.M)

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from astropy.nddata import CCDData
 from astropy.modeling import models
+from astropy.nddata import CCDData
 from astropy.stats import sigma_clip
 
-from pipeline.overscan import OverscanParams, overscan_level_adu
+from pipeline.steps.overscan import OverscanParams, overscan_level_adu
 
 ccdproc = pytest.importorskip("ccdproc")
 
@@ -34,7 +34,8 @@ def test_clipped_mean_matches_astropy_one_pass_mad_clip(raw):
 def test_row_methods_match_ccdproc_subtract_overscan(raw, method, model):
     data, nx = raw
     ccd = CCDData(data, unit="adu")
-    ref = ccdproc.subtract_overscan(ccd, fits_section=f"[{nx + 1}:{data.shape[1]},:]", overscan_axis=1,
-                                    median=True, model=model)
+    ref = ccdproc.subtract_overscan(
+        ccd, fits_section=f"[{nx + 1}:{data.shape[1]},:]", overscan_axis=1, median=True, model=model
+    )
     level = overscan_level_adu(data[:, nx:], OverscanParams(method=method, order=3))
     np.testing.assert_allclose(data - level, ref.data, rtol=0, atol=1e-9)

@@ -7,10 +7,10 @@ from astropy.stats import mad_std
 from distributed import Client
 
 from pipeline.config import Config
-from pipeline.info import describe
-from pipeline.reference import robust_difference
+from pipeline.io.store import index, open_store
 from pipeline.runner import run
-from pipeline.store import index, open_store
+from pipeline.steps.reference import robust_difference
+from pipeline.tools.info import describe
 
 KEY = "muscat3_g/20240315_000_000"
 OFFSET_ADU = 5.0
@@ -35,8 +35,9 @@ def test_offset_reference_shows_in_attributes_and_info(archive_copy, tmp_path):
     path = archive_copy / KEY / "data" / f"{KEY.split('/')[1]}_calib.fits.fz"
     with fits.open(path) as hdul:
         hdu = hdul[1]
-        shifted = fits.CompImageHDU(hdu.data + np.float32(OFFSET_ADU), hdu.header, compression_type="RICE_1",
-                                    quantize_level=-0.01)  # lossless-enough: absolute step 0.01 ADU
+        shifted = fits.CompImageHDU(
+            hdu.data + np.float32(OFFSET_ADU), hdu.header, compression_type="RICE_1", quantize_level=-0.01
+        )  # lossless-enough: absolute step 0.01 ADU
     fits.HDUList([fits.PrimaryHDU(), shifted]).writeto(path, overwrite=True)
     out = tmp_path / "out.zarr"
     with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:

@@ -1,4 +1,4 @@
-"""Tests of pipeline.register on synthetic star fields rendered analytically at known offsets."""
+"""Tests of pipeline.steps.register on synthetic star fields rendered analytically at known offsets."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.register import (
+from pipeline.steps.register import (
     Offset,
     RegisterParams,
     fill_from_neighbours,
@@ -78,9 +78,7 @@ def assert_recovered(offset: Offset, shift):
 
 
 @pytest.mark.parametrize("fwhm_px", [3.0, 5.0])
-@pytest.mark.parametrize(
-    "shift", [(0.0, 0.0), (0.3, -0.7), (3.25, 5.5), (-4.6, -2.1), (-7.9, 7.6), (8.0, -8.0)]
-)
+@pytest.mark.parametrize("shift", [(0.0, 0.0), (0.3, -0.7), (3.25, 5.5), (-4.6, -2.1), (-7.9, 7.6), (8.0, -8.0)])
 def test_offset_recovered(shift, fwhm_px):
     reference, image, _ = pair(1, shift, fwhm_px=fwhm_px)
     assert_recovered(measure_offset(reference, image), shift)
@@ -234,9 +232,7 @@ def test_shape_mismatch_raises():
 
 def test_opening_2x2_matches_scipy_and_removes_thin_features():
     image = np.random.default_rng(17).normal(size=(40, 50))
-    np.testing.assert_array_equal(
-        opening_2x2(image)[:-1, :-1], ndimage.grey_opening(image, size=(2, 2))[:-1, :-1]
-    )
+    np.testing.assert_array_equal(opening_2x2(image)[:-1, :-1], ndimage.grey_opening(image, size=(2, 2))[:-1, :-1])
     spikes = np.zeros((20, 20))
     spikes[5, 5] = 9.0  # hot pixel
     spikes[:, 12] = 9.0  # bad column

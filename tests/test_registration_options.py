@@ -12,10 +12,10 @@ import pytest
 from astropy.io import fits
 
 from pipeline.config import Config, RegisterConfig
-from pipeline.discover import load_session
 from pipeline.graph import build_session
-from pipeline.masks import Flag
-from pipeline.stack import ClipParams
+from pipeline.io.discover import load_session
+from pipeline.steps.masks import Flag
+from pipeline.steps.stack import ClipParams
 from pipeline.synth.files import write_images
 
 KEY = "muscat3_g/20240315_000_000"
@@ -89,8 +89,9 @@ def _registered_variance(root, shifts):
         moved = np.full(err.shape, np.nan)
         sy, sx = int(sy), int(sx)  # e91[y, x] = frame[y - sy, x - sx]
         ny, nx = err.shape
-        moved[max(sy, 0):ny + min(sy, 0), max(sx, 0):nx + min(sx, 0)] = \
-            err[max(-sy, 0):ny + min(-sy, 0), max(-sx, 0):nx + min(-sx, 0)] ** 2
+        moved[max(sy, 0) : ny + min(sy, 0), max(sx, 0) : nx + min(sx, 0)] = (
+            err[max(-sy, 0) : ny + min(-sy, 0), max(-sx, 0) : nx + min(-sx, 0)] ** 2
+        )
         out.append(moved)
     return np.stack(out)
 
@@ -104,9 +105,14 @@ def test_weighted_stack_is_the_inverse_variance_mean_of_the_kept_values(archive_
             sci, bpm, err = (hdul[name].data.astype(np.float32) for name in ("SCI", "BPM", "ERR"))
             headers = [hdul[name].header for name in ("SCI", "BPM", "ERR")]
         extra = np.sqrt(8.0) * err * rng.standard_normal(err.shape).astype(np.float32)
-        write_images(path, [("SCI", (sci + extra).astype(np.float32), headers[0]),
-                            ("BPM", bpm.astype(np.uint8), headers[1]),
-                            ("ERR", (3 * err).astype(np.float32), headers[2])])
+        write_images(
+            path,
+            [
+                ("SCI", (sci + extra).astype(np.float32), headers[0]),
+                ("BPM", bpm.astype(np.uint8), headers[1]),
+                ("ERR", (3 * err).astype(np.float32), headers[2]),
+            ],
+        )
     ds = _dataset(archive_copy, Config(register=RegisterConfig(method="wcs"), stack=ClipParams(weighted=True)))
     values = ds["e91"].values.astype(np.float64)
     kept = ds["e91_mask"].values == 0

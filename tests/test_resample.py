@@ -1,4 +1,4 @@
-"""Tests of pipeline.resample against scipy.ndimage, Monte Carlo noise and analytic truth."""
+"""Tests of pipeline.steps.resample against scipy.ndimage, Monte Carlo noise and analytic truth."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.masks import MASK_DTYPE, Flag
-from pipeline.resample import bilinear_weights, bpm_flags, shift_rows
+from pipeline.steps.masks import MASK_DTYPE, Flag
+from pipeline.steps.resample import bilinear_weights, bpm_flags, shift_rows
 
 
 def _shift_whole(frame, dy, dx, flags=None, variance=None):
@@ -105,8 +105,13 @@ def test_bilinear_weights_sum_to_one_and_drop_zeros():
 
 
 def test_bpm_flags_map_observatory_bits():
-    assert list(bpm_flags(np.array([0, 1, 2, 3, 4], np.uint8))) == [0, Flag.BAD_PIXEL, Flag.SATURATED,
-                                                                     Flag.BAD_PIXEL | Flag.SATURATED, 0]
+    assert list(bpm_flags(np.array([0, 1, 2, 3, 4], np.uint8))) == [
+        0,
+        Flag.BAD_PIXEL,
+        Flag.SATURATED,
+        Flag.BAD_PIXEL | Flag.SATURATED,
+        0,
+    ]
 
 
 def test_subpixel_resampling_matches_the_truth_better_than_integer_shift():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.sections import Section, detsec_from_datasec
+from pipeline.io.sections import Section, detsec_from_datasec
 
 
 def test_parse_and_slices_follow_iraf_convention():

@@ -1,4 +1,4 @@
-"""Tests of pipeline.sources on synthetic star fields with known positions."""
+"""Tests of pipeline.steps.sources on synthetic star fields with known positions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import sep
 from scipy import ndimage
 
-from pipeline.sources import BACKGROUND, SOURCE, SourceParams, source_mask
+from pipeline.steps.sources import BACKGROUND, SOURCE, SourceParams, source_mask
 
 SHAPE = (512, 512)
 SKY_E = 1000.0

@@ -1,4 +1,4 @@
-"""Tests of pipeline.stack.sigma_clip_stack against astropy 8.0.2 and against known truth."""
+"""Tests of pipeline.steps.stack.sigma_clip_stack against astropy 8.0.2 and against known truth."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from astropy.stats import sigma_clip
 from astropy.stats.nanfunctions import nanmadstd, nanmean, nanmedian, nanstd
 
-from pipeline.stack import ClipParams, StackResult, _sorting_network, sigma_clip_stack
+from pipeline.steps.stack import ClipParams, StackResult, _sorting_network, sigma_clip_stack
 
 RTOL = 1e-6
 
@@ -64,8 +64,15 @@ def astropy_mask(data, mask, p: ClipParams, union=False):
     arr = np.ma.MaskedArray(data, mask if mask is not None else False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = sigma_clip(arr, sigma_lower=p.sigma_lower, sigma_upper=p.sigma_upper,
-                         maxiters=p.maxiters, cenfunc=cen, stdfunc=std, axis=0)
+        res = sigma_clip(
+            arr,
+            sigma_lower=p.sigma_lower,
+            sigma_upper=p.sigma_upper,
+            maxiters=p.maxiters,
+            cenfunc=cen,
+            stdfunc=std,
+            axis=0,
+        )
     return np.ma.getmaskarray(res)
 
 
@@ -105,8 +112,7 @@ SIGMAS = [(3.0, 3.0), (2.0, 3.5), (4.0, 1.5)]
 def test_matches_astropy_final_bounds(n, cenfunc, stdfunc, maxiters):
     for k, dtype in enumerate([np.float32, np.float64]):
         sl, su = SIGMAS[(n + k) % len(SIGMAS)]
-        p = ClipParams(sigma_lower=sl, sigma_upper=su, maxiters=maxiters, cenfunc=cenfunc,
-                       stdfunc=stdfunc)
+        p = ClipParams(sigma_lower=sl, sigma_upper=su, maxiters=maxiters, cenfunc=cenfunc, stdfunc=stdfunc)
         data, mask = make_cube(n, dtype=dtype, seed=n * 7 + k)
         res = sigma_clip_stack(data, mask, params=p)
         check_against_mask(res, data, mask, astropy_mask(data, mask, p))
@@ -118,8 +124,9 @@ def test_matches_astropy_final_bounds(n, cenfunc, stdfunc, maxiters):
 def test_matches_astropy_union(cenfunc, stdfunc, maxiters, dtype):
     """rejection='union' == astropy's _sigmaclip_withaxis (callable functions), which casts
     masked input to float64: identical for float32 and float64."""
-    p = ClipParams(sigma_lower=2.5, sigma_upper=3.0, maxiters=maxiters, cenfunc=cenfunc,
-                   stdfunc=stdfunc, rejection="union")
+    p = ClipParams(
+        sigma_lower=2.5, sigma_upper=3.0, maxiters=maxiters, cenfunc=cenfunc, stdfunc=stdfunc, rejection="union"
+    )
     for n in (2, 3, 20):
         data, mask = make_cube(n, dtype=dtype, seed=100 + n)
         res = sigma_clip_stack(data, mask, params=p)
@@ -138,11 +145,9 @@ def test_final_bounds_differs_from_union():
     a_union = astropy_mask(data, mask, p, union=True)
     assert np.count_nonzero(a_final != a_union) > 0
     inv = invalid_of(data, mask)
-    np.testing.assert_array_equal(sigma_clip_stack(data, mask, params=p).clipped,
-                                  a_final & ~inv)
+    np.testing.assert_array_equal(sigma_clip_stack(data, mask, params=p).clipped, a_final & ~inv)
     pu = dataclasses.replace(p, rejection="union")
-    np.testing.assert_array_equal(sigma_clip_stack(data, mask, params=pu).clipped,
-                                  a_union & ~inv)
+    np.testing.assert_array_equal(sigma_clip_stack(data, mask, params=pu).clipped, a_union & ~inv)
 
 
 def test_float32_union_plain_ndarray_differs_only_within_rounding():
@@ -157,14 +162,13 @@ def test_float32_union_plain_ndarray_differs_only_within_rounding():
     for (cen, cf), (sd, sf) in itertools.product(
         [("median", nanmedian), ("mean", nanmean)], [("std", nanstd), ("mad_std", nanmadstd)]
     ):
-        res = sigma_clip_stack(data, params=ClipParams(cenfunc=cen, stdfunc=sd, maxiters=1,
-                                                       rejection="union"))
+        res = sigma_clip_stack(data, params=ClipParams(cenfunc=cen, stdfunc=sd, maxiters=1, rejection="union"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            a32, l32, u32 = sigma_clip(data, maxiters=1, cenfunc=cf, stdfunc=sf, axis=0,
-                                       return_bounds=True)
-            a64, l64, u64 = sigma_clip(data.astype(np.float64), maxiters=1, cenfunc=cf,
-                                       stdfunc=sf, axis=0, return_bounds=True)
+            a32, l32, u32 = sigma_clip(data, maxiters=1, cenfunc=cf, stdfunc=sf, axis=0, return_bounds=True)
+            a64, l64, u64 = sigma_clip(
+                data.astype(np.float64), maxiters=1, cenfunc=cf, stdfunc=sf, axis=0, return_bounds=True
+            )
         assert l32.dtype == np.float32 and l64.dtype == np.float64
         np.testing.assert_array_equal(res.clipped, a64.mask)  # identical to float64 astropy
         f, y, x = np.nonzero(res.clipped != a32.mask)
@@ -172,7 +176,8 @@ def test_float32_union_plain_ndarray_differs_only_within_rounding():
         v = data[f, y, x].astype(np.float64)
         l32, l64, u32, u64 = (b[0, y, x].astype(np.float64) for b in (l32, l64, u32, u64))
         in_band = ((v >= np.minimum(l32, l64)) & (v <= np.maximum(l32, l64))) | (
-            (v >= np.minimum(u32, u64)) & (v <= np.maximum(u32, u64)))
+            (v >= np.minimum(u32, u64)) & (v <= np.maximum(u32, u64))
+        )
         assert in_band.all()
         assert f.size < 1e-3 * data.size
     assert total > 0  # the situation was exercised
@@ -183,8 +188,7 @@ def test_many_frames(n):
     """Sorting network for n > 32 and not a power of two."""
     data, mask = make_cube(n, ny=6, nx=140, dtype=np.float32, seed=n)
     for p in (ClipParams(), ClipParams(cenfunc="mean", stdfunc="mad_std", maxiters=None)):
-        check_against_mask(sigma_clip_stack(data, mask, params=p), data, mask,
-                           astropy_mask(data, mask, p))
+        check_against_mask(sigma_clip_stack(data, mask, params=p), data, mask, astropy_mask(data, mask, p))
 
 
 def test_no_mask_and_no_bad_values():
@@ -310,8 +314,7 @@ def test_corner_cases():
     data[:, 0, 7] = [-3, 0, 0, 0]
     mask = np.zeros(data.shape, bool)
     mask[:, 0, 7] = True  # fully masked
-    for p in (ClipParams(sigma_lower=1.0, sigma_upper=1.0, cenfunc=c, stdfunc=s)
-              for c, s in CEN_STD):
+    for p in (ClipParams(sigma_lower=1.0, sigma_upper=1.0, cenfunc=c, stdfunc=s) for c, s in CEN_STD):
         res = sigma_clip_stack(data, mask, params=p)
         check_against_mask(res, data, mask, astropy_mask(data, mask, p))
         assert res.count[0, 1] == 4 and res.std[0, 1] == 0 and res.mean[0, 1] == 5
@@ -371,9 +374,15 @@ def test_input_validation():
         sigma_clip_stack(data, mask[:, :2])
     with pytest.raises(TypeError):
         sigma_clip_stack(data, mask.astype(np.float32))
-    for bad in (dict(sigma_lower=-1.0), dict(maxiters=-2), dict(maxiters=1.5),
-                dict(cenfunc="mode"), dict(stdfunc="var"), dict(combine="sum"),
-                dict(rejection="last")):
+    for bad in (
+        dict(sigma_lower=-1.0),
+        dict(maxiters=-2),
+        dict(maxiters=1.5),
+        dict(cenfunc="mode"),
+        dict(stdfunc="var"),
+        dict(combine="sum"),
+        dict(rejection="last"),
+    ):
         with pytest.raises(ValueError):
             ClipParams(**bad)
 
@@ -384,14 +393,16 @@ def test_parallel_equals_serial_and_block_edges():
     do (per-pixel finishing path)."""
     for dtype in (np.float32, np.float64):
         data, mask = make_cube(20, ny=37, nx=300, dtype=dtype, seed=77)
-        for p in (ClipParams(), ClipParams(maxiters=None, stdfunc="mad_std"),
-                  ClipParams(cenfunc="mean", rejection="union", maxiters=None)):
+        for p in (
+            ClipParams(),
+            ClipParams(maxiters=None, stdfunc="mad_std"),
+            ClipParams(cenfunc="mean", rejection="union", maxiters=None),
+        ):
             a = sigma_clip_stack(data, mask, params=p, parallel=True)
             b = sigma_clip_stack(data, mask, params=p, parallel=False)
             for field in ("mean", "std", "count", "clipped"):
                 np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
-            check_against_mask(a, data, mask,
-                               astropy_mask(data, mask, p, union=p.rejection == "union"))
+            check_against_mask(a, data, mask, astropy_mask(data, mask, p, union=p.rejection == "union"))
 
 
 def test_sorting_network_sorts():
@@ -419,8 +430,7 @@ def test_float32_high_level_identical(rejection):
     data[cr] += rng.uniform(3, 300, cr.sum()).astype(np.float32)
     mask = rng.random(data.shape) < 0.02
     for cen, std in CEN_STD:
-        p = ClipParams(cenfunc=cen, stdfunc=std, combine="median", rejection=rejection,
-                       maxiters=None)
+        p = ClipParams(cenfunc=cen, stdfunc=std, combine="median", rejection=rejection, maxiters=None)
         res = sigma_clip_stack(data, mask, params=p)
         ref = astropy_mask(data, mask, p, union=rejection == "union")
         np.testing.assert_array_equal(res.clipped, ref & ~mask)

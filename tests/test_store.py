@@ -10,7 +10,7 @@ import xarray as xr
 import zarr
 
 from benchmarks import bench_codecs
-from pipeline.store import write_session
+from pipeline.io.store import write_session
 
 KEY = "muscat3_g/obs1"
 CHUNK = 32

@@ -10,17 +10,32 @@ import pytest
 from astropy.io import fits
 from scipy import ndimage
 
-from pipeline.sections import Section
+from pipeline.io.sections import Section
 from pipeline.synth import SynthSpec, write_archive
 from pipeline.synth.exposure import expose, raw_amplifiers, scene_e
 from pipeline.synth.session import draw_session
 from pipeline.synth.spec import Stream, rng
 
-SHARED = {"INSTRUME", "TELESCOP", "FILTER", "OBSTYPE", "DATE-OBS", "DAY-OBS", "EXPTIME", "GAIN",
-          "RDNOISE", "SATURATE", "MAXLIN", "CCDSUM", "CONFMODE", "RLEVEL", "OBJECT", "BUNIT"}
+SHARED = {
+    "INSTRUME",
+    "TELESCOP",
+    "FILTER",
+    "OBSTYPE",
+    "DATE-OBS",
+    "DAY-OBS",
+    "EXPTIME",
+    "GAIN",
+    "RDNOISE",
+    "SATURATE",
+    "MAXLIN",
+    "CCDSUM",
+    "CONFMODE",
+    "RLEVEL",
+    "OBJECT",
+    "BUNIT",
+}
 PER_AMP = {"GAIN", "RDNOISE", "BIASSEC", "DATASEC", "TRIMSEC", "DETSEC"}
-STRUCTURAL = {"XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT", "BSCALE",
-              "BZERO", "EXTNAME"}
+STRUCTURAL = {"XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT", "BSCALE", "BZERO", "EXTNAME"}
 
 
 # ----------------------------------------------------------------------------- fixtures & helpers
@@ -90,18 +105,21 @@ def centroid(image: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray
 # ----------------------------------------------------------------------------- layout
 def test_layout_and_names(muscat, mosaic):
     assert [p.relative_to(p.parents[1]).as_posix() for p in muscat] == [
-        "muscat3_g/20240315_007_000", "muscat4_r/20240315_007_001"]
+        "muscat3_g/20240315_007_000",
+        "muscat4_r/20240315_007_001",
+    ]
     assert mosaic.parent.name == "mosaic_g"
     for session, site in [(muscat[0], "ogg"), (muscat[1], "coj")]:
         obs = session.name
         files = {p.relative_to(session).as_posix() for p in session.rglob("*") if p.is_file()}
-        assert files == {
-            f"calib/{kind}_{obs}.fits.fz" for kind in ("BIAS", "DARK", "SKYFLAT", "BPM")
-        } | {
+        assert files == {f"calib/{kind}_{obs}.fits.fz" for kind in ("BIAS", "DARK", "SKYFLAT", "BPM")} | {
             f"data/{obs}_{kind}.fits.fz" for kind in ("raw", "os", "calib", "mean", "mask")
-        } | {
-            f"e91/{site}-ep04-20240315-{k:04d}-e91.fits.fz" for k in range(3)
-        } | {"info.json", "calib.json", "truth/truth.npz", "truth/truth.json"}
+        } | {f"e91/{site}-ep04-20240315-{k:04d}-e91.fits.fz" for k in range(3)} | {
+            "info.json",
+            "calib.json",
+            "truth/truth.npz",
+            "truth/truth.json",
+        }
     assert not list(muscat[0].parent.parent.rglob(".*.tmp"))
 
 
@@ -137,8 +155,15 @@ def test_json_metadata(muscat):
     calib = json.loads((session / "calib.json").read_text())
     with fits.open(raw_path(session)) as hdul:
         header = hdul[1].header
-    assert info == {"obs_id": session.name, "instrument": "muscat4", "band": "r", "object": header["OBJECT"],
-                    "date_obs": header["DATE-OBS"], "exptime": header["EXPTIME"], "n_e91": 3}
+    assert info == {
+        "obs_id": session.name,
+        "instrument": "muscat4",
+        "band": "r",
+        "object": header["OBJECT"],
+        "date_obs": header["DATE-OBS"],
+        "exptime": header["EXPTIME"],
+        "n_e91": 3,
+    }
     assert calib["gain"] == header["GAIN"] and calib["rdnoise"] == header["RDNOISE"]
     for kind, key in [("BIAS", "bias"), ("DARK", "dark"), ("SKYFLAT", "flat")]:
         assert (session / "calib" / calib[key]["file"]).name == f"{kind}_{session.name}.fits.fz"
@@ -270,8 +295,9 @@ def test_products_follow_from_raw(muscat):
     os_adu = raw["adu"] - raw["overscan"]
     np.testing.assert_allclose(fits.getdata(data / f"{session.name}_os.fits.fz"), os_adu, atol=0.5)
     calibrated = (os_adu * raw["gain"] - t["bias_e"] - t["dark_e_per_s"] * params["exptime"]) / t["flat"]
-    np.testing.assert_allclose(fits.getdata(data / f"{session.name}_calib.fits.fz"),
-                               calibrated / params["gain_nominal"], atol=1.0)
+    np.testing.assert_allclose(
+        fits.getdata(data / f"{session.name}_calib.fits.fz"), calibrated / params["gain_nominal"], atol=1.0
+    )
     e91 = [fits.getdata(p, "SCI") for p in sorted((session / "e91").glob("*.fits.fz"))]
     np.testing.assert_allclose(fits.getdata(data / f"{session.name}_mean.fits.fz"), np.mean(e91, axis=0), atol=1.0)
 
@@ -343,8 +369,12 @@ def test_e91_drift_matches_star_centroids(tmp_path):
     def usable(i):
         y, x = np.rint(yx[i]).astype(int)
         near = (np.hypot(*(yx - yx[i]).T) < 25) & (np.arange(len(flux)) != i)
-        return (np.all((yx[i] > 30) & (yx[i] < 482)) and not t["saturated"][y - 8 : y + 9, x - 8 : x + 9].any()
-                and not np.any(flux[near] > 0.01 * flux[i]) and not t["bad_pixels"][y, x - 12 : x + 13].any())
+        return (
+            np.all((yx[i] > 30) & (yx[i] < 482))
+            and not t["saturated"][y - 8 : y + 9, x - 8 : x + 9].any()
+            and not np.any(flux[near] > 0.01 * flux[i])
+            and not t["bad_pixels"][y, x - 12 : x + 13].any()
+        )
 
     star = next(i for i in np.argsort(flux)[::-1] if usable(i))
     assert flux[star] > 3e5
@@ -389,11 +419,23 @@ def test_deterministic_from_seed(tmp_path):
     assert not np.array_equal(other, mine)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"amps": 3}, {"amps": 0}, {"size": 70, "amps": 8}, {"size": 30}, {"sessions": 0}, {"frames": 0},
-    {"seed": -1}, {"overscan": 0}, {"max_drift": -1.0}, {"max_drift": 100.0, "size": 128}, {"size": 256.0},
-    {"amps": True},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"amps": 3},
+        {"amps": 0},
+        {"size": 70, "amps": 8},
+        {"size": 30},
+        {"sessions": 0},
+        {"frames": 0},
+        {"seed": -1},
+        {"overscan": 0},
+        {"max_drift": -1.0},
+        {"max_drift": 100.0, "size": 128},
+        {"size": 256.0},
+        {"amps": True},
+    ],
+)
 def test_spec_validation(kwargs):
     with pytest.raises(ValueError):
         SynthSpec(**kwargs)

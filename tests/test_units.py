@@ -7,10 +7,10 @@ import pytest
 from astropy.io import fits
 
 from pipeline.config import Config
-from pipeline.discover import load_session
 from pipeline.graph import build_session
-from pipeline.keywords import profiles
-from pipeline.units import conversion_factor, header_factor, parse_unit
+from pipeline.io.discover import load_session
+from pipeline.io.keywords import profiles
+from pipeline.io.units import conversion_factor, header_factor, parse_unit
 
 GAIN, SECONDS = 1.7, 37.0
 

@@ -9,10 +9,10 @@ import zarr
 from distributed import Client
 
 from pipeline.config import Config
+from pipeline.io.store import index
 from pipeline.runner import run
-from pipeline.store import index
 from pipeline.synth import SynthSpec, write_archive
-from pipeline.verify import array_sha256, verify
+from pipeline.tools.verify import array_sha256, verify
 
 KEY = "muscat3_g/20240315_000_000"
 

@@ -27,14 +27,14 @@ def test_load_kernels_loads_what_the_session_tasks_call():
     """In a new process the stack and cosmic-ray kernels are not loaded; ``load_kernels`` (run on
     every worker by ``runner.run``) loads them with the argument types the tasks use."""
     code = (
-        "from pipeline import graph, lacosmic, stack\n"
+        "from pipeline import graph\nfrom pipeline.steps import lacosmic, stack\n"
         "kernels = (stack._do_rows, lacosmic._snr, lacosmic._candidates)\n"
         "assert not any(k.signatures for k in kernels)\n"
         "graph.load_kernels()\n"
         "loaded = [k.signatures for k in kernels]\n"
         "# a call like the strip task's must find its signature loaded, not add one\n"
         "import numpy as np\n"
-        "from pipeline.masks import MASK_DTYPE\n"
+        "from pipeline.steps.masks import MASK_DTYPE\n"
         "stack.sigma_clip_stack(np.ones((3, 5, 7), np.float32), np.zeros((3, 5, 7), MASK_DTYPE), parallel=False)\n"
         "assert all(loaded) and [k.signatures for k in kernels] == loaded, loaded\n"
     )

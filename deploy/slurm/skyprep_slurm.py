@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error("ARCHIVE and --out are required")
         cluster.scale(jobs=args.jobs)
         rest = [a for a in rest if a != "--"]
-        return skyprep(["run", str(args.archive), "--out", str(args.out), "--scheduler", cluster.scheduler_address, *rest])
+        return skyprep(
+            ["run", str(args.archive), "--out", str(args.out), "--scheduler", cluster.scheduler_address, *rest]
+        )
 
 
 if __name__ == "__main__":

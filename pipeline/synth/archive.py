@@ -49,31 +49,37 @@ def write_session(root: Path, spec: SynthSpec, index: int) -> Path:
     e91_cosmic_rays = _write_e91(out, spec, session)
 
     obs_id = session.ident.obs_id
-    write_json(out / "info.json", {
-        "obs_id": obs_id,
-        "instrument": session.ident.instrument,
-        "band": session.ident.band,
-        "object": session.object_name,
-        "date_obs": session.date_obs(),
-        "exptime": session.exptime_s,
-        "n_e91": session.frames,
-    })
+    write_json(
+        out / "info.json",
+        {
+            "obs_id": obs_id,
+            "instrument": session.ident.instrument,
+            "band": session.ident.band,
+            "object": session.object_name,
+            "date_obs": session.date_obs(),
+            "exptime": session.exptime_s,
+            "n_e91": session.frames,
+        },
+    )
     write_json(out / "calib.json", _calib_summary(session, names))
-    write_npz(out / "truth" / "truth.npz", {
-        "scene_e": scene_e,
-        "drift": session.drift_px,
-        "saturated": raw.saturated,
-        "cosmic_rays": raw.cosmic_rays,
-        "bad_pixels": session.bad_pixels,
-        "hot_pixels": session.hot_pixels,
-        "low_flat": session.low_flat,
-        "flat": session.flat,
-        "dark_e_per_s": session.dark_e_per_s,
-        "bias_e": session.bias_e,
-        "star_yx": session.stars.yx,
-        "star_flux_e": session.stars.flux_e,
-        "e91_cosmic_rays": e91_cosmic_rays,
-    })
+    write_npz(
+        out / "truth" / "truth.npz",
+        {
+            "scene_e": scene_e,
+            "drift": session.drift_px,
+            "saturated": raw.saturated,
+            "cosmic_rays": raw.cosmic_rays,
+            "bad_pixels": session.bad_pixels,
+            "hot_pixels": session.hot_pixels,
+            "low_flat": session.low_flat,
+            "flat": session.flat,
+            "dark_e_per_s": session.dark_e_per_s,
+            "bias_e": session.bias_e,
+            "star_yx": session.stars.yx,
+            "star_flux_e": session.stars.flux_e,
+            "e91_cosmic_rays": e91_cosmic_rays,
+        },
+    )
     write_json(out / "truth" / "truth.json", _truth_parameters(spec, session, raw))
     return out
 
@@ -84,14 +90,16 @@ def _master_names(session: Session) -> dict[str, str]:
 
 
 def _master_header(session: Session, obstype: str, bunit: str) -> fits.Header:
-    return fits.Header([
-        ("OBSTYPE", obstype, "master calibration type"),
-        ("BUNIT", bunit, "pixel unit"),
-        ("INSTRUME", session.ident.instrument, "instrument"),
-        ("TELESCOP", session.ident.telescope, "telescope"),
-        ("FILTER", session.ident.band, "filter"),
-        ("DAY-OBS", NIGHT, "observing night"),
-    ])
+    return fits.Header(
+        [
+            ("OBSTYPE", obstype, "master calibration type"),
+            ("BUNIT", bunit, "pixel unit"),
+            ("INSTRUME", session.ident.instrument, "instrument"),
+            ("TELESCOP", session.ident.telescope, "telescope"),
+            ("FILTER", session.ident.band, "filter"),
+            ("DAY-OBS", NIGHT, "observing night"),
+        ]
+    )
 
 
 def _write_masters(calib: Path, session: Session, names: dict[str, str]) -> None:
@@ -109,8 +117,9 @@ def _write_masters(calib: Path, session: Session, names: dict[str, str]) -> None
     write_images(calib / names["BPM"], [("BPM", session.bad_pixels.astype(np.uint8), header)])
 
 
-def _write_raw_products(data: Path, session: Session, raw: exposure.Exposure,
-                        raw_rng: np.random.Generator, source: np.ndarray) -> None:
+def _write_raw_products(
+    data: Path, session: Session, raw: exposure.Exposure, raw_rng: np.random.Generator, source: np.ndarray
+) -> None:
     """The raw frame and what the dataset derives from it: ``_os``, ``_calib`` and ``_mask``."""
     obs_id = session.ident.obs_id
     cards = session.cards(session.date_obs())
@@ -120,8 +129,9 @@ def _write_raw_products(data: Path, session: Session, raw: exposure.Exposure,
 
     calibrated = exposure.calibrated_e(session, exposure.after_bias_e(session, raw.adu))
     calib_adu = calibrated / np.float32(session.gain_e_per_adu)
-    write_images(data / f"{obs_id}_os.fits.fz",
-                 [(None, exposure.overscan_corrected_adu(session, raw.adu), fits.Header(cards))])
+    write_images(
+        data / f"{obs_id}_os.fits.fz", [(None, exposure.overscan_corrected_adu(session, raw.adu), fits.Header(cards))]
+    )
     calib_header = fits.Header(session.cards(session.date_obs(), rlevel=91))
     write_images(data / f"{obs_id}_calib.fits.fz", [(None, calib_adu, calib_header)])
     mask_header = fits.Header([("BUNIT", "", "0 = source, 1 = background")])
@@ -136,11 +146,14 @@ def _write_e91(out: Path, spec: SynthSpec, session: Session) -> np.ndarray:
         frame = exposure.e91_frame(session, k, rng(spec.seed, Stream.E91, session.ident.index, k))
         header = fits.Header(session.cards(session.date_obs(k), rlevel=91, shift=tuple(session.drift_px[k])))
         name = f"{session.ident.site}-ep04-{NIGHT}-{k:04d}-e91.fits.fz"
-        write_images(out / "e91" / name, [
-            ("SCI", frame.sci_adu, header),
-            ("BPM", frame.bpm, fits.Header([("BUNIT", "")])),
-            ("ERR", frame.err_adu, fits.Header([("BUNIT", "adu")])),
-        ])
+        write_images(
+            out / "e91" / name,
+            [
+                ("SCI", frame.sci_adu, header),
+                ("BPM", frame.bpm, fits.Header([("BUNIT", "")])),
+                ("ERR", frame.err_adu, fits.Header([("BUNIT", "adu")])),
+            ],
+        )
         total_adu += frame.sci_adu
         y, x = np.nonzero(frame.cosmic_rays)
         hits.append(np.column_stack([np.full_like(y, k), y, x]))

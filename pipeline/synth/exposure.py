@@ -51,8 +51,7 @@ def expose(session: Session, expected_scene_e: np.ndarray, rng: np.random.Genera
     """Observe ``expected_scene_e`` for the session's exposure time and digitise it."""
     cosmic_e = ccd.cosmic_rays_e(session.size, rng, session.exptime_s)
     expected_e = expected_scene_e * session.flat + session.dark_e_per_s * np.float32(session.exptime_s)
-    charge_e = ccd.spoil_bad_columns(ccd.collect_e(expected_e, rng) + cosmic_e,
-                                     session.dead_column, session.hot_column)
+    charge_e = ccd.spoil_bad_columns(ccd.collect_e(expected_e, rng) + cosmic_e, session.dead_column, session.hot_column)
     adu, saturated = ccd.digitise_adu(
         charge_e, session.bias_e, session.gain_map, session.rdnoise_map, session.overscan_map, rng
     )

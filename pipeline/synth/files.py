@@ -30,8 +30,9 @@ def dither_seed(name: str) -> int:
     return 1 + zlib.crc32(name.encode()) % 10000
 
 
-def compressed_image(data: np.ndarray, header: fits.Header | None = None, name: str | None = None,
-                     seed: int = 1) -> fits.CompImageHDU:
+def compressed_image(
+    data: np.ndarray, header: fits.Header | None = None, name: str | None = None, seed: int = 1
+) -> fits.CompImageHDU:
     """A tile-compressed image HDU with the codec chosen by ``data``'s dtype.
 
     ``name`` goes into the header verbatim (astropy's ``name=`` would upper-case Mosaic's ``im1``).

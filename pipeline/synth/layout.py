@@ -8,7 +8,7 @@ the right half read out flipped in x, those in the top row of a two-row grid fli
 
     detector[detsec.slices] = detsec.orient(raw[datasec.slices])
 
-places every amplifier (``pipeline.sections.Section``; ``orient`` is its own inverse).
+places every amplifier (``pipeline.io.sections.Section``; ``orient`` is its own inverse).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.io import fits
 
-from ..sections import Section
+from ..io.sections import Section
 from .ccd import Readout
 from .files import compressed_image
 from .spec import AMP_GRIDS
@@ -110,8 +110,9 @@ def raw_hdus(
         header.update(amp_cards(amps[0], readouts[0]))
         return fits.PrimaryHDU(), [compressed_image(arrays[0], header, amps[0].name)]
     primary = fits.Header(list(shared))
-    primary.update([("DETSIZE", str(Section(1, size, 1, size)), "detector size"),
-                    ("NEXTEND", len(amps), "amplifier extensions")])
+    primary.update(
+        [("DETSIZE", str(Section(1, size, 1, size)), "detector size"), ("NEXTEND", len(amps), "amplifier extensions")]
+    )
     extensions = []
     for amp, readout, data in zip(amps, readouts, arrays, strict=True):
         header = fits.Header([("INHERIT", True, "primary keywords apply"), *amp_cards(amp, readout)])

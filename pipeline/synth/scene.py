@@ -127,8 +127,9 @@ def stars_e(size: int, stars: Stars, psf: Moffat, shift: tuple[float, float] = (
     return canvas.reshape(side, side)[pad : pad + size, pad : pad + size].astype(np.float32)
 
 
-def _stamps(centres: np.ndarray, peak_e: np.ndarray, radius: int, psf: Moffat, side: int
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _stamps(
+    centres: np.ndarray, peak_e: np.ndarray, radius: int, psf: Moffat, side: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(flat canvas index, e-) of square Moffat stamps of half-width ``radius`` around ``centres``."""
     offsets = np.arange(-radius, radius + 1)
     rows = np.rint(centres[:, :1]).astype(np.int64) + offsets  # (n, w)

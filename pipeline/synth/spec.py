@@ -73,8 +73,7 @@ class SynthSpec:
         rows, cols = self.grid
         if self.size % rows or self.size % cols:
             raise ValueError(
-                f"SynthSpec.size={self.size} is not divisible by the {cols} x {rows} "
-                f"amplifier grid of amps={self.amps}"
+                f"SynthSpec.size={self.size} is not divisible by the {cols} x {rows} amplifier grid of amps={self.amps}"
             )
         drift = float(self.max_drift)
         if not 0.0 <= drift <= self.size / 8:

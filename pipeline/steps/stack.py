@@ -129,9 +129,7 @@ class ClipParams:
             if not (isinstance(value, (int, float, np.integer, np.floating)) and value >= 0):
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         if self.maxiters is not None and (
-            not isinstance(self.maxiters, (int, np.integer))
-            or isinstance(self.maxiters, bool)
-            or self.maxiters < 0
+            not isinstance(self.maxiters, (int, np.integer)) or isinstance(self.maxiters, bool) or self.maxiters < 0
         ):
             raise ValueError(f"maxiters must be None or an int >= 0, got {self.maxiters!r}")
         if self.cenfunc not in ("median", "mean"):
@@ -143,9 +141,7 @@ class ClipParams:
         if self.weighted and self.combine != "mean":
             raise ValueError("weighted=True needs combine='mean'")
         if self.rejection not in ("final_bounds", "union"):
-            raise ValueError(
-                f"rejection must be 'final_bounds' or 'union', got {self.rejection!r}"
-            )
+            raise ValueError(f"rejection must be 'final_bounds' or 'union', got {self.rejection!r}")
 
 
 @dataclass(frozen=True)
@@ -287,8 +283,7 @@ def _pass_interval(vals, n, w, lo, hi, cnt, acc, below, do_sum, do_below):
                 s += d if kd else 0.0
                 acc[i] = s
             if do_below:
-                below[i] += (np.int64(a < lo_i) + np.int64(b < lo_i) + np.int64(c < lo_i)
-                             + np.int64(d < lo_i))
+                below[i] += np.int64(a < lo_i) + np.int64(b < lo_i) + np.int64(c < lo_i) + np.int64(d < lo_i)
         f += 4
     while f < n:
         r0 = vals[f]
@@ -355,10 +350,10 @@ def _pass_final(vals, n, w, lo, hi, cnt, acc, clipped, y, x0):
         r1 = vals[f + 1]
         r2 = vals[f + 2]
         r3 = vals[f + 3]
-        c0 = clipped[f, y, x0:x0 + w]
-        c1 = clipped[f + 1, y, x0:x0 + w]
-        c2 = clipped[f + 2, y, x0:x0 + w]
-        c3 = clipped[f + 3, y, x0:x0 + w]
+        c0 = clipped[f, y, x0 : x0 + w]
+        c1 = clipped[f + 1, y, x0 : x0 + w]
+        c2 = clipped[f + 2, y, x0 : x0 + w]
+        c3 = clipped[f + 3, y, x0 : x0 + w]
         for i in range(w):
             lo_i = lo[i]
             hi_i = hi[i]
@@ -384,7 +379,7 @@ def _pass_final(vals, n, w, lo, hi, cnt, acc, clipped, y, x0):
         f += 4
     while f < n:
         r0 = vals[f]
-        c0 = clipped[f, y, x0:x0 + w]
+        c0 = clipped[f, y, x0 : x0 + w]
         for i in range(w):
             a = r0[i]
             ka = (a >= lo[i]) & (a <= hi[i])
@@ -395,8 +390,9 @@ def _pass_final(vals, n, w, lo, hi, cnt, acc, clipped, y, x0):
 
 
 @njit(**_JIT)
-def _finish_pixel(vals, srt, n, i, iteration, maxiters, sigma_lower, sigma_upper, use_median,
-                  use_mad, L, U, lower, upper, k, s, below):
+def _finish_pixel(
+    vals, srt, n, i, iteration, maxiters, sigma_lower, sigma_upper, use_median, use_mad, L, U, lower, upper, k, s, below
+):
     """The clipping iterations of pixel i from the current state on, one pixel at a time.
 
     Same arithmetic, in the same order, as the block loop of _do_block (used there once few
@@ -461,9 +457,31 @@ def _finish_pixel(vals, srt, n, i, iteration, maxiters, sigma_lower, sigma_upper
 
 
 @njit(**_JIT)
-def _do_block(y, x0, w, data, mask, has_mask, variance, pairs, sigma_lower, sigma_upper,
-              use_median, use_mad, maxiters, union, combine, vals, srt, fs, ii,
-              out_mean, out_std, out_count, out_clipped):
+def _do_block(
+    y,
+    x0,
+    w,
+    data,
+    mask,
+    has_mask,
+    variance,
+    pairs,
+    sigma_lower,
+    sigma_upper,
+    use_median,
+    use_mad,
+    maxiters,
+    union,
+    combine,
+    vals,
+    srt,
+    fs,
+    ii,
+    out_mean,
+    out_std,
+    out_count,
+    out_clipped,
+):
     n = data.shape[0]
     weighted = combine == _COMBINE_WEIGHTED
     L, U, lower, upper, s, mu, cen, std, nL, nU, ns = fs
@@ -480,17 +498,17 @@ def _do_block(y, x0, w, data, mask, has_mask, variance, pairs, sigma_lower, sigm
         s[i] = 0.0
     for f in range(n):
         vf = vals[f]
-        df = data[f, y, x0:x0 + w]
+        df = data[f, y, x0 : x0 + w]
         for i in range(w):
             a = np.float64(df[i])
             vf[i] = a if (a - a) == 0.0 else nan  # finite
         if has_mask:
-            mf = mask[f, y, x0:x0 + w]
+            mf = mask[f, y, x0 : x0 + w]
             for i in range(w):
                 if mf[i] != 0:
                     vf[i] = nan
         if weighted:
-            wf = variance[f, y, x0:x0 + w]
+            wf = variance[f, y, x0 : x0 + w]
             for i in range(w):
                 var = np.float64(wf[i])
                 if not ((var > 0.0) & (var < inf)):
@@ -537,9 +555,25 @@ def _do_block(y, x0, w, data, mask, has_mask, variance, pairs, sigma_lower, sigm
         if nact * 6 <= w:  # few pixels left: finish them one by one, not the whole block
             for i in range(w):
                 if active[i]:
-                    _finish_pixel(vals, srt, n, i, iteration, maxiters, sigma_lower,
-                                  sigma_upper, use_median, use_mad, L, U, lower, upper, k, s,
-                                  below)
+                    _finish_pixel(
+                        vals,
+                        srt,
+                        n,
+                        i,
+                        iteration,
+                        maxiters,
+                        sigma_lower,
+                        sigma_upper,
+                        use_median,
+                        use_mad,
+                        L,
+                        U,
+                        lower,
+                        upper,
+                        k,
+                        s,
+                        below,
+                    )
             break
         # centre and std of the kept values
         if need_mean:
@@ -611,9 +645,9 @@ def _do_block(y, x0, w, data, mask, has_mask, variance, pairs, sigma_lower, sigm
     for i in range(w):
         mu[i] = acc[i] / cnt[i] if cnt[i] > 0 else nan
     _pass_sqdev(vals, n, w, vlo, vhi, mu, std)
-    ostd = out_std[y, x0:x0 + w]
-    ocount = out_count[y, x0:x0 + w]
-    omean = out_mean[y, x0:x0 + w]
+    ostd = out_std[y, x0 : x0 + w]
+    ocount = out_count[y, x0 : x0 + w]
+    omean = out_mean[y, x0 : x0 + w]
     for i in range(w):
         c = cnt[i]
         ocount[i] = c
@@ -639,7 +673,7 @@ def _do_block(y, x0, w, data, mask, has_mask, variance, pairs, sigma_lower, sigm
             swx[i] = 0.0
         for f in range(n):
             vf = vals[f]
-            wf = variance[f, y, x0:x0 + w]
+            wf = variance[f, y, x0 : x0 + w]
             for i in range(w):
                 v = vf[i]
                 if (v >= vlo[i]) & (v <= vhi[i]):
@@ -651,9 +685,26 @@ def _do_block(y, x0, w, data, mask, has_mask, variance, pairs, sigma_lower, sigm
 
 
 @njit(**_JIT)
-def _do_rows(y0, y1, data, mask, has_mask, variance, pairs, sigma_lower, sigma_upper,
-             use_median, use_mad, maxiters, union, combine, out_mean, out_std, out_count,
-             out_clipped):
+def _do_rows(
+    y0,
+    y1,
+    data,
+    mask,
+    has_mask,
+    variance,
+    pairs,
+    sigma_lower,
+    sigma_upper,
+    use_median,
+    use_mad,
+    maxiters,
+    union,
+    combine,
+    out_mean,
+    out_std,
+    out_count,
+    out_clipped,
+):
     """Rows y0 <= y < y1, block by block, with one set of scratch arrays (serial)."""
     n, ny, nx = data.shape
     b = _BLOCK
@@ -661,15 +712,54 @@ def _do_rows(y0, y1, data, mask, has_mask, variance, pairs, sigma_lower, sigma_u
     srt = np.empty((n, b), data.dtype)  # exact copies of the values: float32 sorts 2x wider
     # separate per-pixel vectors (not rows of one 2-D array): LLVM vectorises without alias
     # checks
-    fs = (np.empty(b), np.empty(b), np.empty(b), np.empty(b), np.empty(b), np.empty(b),
-          np.empty(b), np.empty(b), np.empty(b), np.empty(b), np.empty(b))
-    ii = (np.empty(b, np.int64), np.empty(b, np.int64), np.empty(b, np.int64),
-          np.empty(b, np.int64), np.empty(b, np.int64), np.empty(b, np.int64))
+    fs = (
+        np.empty(b),
+        np.empty(b),
+        np.empty(b),
+        np.empty(b),
+        np.empty(b),
+        np.empty(b),
+        np.empty(b),
+        np.empty(b),
+        np.empty(b),
+        np.empty(b),
+        np.empty(b),
+    )
+    ii = (
+        np.empty(b, np.int64),
+        np.empty(b, np.int64),
+        np.empty(b, np.int64),
+        np.empty(b, np.int64),
+        np.empty(b, np.int64),
+        np.empty(b, np.int64),
+    )
     for y in range(y0, y1):
         for x0 in range(0, nx, b):
-            _do_block(y, x0, min(b, nx - x0), data, mask, has_mask, variance, pairs,
-                      sigma_lower, sigma_upper, use_median, use_mad, maxiters, union, combine,
-                      vals, srt, fs, ii, out_mean, out_std, out_count, out_clipped)
+            _do_block(
+                y,
+                x0,
+                min(b, nx - x0),
+                data,
+                mask,
+                has_mask,
+                variance,
+                pairs,
+                sigma_lower,
+                sigma_upper,
+                use_median,
+                use_mad,
+                maxiters,
+                union,
+                combine,
+                vals,
+                srt,
+                fs,
+                ii,
+                out_mean,
+                out_std,
+                out_count,
+                out_clipped,
+            )
 
 
 # Parallelism: the kernel is compiled with nogil=True and row chunks are run on a small thread
@@ -797,8 +887,7 @@ def sigma_clip_stack(
         # a few row chunks per thread balance the load (blocks iterate unequally)
         nchunks = min(ny, 4 * nthreads)
         bounds = [c * ny // nchunks for c in range(nchunks + 1)]
-        futures = [_pool().submit(_do_rows, bounds[c], bounds[c + 1], *args)
-                   for c in range(nchunks)]
+        futures = [_pool().submit(_do_rows, bounds[c], bounds[c + 1], *args) for c in range(nchunks)]
         for fut in futures:
             fut.result()
     else:

@@ -128,12 +128,12 @@ def _sepmedfilt(src, out, rows, hw):
     flat_rows = rows.reshape(-1)
     if n > 0:
         for j in range(ny):
-            _median_of_lines(_lines(src[j], 0, 1, n, hw), rows[j, hw:nx - hw], hw)
+            _median_of_lines(_lines(src[j], 0, 1, n, hw), rows[j, hw : nx - hw], hw)
     for j in range(ny):
         o = out[j]
         o[:] = src[j]
         if hw <= j < ny - hw and n > 0:
-            _median_of_lines(_lines(flat_rows, (j - hw) * nx + hw, nx, n, hw), o[hw:nx - hw], hw)
+            _median_of_lines(_lines(flat_rows, (j - hw) * nx + hw, nx, n, hw), o[hw : nx - hw], hw)
 
 
 @njit(cache=True)
@@ -305,9 +305,9 @@ def _has_isolated(crmask, mask):
         for i in range(2, nx - 2):
             if crmask[j, i]:
                 alone = True
-                for l in range(-2, 3):
+                for dj in range(-2, 3):
                     for k in range(-2, 3):
-                        if not (crmask[j + l, i + k] or mask[j + l, i + k]):
+                        if not (crmask[j + dj, i + k] or mask[j + dj, i + k]):
                             alone = False
                 if alone:
                     return True
@@ -323,10 +323,10 @@ def _clean_meanmask(img, crmask, mask, background):
             if crmask[j, i]:
                 total = _F32(0.0)
                 count = 0
-                for l in range(-2, 3):
+                for dj in range(-2, 3):
                     for k in range(-2, 3):
-                        if not (crmask[j + l, i + k] or mask[j + l, i + k]):
-                            total += img[j + l, i + k]
+                        if not (crmask[j + dj, i + k] or mask[j + dj, i + k]):
+                            total += img[j + dj, i + k]
                             count += 1
                 img[j, i] = background if count == 0 else _F32(np.float64(total) / count)
 

@@ -65,7 +65,7 @@ def quality_mask(
     darktime_s: float,
     params: CalibParams,
 ) -> np.ndarray:
-    """Bit mask (uint16, :class:`~pipeline.masks.Flag`) of a calibrated block."""
+    """Bit mask (uint16, :class:`~pipeline.steps.masks.Flag`) of a calibrated block."""
     mask = np.asarray(raw_flags, MASK_DTYPE).copy()
     mask[np.asarray(masters.bpm) != 0] |= Flag.BAD_PIXEL.value
     mask[~(masters.flat >= params.low_flat)] |= Flag.LOW_FLAT.value

@@ -13,7 +13,7 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -50,7 +50,7 @@ def _is_stale(owner: dict) -> bool:
 
 def _create(path: Path) -> None:
     record = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+              "started": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     with os.fdopen(fd, "w") as handle:
         json.dump(record, handle)

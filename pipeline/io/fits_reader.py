@@ -286,7 +286,7 @@ def image(path: os.PathLike | str, name: str | None = None) -> ImageRef:
     for ref in refs:
         if _matches(ref, name):
             return ref
-    found = ", ".join(r.label[len(path):].strip("[]") for r in refs)
+    found = ", ".join(r.label[len(path) :].strip("[]") for r in refs)
     raise FitsError(path, f"no image extension {name!r} (found: {found})")
 
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fits_reader import ImageRef
-from .keywords import MissingKeyword, Profile, lookup
+from ..io.fits_reader import ImageRef
+from ..io.keywords import MissingKeyword, Profile, lookup
+from ..io.sections import Section, detsec_from_datasec
 from .masks import MASK_DTYPE, Flag
 from .overscan import OverscanParams, overscan_level_adu
-from .sections import Section, detsec_from_datasec
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Amplifier:
     binning: tuple[int, int]  # (bx, by)
 
     @classmethod
-    def from_header(cls, ref: ImageRef, profile: Profile) -> "Amplifier":
+    def from_header(cls, ref: ImageRef, profile: Profile) -> Amplifier:
         """Read an amplifier through the keyword dictionary (``DETSEC`` rebuilt when absent)."""
         header, source = ref.header, ref.label
 
@@ -74,7 +74,9 @@ class Amplifier:
         det_ny, det_nx = self.detsec.shape
         bx, by = self.binning
         if (det_ny, det_nx) != (self.datasec.shape[0] * by, self.datasec.shape[1] * bx):
-            raise ValueError(f"{self.ref.label}: DETSEC {self.detsec} does not match DATASEC {self.datasec} binned {bx}x{by}")
+            raise ValueError(
+                f"{self.ref.label}: DETSEC {self.detsec} does not match DATASEC {self.datasec} binned {bx}x{by}"
+            )
 
     @property
     def target(self) -> tuple[slice, slice]:

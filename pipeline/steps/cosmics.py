@@ -1,5 +1,5 @@
 """Cosmic-ray detection in a single calibrated frame (L.A.Cosmic, van Dokkum 2001: astroscrappy's
-algorithm, run by the numba kernel of ``pipeline.lacosmic``).
+algorithm, run by the numba kernel of ``pipeline.steps.lacosmic``).
 
 Cosmic rays are only flagged (``Flag.COSMIC_RAY``); ``calib`` is never repaired. The detector
 works on the calibrated frame in ADU with its propagated variance (ADU^2) as the noise model and

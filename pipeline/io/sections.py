@@ -18,7 +18,7 @@ class Section:
     y2: int
 
     @classmethod
-    def parse(cls, text: str) -> "Section":
+    def parse(cls, text: str) -> Section:
         """Parse ``'[x1:x2,y1:y2]'``; raise ``ValueError`` naming the text when malformed."""
         match = _SECTION.match(str(text).strip())
         if not match:

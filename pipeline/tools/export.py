@@ -16,10 +16,10 @@ import numpy as np
 import xarray as xr
 from astropy.io import fits
 
-from . import __version__
-from .fits_reader import STRUCTURAL_KEYWORDS
-from .masks import Flag
-from .store import index
+from .. import __version__
+from ..io.fits_reader import STRUCTURAL_KEYWORDS
+from ..io.store import index
+from ..steps.masks import Flag
 
 # Keywords of the raw readout that do not describe the exported (trimmed, calibrated) images.
 _RAW_ONLY = {"BIASSEC", "DATASEC", "TRIMSEC", "DETSEC", "DETSIZE", "NEXTEND", "BUNIT", "RLEVEL"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .store import index
+from ..io.store import index
 
 
 def describe(store: Path | str) -> str:

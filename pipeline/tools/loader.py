@@ -5,7 +5,7 @@
 - ``input``, ``target``: float32 ``(1, P, P)``, the chosen variables (``os``, ``calib``, ``mean``,
   ``e91[k]`` for frame k, ... any pair of image variables), optionally normalised;
 - ``mask``: int32 ``(1, P, P)``, the session's ``mask`` OR-ed with ``e91_mask[k]`` of every
-  ``e91[k]`` involved (bits of ``pipeline.masks.Flag``);
+  ``e91[k]`` involved (bits of ``pipeline.steps.masks.Flag``);
 - ``variance``: float32 ``(1, P, P)``, the variance of ``calib`` in ADU^2, never normalised
   (only when ``with_variance`` and the store holds it);
 - ``index``: int64 ``(3,)``, the session's position in ``dataset.sessions`` and the patch
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .masks import Flag
-from .store import index, splits
+from ..io.store import index, splits
+from ..steps.masks import Flag
 
 _VARIABLE = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)(\[(?P<frame>\d+)\])?$")
 MODES = ("random", "tiled")
@@ -152,7 +152,9 @@ class PatchDataset:
         self._cumulative_area = np.cumsum(areas) / areas.sum()
         self._tiles = None
         if params.mode == "tiled":
-            self._tiles = [(s, y, x) for s, (h, w) in enumerate(self.shapes) for y, x in tile_origins(h, w, params.patch_px)]
+            self._tiles = [
+                (s, y, x) for s, (h, w) in enumerate(self.shapes) for y, x in tile_origins(h, w, params.patch_px)
+            ]
         self._root, self._pid, self._arrays, self._cache = None, None, {}, OrderedDict()
 
     def __len__(self) -> int:

@@ -1,6 +1,6 @@
 """A compact uncertainty model of the calibrated frame, in the spirit of the NOAO Mosaic one.
 
-The observatory's (BANZAI) variance of ``calib`` (see :mod:`pipeline.calibrate`), with
+The observatory's (BANZAI) variance of ``calib`` (see :mod:`pipeline.steps.calibrate`), with
 ``F`` the flat, ``D = DARK * DARKTIME`` (e-), ``g`` the nominal gain (e-/ADU), ``R`` the
 amplifier's read noise (e-), ``sB, sD, sF`` the masters' errors, rewritten in terms of ``calib``
 (ADU) itself::
@@ -27,9 +27,9 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ..config import Config
+from ..io.discover import load_session
 from .calibrate import Masters
-from .config import Config
-from .discover import load_session
 
 
 def variance_terms(masters: Masters, rdnoise_e: np.ndarray | float, gain_nominal: float, darktime_s: float) -> dict:
@@ -59,7 +59,7 @@ def variance_from_model(ds: xr.Dataset) -> xr.DataArray:
     The masters are read (lazily) from the input files recorded in ``ds.attrs['inputs']``; their
     SHA-256 must still match, else ``ValueError`` names the file.
     """
-    from .graph import variance_model_terms  # the graph module builds every lazy array (and imports this one)
+    from ..graph import variance_model_terms  # the graph module builds every lazy array (and imports this one)
 
     inputs = ds.attrs["inputs"]
     session = load_session(Path(inputs[0]["path"]).parent.parent)

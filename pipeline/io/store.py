@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dask
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
 from dask.base import tokenize
+from zarr.codecs import BloscCodec, ZstdCodec
 
 STORE_VERSION = 1
 INDEX_KEY = "skyprep"
@@ -58,8 +58,15 @@ def write_session(dataset: xr.Dataset, store: Path | str, key: str, chunk_px: in
     """
     _check_alignment(dataset, chunk_px)
     _unmark(store, key)
-    dataset.to_zarr(str(store), group=key, mode="w", compute=False, consolidated=False, zarr_format=3,
-                    encoding=encoding(dataset, chunk_px))  # the template: metadata and coordinates
+    dataset.to_zarr(
+        str(store),
+        group=key,
+        mode="w",
+        compute=False,
+        consolidated=False,
+        zarr_format=3,
+        encoding=encoding(dataset, chunk_px),
+    )  # the template: metadata and coordinates
     digests, token, label = {}, tokenize(dataset)[:8], key.replace("/", "-")
     with dask.annotate(priority=1):  # a block is written (and freed) as soon as it is computed
         for name, variable in dataset.data_vars.items():
@@ -68,9 +75,15 @@ def write_session(dataset: xr.Dataset, store: Path | str, key: str, chunk_px: in
             writes = []
             for index in np.ndindex(blocks.shape):
                 region = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, index))
-                writes.append(dask.delayed(_write_region, pure=True)(
-                    blocks[index], str(store), f"{key}/{name}", region,
-                    dask_key_name=(f"write-{name}-{label}-{token}", *index)))
+                writes.append(
+                    dask.delayed(_write_region, pure=True)(
+                        blocks[index],
+                        str(store),
+                        f"{key}/{name}",
+                        region,
+                        dask_key_name=(f"write-{name}-{label}-{token}", *index),
+                    )
+                )
             digests[name] = dask.delayed(_digest_after, pure=True)(writes, str(Path(store) / key / name),
                                                                    dask_key_name=f"sha256-{name}-{label}-{token}")  # fmt: skip
     return dask.delayed(dict, pure=True)(digests, dask_key_name=f"written-{label}-{token}")
@@ -147,7 +160,9 @@ def record_split(store: Path | str, assignment: dict[str, str], how: dict) -> No
     root = _root(store)
     meta = dict(root.attrs.get(INDEX_KEY, {"store_version": STORE_VERSION, "sessions": {}}))
     meta["split"] = {**_jsonable(how), "sessions": dict(sorted(assignment.items()))}
-    meta["sessions"] = {key: {**record, "split": assignment.get(key)} for key, record in meta.get("sessions", {}).items()}
+    meta["sessions"] = {
+        key: {**record, "split": assignment.get(key)} for key, record in meta.get("sessions", {}).items()
+    }
     root.attrs[INDEX_KEY] = meta
 
 
@@ -162,7 +177,7 @@ def mark_complete(store: Path | str, key: str, attrs: dict, summary: dict) -> No
     group.attrs.update(_jsonable(attrs))
     record = {
         "complete": True,
-        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "written": datetime.now(UTC).isoformat(timespec="seconds"),
         "shape": list(group["calib"].shape),
         "n_frames": int(group["e91"].shape[0]) if "e91" in group else 0,
         "instrument": attrs.get("instrument"),

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .store import array_files_sha256, index
+from ..io.store import array_files_sha256, index
 
 # variable: (dimension names, dtype) of the store contract v1
 CONTRACT = {

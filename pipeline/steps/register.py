@@ -155,8 +155,9 @@ def wcs_offset(reference: WCS, image: WCS, shape: tuple[int, int], params: Regis
     ``shape``) from their celestial WCSs: the mean over a grid of reference pixel centres of
     (image pixel - reference pixel) of the same sky position. Refused when a projection fails or
     the shift exceeds ``params.max_shift_px``."""
-    ys, xs = np.meshgrid(np.linspace(0, shape[0] - 1, _WCS_GRID), np.linspace(0, shape[1] - 1, _WCS_GRID),
-                         indexing="ij")
+    ys, xs = np.meshgrid(
+        np.linspace(0, shape[0] - 1, _WCS_GRID), np.linspace(0, shape[1] - 1, _WCS_GRID), indexing="ij"
+    )
     with warnings.catch_warnings(), np.errstate(invalid="ignore"):
         warnings.simplefilter("ignore")
         try:
@@ -295,9 +296,7 @@ def find_sources(prepared: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.
     return keep[labels], np.array(centres, dtype=int).reshape(-1, 2)[keep[1:]]
 
 
-def matched_fraction(
-    reference_centres: np.ndarray, image_footprint: np.ndarray, dy: float, dx: float
-) -> float:
+def matched_fraction(reference_centres: np.ndarray, image_footprint: np.ndarray, dy: float, dx: float) -> float:
     """Fraction of reference source centres that, moved by ``(dy, dx)`` pixels, land on a source
     in the image (among those landing inside it); 0 when none does."""
     moved = reference_centres + np.round([dy, dx]).astype(int)

@@ -66,7 +66,9 @@ def load_session(directory: Path) -> Session:
         raise SessionError(f"{directory}: no raw frame (expected data/{obs_id}_raw.fits.fz)")
     masters = {}
     for kind in MASTERS:
-        found = _one(sorted(p for p in (directory / "calib").glob(f"{kind}_*") if _is_fits(p)), f"the {kind} master", directory)
+        found = _one(
+            sorted(p for p in (directory / "calib").glob(f"{kind}_*") if _is_fits(p)), f"the {kind} master", directory
+        )
         if found is not None:
             masters[kind] = found
         elif kind in REQUIRED_MASTERS:

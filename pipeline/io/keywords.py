@@ -156,7 +156,9 @@ def resolve(header, element: str, profile: Profile, source: str) -> Resolved:
             try:
                 return Resolved(_convert(header[key], spec.type), spec.units, key)
             except ValueError as err:
-                raise ValueError(f"{source}: {element} from {key}={header[key]!r} is not a valid {spec.type} ({err})") from None
+                raise ValueError(
+                    f"{source}: {element} from {key}={header[key]!r} is not a valid {spec.type} ({err})"
+                ) from None
     default = profile.defaults.get(element, spec.default)
     if default is None:
         raise MissingKeyword(element, tried, source)

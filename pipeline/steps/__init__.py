@@ -1,0 +1,1 @@
+"""The science: pure functions on arrays, one step per module (units in names and docstrings)."""
