@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, dump_config, load_config
+from .errors import SkyprepError
 from .io.lock import StoreError, store_lock
 
 
@@ -130,7 +131,7 @@ def _demo(args) -> int:
     return report.exit_code
 
 
-class UsageError(Exception):
+class UsageError(SkyprepError):
     """A command line that cannot be carried out as given (exit status 2)."""
 
 

@@ -14,6 +14,7 @@ from typing import Literal
 import pydantic
 import yaml
 
+from .errors import SkyprepError
 from .steps.calibrate import CalibParams
 from .steps.cosmics import CosmicParams
 from .steps.overscan import OverscanParams
@@ -73,7 +74,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-class ConfigError(ValueError):
+class ConfigError(SkyprepError, ValueError):
     """A configuration file that cannot be used."""
 
 

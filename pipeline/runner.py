@@ -23,10 +23,9 @@ from distributed import Client, LocalCluster, as_completed, fire_and_forget
 
 from . import __version__
 from .config import Config
+from .errors import SkyprepError
 from .graph import build_session, load_kernels
-from .io.discover import Session, SessionError, find_sessions
-from .io.fits_reader import FitsError
-from .io.keywords import MissingKeyword
+from .io.discover import Session, find_sessions
 from .io.store import complete_sessions, consolidate, mark_complete, write_session
 
 DASK_YAML = Path(__file__).with_name("dask.yaml")  # worker settings (allocator), as Dask defaults
@@ -225,4 +224,4 @@ def _provenance(session: Session, summary: dict, config: Config) -> dict:
 def _reason(err: BaseException) -> str:
     """The message of an input error (it names the file); other errors with their type."""
     text = str(err).strip()
-    return text if isinstance(err, (FitsError, SessionError, MissingKeyword)) else f"{type(err).__name__}: {text}"
+    return text if isinstance(err, SkyprepError) else f"{type(err).__name__}: {text}"

@@ -7,13 +7,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import SkyprepError
+
 FITS_SUFFIXES = (".fits", ".fits.fz", ".fit", ".fts", ".fits.gz")
 REFERENCE_PRODUCTS = ("os", "calib", "mean", "mask")
 MASTERS = ("BIAS", "DARK", "SKYFLAT", "BPM")
 REQUIRED_MASTERS = ("BIAS", "DARK", "SKYFLAT")
 
 
-class SessionError(Exception):
+class SessionError(SkyprepError):
     """A session that cannot be processed, with the reason."""
 
 

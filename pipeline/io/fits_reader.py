@@ -44,6 +44,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
+from ..errors import InputError
+
 # astropy's private C codecs, the very functions its own reads call: astropy >= 7, astropy 6.
 _CODEC_MODULES = ("astropy.io.fits.hdu.compressed._compression", "astropy.io.fits._tiled_compression._compression")
 
@@ -76,13 +78,8 @@ STRUCTURAL_KEYWORDS = {
 }  # fmt: skip
 
 
-class FitsError(Exception):
+class FitsError(InputError):
     """A FITS file that cannot be used, with the file and the reason."""
-
-    def __init__(self, path: os.PathLike | str, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 @dataclass(frozen=True)

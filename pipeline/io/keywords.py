@@ -18,10 +18,11 @@ from typing import Any
 
 import yaml
 
+from ..errors import SkyprepError
 from .sections import Section
 
 
-class MissingKeyword(KeyError):
+class MissingKeyword(SkyprepError, KeyError):
     """A logical element that no keyword, substitute or default provides."""
 
     def __init__(self, element: str, tried: tuple[str, ...], source: str):

@@ -16,8 +16,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..errors import SkyprepError
 
-class StoreError(Exception):
+
+class StoreError(SkyprepError):
     """The output store cannot be used: locked by another run, or not writable."""
 
 
