@@ -1,0 +1,78 @@
+"""deploy/slurm/skyprep_slurm.py on a real single-node SLURM (slurmctld + slurmd on this machine).
+
+The test setup installs Debian's slurm-wlm and munge when they are missing (root and apt-get
+needed; otherwise the test skips and says why), starts a private cluster, runs the driver, which
+submits two worker jobs through dask-jobqueue, and checks the store equals a local run's and the
+queue is empty afterwards.
+"""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from distributed import Client
+
+from pipeline.config import Config
+from pipeline.io.store import complete_sessions
+from pipeline.runner import run
+from pipeline.synth import SynthSpec, write_archive
+from tests import slurm_node
+from tests.test_cluster import assert_same_store
+
+DRIVER = Path(__file__).resolve().parents[1] / "deploy" / "slurm" / "skyprep_slurm.py"
+JOBS = 2
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    try:
+        node = slurm_node.start(tmp_path_factory.mktemp("slurm"))
+    except slurm_node.Unavailable as why:
+        pytest.skip(f"no single-node SLURM here: {why}")
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("slurm-archive")
+    write_archive(root, SynthSpec(sessions=2, size=128, frames=3, amps=1, seed=7))
+    return root
+
+
+def _job_settings(directory: Path) -> Path:
+    """deploy/slurm/jobqueue.yaml with what this one small node needs: one core and 1 GiB per job."""
+    settings = yaml.safe_load((DRIVER.with_name("jobqueue.yaml")).read_text())
+    slurm = settings["jobqueue"]["slurm"]
+    slurm.update({"cores": 1, "memory": "1GiB", "walltime": "00:15:00", "log-directory": str(directory / "logs"),
+                  "local-directory": str(directory / "spill")})  # fmt: skip
+    path = directory / "jobqueue.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def test_two_slurm_worker_jobs_write_the_local_runs_store(slurm, tiny_archive, tmp_path):
+    local = tmp_path / "local.zarr"
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
+        assert run(tiny_archive, local, Config(), client, echo=lambda line: None).exit_code == 0
+    out = tmp_path / "slurm.zarr"
+    cmd = [sys.executable, str(DRIVER), str(tiny_archive), "--out", str(out), "--jobs", str(JOBS),
+           "--config-file", str(_job_settings(tmp_path))]  # fmt: skip
+    done = subprocess.run(cmd, env=slurm.env, capture_output=True, text=True, timeout=420)
+    logs = "\n".join(p.read_text(errors="replace")[-1500:] for p in sorted((tmp_path / "logs").glob("*")))
+    assert done.returncode == 0, f"{done.stderr[-3000:]}\n{logs}\n{slurm.log('slurmctld')[-2000:]}"
+    assert complete_sessions(out) == complete_sessions(local) and len(complete_sessions(out)) == 2
+    assert_same_store(local, out)
+    # both jobs ran a worker that joined the driver's scheduler (dask-jobqueue names logs by job id)
+    workers = [p for p in (tmp_path / "logs").glob("skyprep-worker-*.err") if "Registered to" in p.read_text()]
+    assert len(workers) == JOBS, logs
+    assert slurm.log("slurmctld").count("sched: Allocate JobId=") >= JOBS
+    deadline = time.monotonic() + 60
+    while slurm.jobs() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert slurm.jobs() == []
