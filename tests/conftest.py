@@ -1,11 +1,13 @@
 """Shared fixtures: small synthetic archives (1-amplifier MuSCAT and 4-amplifier Mosaic-style)."""
 
+import os
 import shutil
 
 import pytest
 from distributed import Client
 
 from pipeline.synth import SynthSpec, write_archive
+from tests.s3_server import S3Server
 
 SIZE, FRAMES = 256, 6
 
@@ -32,3 +34,25 @@ def client():
     """An in-process Dask client (one worker, two threads), shared by a test module."""
     with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1 for the whole test run; the standard AWS variables point at it."""
+    with S3Server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        saved = {key: os.environ.get(key) for key in server.environment}
+        os.environ.update(server.environment)
+        try:
+            yield server
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """``s3://NAME``: a new empty bucket on the test run's S3 server."""
+    return f"s3://{s3_server.bucket()}"

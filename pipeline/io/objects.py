@@ -1,0 +1,204 @@
+"""Object storage: ``s3://``, ``gs://``, ``az://`` and ``memory://`` locations, through obstore.
+
+``location(text)`` turns what a user typed into a plain :class:`~pathlib.Path` (local paths and
+``file://`` URLs: read and written exactly as before, no object-store layer in between) or an
+:class:`ObjectPath`, which behaves like a path where the job needs it (``/``, ``name``,
+``with_name``) and adds the few object operations the job uses: whole small objects, byte
+ranges, listings, and a create that fails when the object exists (the store's lock).
+
+Credentials, endpoint and region come from the standard environment of each store kind
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``,
+``AWS_ALLOW_HTTP``; ``GOOGLE_*``; ``AZURE_*``), on the client and on every worker; ``options``
+(the configuration's ``storage.options``) are passed to obstore on top. One store object per
+bucket and options is kept per process, so connections are reused and every ``memory://``
+location of a process sees the same objects (``memory://`` is therefore for threads of one
+process only).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import obstore
+from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
+from obstore.store import MemoryStore, from_url
+
+OBJECT_SCHEMES = ("s3", "s3a", "gs", "az", "abfs", "abfss", "azure", "memory")
+
+_stores: dict[tuple, object] = {}
+_stores_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ObjectPath:
+    """An object, or a prefix of objects, ``scheme://bucket/key`` in an object store.
+
+    ``options`` are obstore's configuration keys for the store (e.g. ``endpoint``, ``region``),
+    sorted ``(name, value)`` pairs, so the path pickles to workers and compares by value.
+    """
+
+    scheme: str
+    bucket: str
+    key: str = ""
+    options: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.bucket}/{self.key}"
+
+    def __truediv__(self, name: str) -> ObjectPath:
+        key = "/".join(part for part in (self.key, str(name).strip("/")) if part)
+        return ObjectPath(self.scheme, self.bucket, key, self.options)
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> ObjectPath:
+        return ObjectPath(self.scheme, self.bucket, self.key.rpartition("/")[0], self.options)
+
+    def with_name(self, name: str) -> ObjectPath:
+        return self.parent / name
+
+    @property
+    def store(self):
+        """The obstore store of this path's bucket (one per process, bucket and options)."""
+        ident = (self.scheme, self.bucket, self.options)
+        with _stores_lock:
+            if ident not in _stores:
+                if self.scheme == "memory":
+                    _stores[ident] = MemoryStore()
+                else:
+                    _stores[ident] = from_url(f"{self.scheme}://{self.bucket}", **dict(self.options))
+            return _stores[ident]
+
+    def zarr_store(self, read_only: bool = False):
+        """A Zarr store rooted at this prefix (zarr's ``ObjectStore``)."""
+        from zarr.storage import ObjectStore
+
+        if self.scheme == "memory":  # obstore's prefixed view of the process's one memory store
+            from obstore.store import PrefixStore
+
+            return ObjectStore(PrefixStore(self.store, self.key), read_only=read_only)
+        return ObjectStore(from_url(str(self), **dict(self.options)), read_only=read_only)
+
+    # -- objects ----------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """Whether this object exists (a prefix: whether any object lies under it)."""
+        try:
+            obstore.head(self.store, self.key)
+            return True
+        except (NotFoundError, FileNotFoundError):
+            return any(True for _ in self.iterdir_keys(limit=1))
+
+    def size(self) -> int:
+        """The object's size in bytes; ``FileNotFoundError`` when there is none."""
+        try:
+            return int(obstore.head(self.store, self.key)["size"])
+        except (NotFoundError, FileNotFoundError):
+            raise FileNotFoundError(str(self)) from None
+
+    def read_bytes(self) -> bytes:
+        try:
+            return bytes(obstore.get(self.store, self.key).bytes())
+        except (NotFoundError, FileNotFoundError):
+            raise FileNotFoundError(str(self)) from None
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+    def read_range(self, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` of the object: one ranged GET."""
+        try:
+            return bytes(obstore.get_range(self.store, self.key, start=start, end=stop))
+        except (NotFoundError, FileNotFoundError):
+            raise FileNotFoundError(str(self)) from None
+
+    def read_ranges(self, starts: list[int], stops: list[int]) -> list[bytes]:
+        """Several byte ranges, fetched together (obstore merges nearby ranges into one GET)."""
+        try:
+            return [bytes(b) for b in obstore.get_ranges(self.store, self.key, starts=starts, ends=stops)]
+        except (NotFoundError, FileNotFoundError):
+            raise FileNotFoundError(str(self)) from None
+
+    def write_bytes(self, data: bytes) -> None:
+        obstore.put(self.store, self.key, data)
+
+    def write_text(self, text: str, encoding: str = "utf-8") -> None:
+        self.write_bytes(text.encode(encoding))
+
+    def create(self, data: bytes) -> bool:
+        """Write the object only if there is none (a conditional PUT, ``If-None-Match: *``);
+        False when it already existed. Atomic on the server: of two creators, one wins."""
+        try:
+            obstore.put(self.store, self.key, data, mode="create")
+            return True
+        except (AlreadyExistsError, FileExistsError, PreconditionError):
+            return False
+
+    def etag(self) -> str | None:
+        """The object's current ETag (None when there is no object)."""
+        try:
+            return obstore.head(self.store, self.key)["e_tag"]
+        except (NotFoundError, FileNotFoundError):
+            return None
+
+    def replace(self, data: bytes, etag: str) -> bool:
+        """Overwrite the object only while it still has ``etag`` (``If-Match``); False otherwise."""
+        try:
+            obstore.put(self.store, self.key, data, mode={"e_tag": etag})
+            return True
+        except (PreconditionError, NotFoundError, FileNotFoundError, AlreadyExistsError, FileExistsError):
+            return False
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        if not missing_ok and not self.exists():
+            raise FileNotFoundError(str(self))
+        obstore.delete(self.store, self.key)
+
+    # -- listings ---------------------------------------------------------------------------
+
+    def iterdir_keys(self, limit: int | None = None) -> Iterator[tuple[str, int]]:
+        """``(key relative to this prefix, size)`` of every object under it, recursively, sorted."""
+        prefix = f"{self.key}/" if self.key else ""
+        found = 0
+        for batch in obstore.list(self.store, prefix=prefix or None):
+            for meta in batch:
+                yield meta["path"][len(prefix) :], int(meta["size"])
+                found += 1
+                if limit is not None and found >= limit:
+                    return
+
+    def files(self) -> list[tuple[str, int]]:
+        """Every object under this prefix: ``(relative key, size)`` in key order."""
+        return sorted(self.iterdir_keys())
+
+
+def location(text: str | Path, options: Mapping[str, str] | None = None) -> Path | ObjectPath:
+    """What ``text`` names: a :class:`~pathlib.Path` for a plain path or a ``file://`` URL, an
+    :class:`ObjectPath` for an object-store URL; ``ValueError`` for another scheme."""
+    if isinstance(text, (Path, ObjectPath)):
+        return text
+    text = str(text)
+    if "://" not in text:
+        return Path(text)
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        return Path(parts.path)
+    if scheme not in OBJECT_SCHEMES:
+        raise ValueError(f"{text}: unsupported storage scheme {scheme!r} (local paths, file://, "
+                         f"{', '.join(s + '://' for s in OBJECT_SCHEMES)})")  # fmt: skip
+    if not parts.netloc:
+        raise ValueError(f"{text}: no bucket (expected {scheme}://BUCKET/PATH)")
+    return ObjectPath(scheme, parts.netloc, parts.path.strip("/"), tuple(sorted((options or {}).items())))
+
+
+def is_object(where) -> bool:
+    """Whether ``where`` is in an object store (not on a local or shared filesystem)."""
+    return isinstance(where, ObjectPath)
