@@ -1,4 +1,4 @@
-"""Command line: ``skyprep synth | run | info | split | preview | export | config | demo`` (also ``python -m pipeline``).
+"""Command line: ``skyprep synth | run | info | verify | split | preview | export | config | compile | demo`` (also ``python -m pipeline``).
 
 Exit status: 0 success, 1 when any session failed (the others still complete), 2 usage errors.
 """
@@ -111,6 +111,14 @@ def _config(args) -> int:
     return 0
 
 
+def _compile(args) -> int:
+    from .runner import warm_kernels
+
+    cache = warm_kernels()
+    print(f"kernels: {cache.compiled} compiled, {cache.loaded} loaded from the cache in {cache.directory}")
+    return 0
+
+
 def _demo(args) -> int:
     from .runner import make_client, report_path, run
     from .synth import SynthSpec, write_archive
@@ -197,6 +205,12 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="print the configuration (defaults, or a file's) as YAML")
     c.add_argument("config", type=Path, nargs="?")
     c.set_defaults(func=_config)
+
+    k = sub.add_parser(
+        "compile",
+        help="compile the numba kernels into numba's cache (NUMBA_CACHE_DIR) once, so new workers start warm",
+    )
+    k.set_defaults(func=_compile)
 
     d = sub.add_parser("demo", help="synthesise a small archive, process it and show the result")
     d.add_argument("--workdir", type=Path, default=Path("demo"))

@@ -81,6 +81,36 @@ class RunReport:
         os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class KernelCache:
+    """What numba did for the kernels of this process: signatures loaded from its on-disk cache
+    (``loaded``) and compiled (``compiled``, then written to the cache), and where that cache is."""
+
+    directory: str
+    loaded: int
+    compiled: int
+
+
+def kernel_cache() -> KernelCache:
+    """Numba's cache statistics over every compiled kernel skyprep has imported in this process."""
+    from numba.core.dispatcher import Dispatcher
+
+    kernels = {id(k): k for name, module in list(sys.modules.items()) if name.startswith("pipeline.")
+               for k in vars(module).values() if isinstance(k, Dispatcher)}.values()  # fmt: skip
+    stats = [k.stats for k in kernels]
+    directory = next((s.cache_path for s in stats if s.cache_path), "")
+    return KernelCache(str(Path(directory).parent) if directory else "", sum(sum(s.cache_hits.values()) for s in stats),
+                       sum(sum(s.cache_misses.values()) for s in stats))  # fmt: skip
+
+
+def warm_kernels() -> KernelCache:
+    """Load every kernel the session tasks call, compiling into numba's cache (``NUMBA_CACHE_DIR``,
+    else next to the sources) what is not there yet: run once per image or environment so that
+    new workers start without compiling."""
+    load_kernels()
+    return kernel_cache()
+
+
 def report_path(store: Path | str) -> Path:
     """Where the run report of ``store`` is written: next to it, ``<store>.report.json``."""
     store = Path(store)

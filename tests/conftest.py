@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from distributed import Client
@@ -56,3 +58,16 @@ def s3_server(tmp_path_factory):
 def s3_bucket(s3_server):
     """``s3://NAME``: a new empty bucket on the test run's S3 server."""
     return f"s3://{s3_server.bucket()}"
+
+
+@pytest.fixture(scope="session")
+def numba_cache(tmp_path_factory):
+    """A numba cache directory with skyprep's kernels compiled into it by ``skyprep compile`` (as the
+    image build does), once per test run."""
+    directory = tmp_path_factory.mktemp("numba-cache")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(directory)}
+    done = subprocess.run([sys.executable, "-m", "pipeline", "compile"], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"loaded from the cache in {directory}" in done.stdout, done.stdout
+    return directory

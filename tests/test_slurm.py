@@ -56,13 +56,13 @@ def _job_settings(directory: Path) -> Path:
     return path
 
 
-def test_two_slurm_worker_jobs_write_the_local_runs_store(slurm, tiny_archive, tmp_path):
+def test_two_slurm_worker_jobs_write_the_local_runs_store(slurm, tiny_archive, numba_cache, tmp_path):
     local = tmp_path / "local.zarr"
     with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
         assert run(tiny_archive, local, Config(), client, echo=lambda line: None).exit_code == 0
     out = tmp_path / "slurm.zarr"
     cmd = [sys.executable, str(DRIVER), str(tiny_archive), "--out", str(out), "--jobs", str(JOBS),
-           "--config-file", str(_job_settings(tmp_path))]  # fmt: skip
+           "--config-file", str(_job_settings(tmp_path)), "--numba-cache", str(numba_cache)]  # fmt: skip
     done = subprocess.run(cmd, env=slurm.env, capture_output=True, text=True, timeout=420)
     logs = "\n".join(p.read_text(errors="replace")[-1500:] for p in sorted((tmp_path / "logs").glob("*")))
     assert done.returncode == 0, f"{done.stderr[-3000:]}\n{logs}\n{slurm.log('slurmctld')[-2000:]}"
@@ -72,6 +72,7 @@ def test_two_slurm_worker_jobs_write_the_local_runs_store(slurm, tiny_archive, t
     workers = [p for p in (tmp_path / "logs").glob("skyprep-worker-*.err") if "Registered to" in p.read_text()]
     assert len(workers) == JOBS, logs
     assert slurm.log("slurmctld").count("sched: Allocate JobId=") >= JOBS
+    assert "0 compiled" in done.stderr  # the driver found the kernels compiled; the jobs loaded them from there
     deadline = time.monotonic() + 60
     while slurm.jobs() and time.monotonic() < deadline:
         time.sleep(0.5)

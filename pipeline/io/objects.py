@@ -23,14 +23,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import obstore
-from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
-from obstore.store import MemoryStore, from_url
+from ..errors import SkyprepError
 
 OBJECT_SCHEMES = ("s3", "s3a", "gs", "az", "abfs", "abfss", "azure", "memory")
 
 _stores: dict[tuple, object] = {}
 _stores_lock = threading.Lock()
+
+
+class StorageError(SkyprepError):
+    """An object-store location that cannot be used as given."""
+
+
+def _obstore():
+    """obstore, imported on first use (local paths never need it)."""
+    try:
+        import obstore
+        import obstore.exceptions
+        import obstore.store
+    except ImportError:
+        raise StorageError("object storage needs obstore: pip install 'skyprep[storage]'") from None
+    return obstore
+
+
+def _missing() -> tuple[type[Exception], ...]:
+    return (_obstore().exceptions.NotFoundError, FileNotFoundError)
+
+
+def _taken() -> tuple[type[Exception], ...]:
+    errors = _obstore().exceptions
+    return (errors.AlreadyExistsError, errors.PreconditionError, FileExistsError)
 
 
 @dataclass(frozen=True)
@@ -70,43 +92,43 @@ class ObjectPath:
         ident = (self.scheme, self.bucket, self.options)
         with _stores_lock:
             if ident not in _stores:
+                stores = _obstore().store
                 if self.scheme == "memory":
-                    _stores[ident] = MemoryStore()
+                    _stores[ident] = stores.MemoryStore()
                 else:
-                    _stores[ident] = from_url(f"{self.scheme}://{self.bucket}", **dict(self.options))
+                    _stores[ident] = stores.from_url(f"{self.scheme}://{self.bucket}", **dict(self.options))
             return _stores[ident]
 
     def zarr_store(self, read_only: bool = False):
         """A Zarr store rooted at this prefix (zarr's ``ObjectStore``)."""
         from zarr.storage import ObjectStore
 
+        stores = _obstore().store
         if self.scheme == "memory":  # obstore's prefixed view of the process's one memory store
-            from obstore.store import PrefixStore
-
-            return ObjectStore(PrefixStore(self.store, self.key), read_only=read_only)
-        return ObjectStore(from_url(str(self), **dict(self.options)), read_only=read_only)
+            return ObjectStore(stores.PrefixStore(self.store, self.key), read_only=read_only)
+        return ObjectStore(stores.from_url(str(self), **dict(self.options)), read_only=read_only)
 
     # -- objects ----------------------------------------------------------------------------
 
     def exists(self) -> bool:
         """Whether this object exists (a prefix: whether any object lies under it)."""
         try:
-            obstore.head(self.store, self.key)
+            _obstore().head(self.store, self.key)
             return True
-        except (NotFoundError, FileNotFoundError):
+        except _missing():
             return any(True for _ in self.iterdir_keys(limit=1))
 
     def size(self) -> int:
         """The object's size in bytes; ``FileNotFoundError`` when there is none."""
         try:
-            return int(obstore.head(self.store, self.key)["size"])
-        except (NotFoundError, FileNotFoundError):
+            return int(_obstore().head(self.store, self.key)["size"])
+        except _missing():
             raise FileNotFoundError(str(self)) from None
 
     def read_bytes(self) -> bytes:
         try:
-            return bytes(obstore.get(self.store, self.key).bytes())
-        except (NotFoundError, FileNotFoundError):
+            return bytes(_obstore().get(self.store, self.key).bytes())
+        except _missing():
             raise FileNotFoundError(str(self)) from None
 
     def read_text(self, encoding: str = "utf-8") -> str:
@@ -115,19 +137,19 @@ class ObjectPath:
     def read_range(self, start: int, stop: int) -> bytes:
         """Bytes ``[start, stop)`` of the object: one ranged GET."""
         try:
-            return bytes(obstore.get_range(self.store, self.key, start=start, end=stop))
-        except (NotFoundError, FileNotFoundError):
+            return bytes(_obstore().get_range(self.store, self.key, start=start, end=stop))
+        except _missing():
             raise FileNotFoundError(str(self)) from None
 
     def read_ranges(self, starts: list[int], stops: list[int]) -> list[bytes]:
         """Several byte ranges, fetched together (obstore merges nearby ranges into one GET)."""
         try:
-            return [bytes(b) for b in obstore.get_ranges(self.store, self.key, starts=starts, ends=stops)]
-        except (NotFoundError, FileNotFoundError):
+            return [bytes(b) for b in _obstore().get_ranges(self.store, self.key, starts=starts, ends=stops)]
+        except _missing():
             raise FileNotFoundError(str(self)) from None
 
     def write_bytes(self, data: bytes) -> None:
-        obstore.put(self.store, self.key, data)
+        _obstore().put(self.store, self.key, data)
 
     def write_text(self, text: str, encoding: str = "utf-8") -> None:
         self.write_bytes(text.encode(encoding))
@@ -136,30 +158,30 @@ class ObjectPath:
         """Write the object only if there is none (a conditional PUT, ``If-None-Match: *``);
         False when it already existed. Atomic on the server: of two creators, one wins."""
         try:
-            obstore.put(self.store, self.key, data, mode="create")
+            _obstore().put(self.store, self.key, data, mode="create")
             return True
-        except (AlreadyExistsError, FileExistsError, PreconditionError):
+        except _taken():
             return False
 
     def etag(self) -> str | None:
         """The object's current ETag (None when there is no object)."""
         try:
-            return obstore.head(self.store, self.key)["e_tag"]
-        except (NotFoundError, FileNotFoundError):
+            return _obstore().head(self.store, self.key)["e_tag"]
+        except _missing():
             return None
 
     def replace(self, data: bytes, etag: str) -> bool:
         """Overwrite the object only while it still has ``etag`` (``If-Match``); False otherwise."""
         try:
-            obstore.put(self.store, self.key, data, mode={"e_tag": etag})
+            _obstore().put(self.store, self.key, data, mode={"e_tag": etag})
             return True
-        except (PreconditionError, NotFoundError, FileNotFoundError, AlreadyExistsError, FileExistsError):
+        except (*_taken(), *_missing()):
             return False
 
     def unlink(self, missing_ok: bool = False) -> None:
         if not missing_ok and not self.exists():
             raise FileNotFoundError(str(self))
-        obstore.delete(self.store, self.key)
+        _obstore().delete(self.store, self.key)
 
     # -- listings ---------------------------------------------------------------------------
 
@@ -167,7 +189,7 @@ class ObjectPath:
         """``(key relative to this prefix, size)`` of every object under it, recursively, sorted."""
         prefix = f"{self.key}/" if self.key else ""
         found = 0
-        for batch in obstore.list(self.store, prefix=prefix or None):
+        for batch in _obstore().list(self.store, prefix=prefix or None):
             for meta in batch:
                 yield meta["path"][len(prefix) :], int(meta["size"])
                 found += 1
