@@ -55,6 +55,27 @@ class RegisterConfig:
     subpixel: bool = False
 
 
+# Option names that look like credentials: refused, since the configuration is recorded in every
+# session's provenance (credentials come from the environment: AWS_ACCESS_KEY_ID ...).
+SECRET_WORDS = ("secret", "password", "token", "credential", "access_key", "session_key", "sas", "private")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Object storage (``s3://``, ``gs://``, ``az://`` archives and stores): ``options`` are
+    obstore's settings for the store (``endpoint``, ``region``, ``allow_http``, ...), on top of
+    the standard environment (``AWS_ENDPOINT_URL``, ``AWS_REGION``, ...) of the client and the
+    workers. Credentials are not accepted here, only from the environment."""
+
+    options: dict[str, str | bool | int] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        secret = [key for key in self.options if any(word in key.lower() for word in SECRET_WORDS)]
+        if secret:
+            raise ValueError(f"storage.options: {', '.join(secret)}: credentials come from the environment, "
+                             "not the configuration (it is recorded in the store)")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the job can be told. ``instrument`` forces a profile (else detected)."""
@@ -66,6 +87,7 @@ class Config:
     stack: ClipParams = ClipParams()
     sources: SourceParams = SourceParams()
     chunks: ChunkParams = ChunkParams()
+    storage: StorageConfig = StorageConfig()
     write_variance: bool = True
     instrument: str | None = None
 

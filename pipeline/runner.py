@@ -26,6 +26,7 @@ from .config import Config
 from .errors import SkyprepError
 from .graph import build_session, load_kernels
 from .io.discover import Session, find_sessions
+from .io.objects import ObjectPath, location
 from .io.store import complete_sessions, consolidate, mark_complete, write_session
 
 DASK_YAML = Path(__file__).with_name("dask.yaml")  # worker settings (allocator), as Dask defaults
@@ -73,9 +74,13 @@ class RunReport:
         )
         return "\n".join(lines)
 
-    def write_json(self, path: Path) -> None:
+    def write_json(self, path: Path | ObjectPath) -> None:
+        """The report as JSON at ``path``, replaced whole (a renamed file; one PUT of an object)."""
         payload = {"store": self.store, "software": f"skyprep {__version__}", "seconds": self.seconds,
                    "sessions": [asdict(r) for r in self.results]}  # fmt: skip
+        if isinstance(path, ObjectPath):
+            path.write_text(json.dumps(payload, indent=2))
+            return
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2))
         os.replace(tmp, path)
@@ -111,18 +116,22 @@ def warm_kernels() -> KernelCache:
     return kernel_cache()
 
 
-def report_path(store: Path | str) -> Path:
+def report_path(store: Path | ObjectPath | str) -> Path | ObjectPath:
     """Where the run report of ``store`` is written: next to it, ``<store>.report.json``."""
-    store = Path(store)
+    store = location(store)
     return store.with_name(store.name + ".report.json")
 
 
 @contextmanager
 def make_client(
-    scheduler: str | None = None, workers: int | None = None, scheduler_file: str | None = None
+    scheduler: str | None = None,
+    workers: int | None = None,
+    scheduler_file: str | None = None,
+    processes: bool = True,
 ) -> Iterator[Client]:
     """A client of ``scheduler``, of the cluster a ``scheduler_file`` describes, or of Dask's configured
-    ``scheduler-address`` (``DASK_SCHEDULER_ADDRESS``); else of a new LocalCluster shut down on exit."""
+    ``scheduler-address`` (``DASK_SCHEDULER_ADDRESS``); else of a new LocalCluster shut down on exit
+    (its workers are threads of this process when not ``processes``: for ``memory://`` stores)."""
     if scheduler_file:
         with Client(scheduler_file=str(scheduler_file)) as client:
             yield client
@@ -132,7 +141,7 @@ def make_client(
         with Client(address) as client:
             yield client
         return
-    with LocalCluster(n_workers=workers or min(os.cpu_count() or 1, 4), threads_per_worker=1,
+    with LocalCluster(n_workers=workers or min(os.cpu_count() or 1, 4), threads_per_worker=1, processes=processes,
                       dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
         yield client
 

@@ -17,8 +17,10 @@ process only).
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,6 +28,13 @@ from urllib.parse import urlsplit
 from ..errors import SkyprepError
 
 OBJECT_SCHEMES = ("s3", "s3a", "gs", "az", "abfs", "abfss", "azure", "memory")
+# obstore's HTTP client settings (its ClientConfig); every other option configures the store itself.
+CLIENT_OPTIONS = frozenset(
+    "allow_http allow_invalid_certificates connect_timeout default_content_type default_headers http1_only "
+    "http2_keep_alive_interval http2_keep_alive_timeout http2_keep_alive_while_idle http2_only pool_idle_timeout "
+    "pool_max_idle_per_host proxy_url proxy_ca_certificate proxy_excludes root_certificate randomize_addresses "
+    "read_timeout timeout user_agent".split()
+)
 
 _stores: dict[tuple, object] = {}
 _stores_lock = threading.Lock()
@@ -59,14 +68,15 @@ def _taken() -> tuple[type[Exception], ...]:
 class ObjectPath:
     """An object, or a prefix of objects, ``scheme://bucket/key`` in an object store.
 
-    ``options`` are obstore's configuration keys for the store (e.g. ``endpoint``, ``region``),
-    sorted ``(name, value)`` pairs, so the path pickles to workers and compares by value.
+    ``options`` are obstore's configuration keys for the store (e.g. ``endpoint``, ``region``,
+    ``allow_http``), sorted ``(name, value)`` pairs, so the path pickles to workers and compares
+    by value.
     """
 
     scheme: str
     bucket: str
     key: str = ""
-    options: tuple[tuple[str, str], ...] = ()
+    options: tuple[tuple[str, str | bool | int], ...] = ()
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.bucket}/{self.key}"
@@ -96,17 +106,18 @@ class ObjectPath:
                 if self.scheme == "memory":
                     _stores[ident] = stores.MemoryStore()
                 else:
-                    _stores[ident] = stores.from_url(f"{self.scheme}://{self.bucket}", **dict(self.options))
+                    client = {k: v for k, v in self.options if k in CLIENT_OPTIONS}
+                    config = {k: v for k, v in self.options if k not in CLIENT_OPTIONS}
+                    _stores[ident] = stores.from_url(f"{self.scheme}://{self.bucket}", client_options=client or None,
+                                                     **config)  # fmt: skip
             return _stores[ident]
 
     def zarr_store(self, read_only: bool = False):
         """A Zarr store rooted at this prefix (zarr's ``ObjectStore``)."""
         from zarr.storage import ObjectStore
 
-        stores = _obstore().store
-        if self.scheme == "memory":  # obstore's prefixed view of the process's one memory store
-            return ObjectStore(stores.PrefixStore(self.store, self.key), read_only=read_only)
-        return ObjectStore(stores.from_url(str(self), **dict(self.options)), read_only=read_only)
+        store = self.store  # a prefixed view of the bucket's store: one connection pool per process
+        return ObjectStore(_obstore().store.PrefixStore(store, self.key) if self.key else store, read_only=read_only)
 
     # -- objects ----------------------------------------------------------------------------
 
@@ -201,7 +212,7 @@ class ObjectPath:
         return sorted(self.iterdir_keys())
 
 
-def location(text: str | Path, options: Mapping[str, str] | None = None) -> Path | ObjectPath:
+def location(text: str | Path, options: Mapping[str, str | bool | int] | None = None) -> Path | ObjectPath:
     """What ``text`` names: a :class:`~pathlib.Path` for a plain path or a ``file://`` URL, an
     :class:`ObjectPath` for an object-store URL; ``ValueError`` for another scheme."""
     if isinstance(text, (Path, ObjectPath)):
@@ -224,3 +235,29 @@ def location(text: str | Path, options: Mapping[str, str] | None = None) -> Path
 def is_object(where) -> bool:
     """Whether ``where`` is in an object store (not on a local or shared filesystem)."""
     return isinstance(where, ObjectPath)
+
+
+@contextmanager
+def writable_file(where: Path | ObjectPath) -> Iterator[Path]:
+    """A local file to write ``where`` through: ``where`` itself when it is local, else a
+    temporary file uploaded (one PUT) when the block ends without an error."""
+    if not isinstance(where, ObjectPath):
+        yield where
+        return
+    with tempfile.TemporaryDirectory(prefix="skyprep-") as tmp:
+        local = Path(tmp) / (where.name or "object")
+        yield local
+        where.write_bytes(local.read_bytes())
+
+
+@contextmanager
+def writable_tree(where: Path | ObjectPath) -> Iterator[Path]:
+    """A local folder to write the tree ``where`` through: ``where`` itself when it is local, else
+    a temporary folder whose files are uploaded under the prefix when the block ends without an error."""
+    if not isinstance(where, ObjectPath):
+        yield where
+        return
+    with tempfile.TemporaryDirectory(prefix="skyprep-") as tmp:
+        yield Path(tmp)
+        for path in sorted(p for p in Path(tmp).rglob("*") if p.is_file()):
+            (where / path.relative_to(tmp).as_posix()).write_bytes(path.read_bytes())

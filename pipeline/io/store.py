@@ -20,6 +20,8 @@ import zarr
 from dask.base import tokenize
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from .objects import ObjectPath, location
+
 STORE_VERSION = 1
 INDEX_KEY = "skyprep"
 
@@ -46,7 +48,7 @@ def encoding(dataset: xr.Dataset, chunk_px: int) -> dict:
     return result
 
 
-def write_session(dataset: xr.Dataset, store: Path | str, key: str, chunk_px: int):
+def write_session(dataset: xr.Dataset, store: Path | ObjectPath | str, key: str, chunk_px: int):
     """Write the session's metadata now and return the Delayed that writes its arrays and gives
     the SHA-256 of each array's files, ``{name: hex digest}`` (``array_files_sha256``).
 
@@ -58,8 +60,9 @@ def write_session(dataset: xr.Dataset, store: Path | str, key: str, chunk_px: in
     """
     _check_alignment(dataset, chunk_px)
     _unmark(store, key)
+    where = _where(store)
     dataset.to_zarr(
-        str(store),
+        zarr_store(where),
         group=key,
         mode="w",
         compute=False,
@@ -78,31 +81,35 @@ def write_session(dataset: xr.Dataset, store: Path | str, key: str, chunk_px: in
                 writes.append(
                     dask.delayed(_write_region, pure=True)(
                         blocks[index],
-                        str(store),
+                        where,
                         f"{key}/{name}",
                         region,
                         dask_key_name=(f"write-{name}-{label}-{token}", *index),
                     )
                 )
-            digests[name] = dask.delayed(_digest_after, pure=True)(writes, str(Path(store) / key / name),
+            digests[name] = dask.delayed(_digest_after, pure=True)(writes, where / key / name,
                                                                    dask_key_name=f"sha256-{name}-{label}-{token}")  # fmt: skip
     return dask.delayed(dict, pure=True)(digests, dask_key_name=f"written-{label}-{token}")
 
 
-def _write_region(block: np.ndarray, store: str, path: str, region: tuple[slice, ...]) -> None:
-    zarr.open_array(store, path=path, mode="r+", zarr_format=3)[region] = block
+def _write_region(block: np.ndarray, store: Path | ObjectPath, path: str, region: tuple[slice, ...]) -> None:
+    zarr.open_array(zarr_store(store), path=path, mode="r+", zarr_format=3)[region] = block
 
 
-def _digest_after(_writes, array_dir: str) -> str:
-    return array_files_sha256(Path(array_dir))
+def _digest_after(_writes, array_dir: Path | ObjectPath) -> str:
+    return array_files_sha256(array_dir)
 
 
-def array_files_sha256(array_dir: Path) -> str:
-    """SHA-256 of an array's files: its ``zarr.json`` and every chunk file in key order, each as
-    its name relative to ``array_dir`` and a NUL, then its bytes."""
+def array_files_sha256(array_dir: Path | ObjectPath) -> str:
+    """SHA-256 of an array's files (objects, in an object store): its ``zarr.json`` and every
+    chunk in key order, each as its name relative to ``array_dir`` and a NUL, then its bytes."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in array_dir.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(array_dir).as_posix().encode() + b"\0")
+    if isinstance(array_dir, ObjectPath):
+        files = [(name, array_dir / name) for name, _ in sorted(array_dir.files(), key=lambda f: f[0].split("/"))]
+    else:
+        files = [(p.relative_to(array_dir).as_posix(), p) for p in sorted(array_dir.rglob("*")) if p.is_file()]
+    for name, path in files:
+        digest.update(name.encode() + b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -116,23 +123,41 @@ def _check_alignment(dataset: xr.Dataset, chunk_px: int) -> None:
                 raise ValueError(f"{name}: Dask row chunks {variable.chunks[-2]} are not multiples of {chunk_px}")
 
 
-def _root(store: Path | str, mode: str = "a") -> zarr.Group:
-    return zarr.open_group(str(store), mode=mode, zarr_format=3)
+def _where(store: Path | ObjectPath | str) -> Path | ObjectPath:
+    """``store`` as a local path or an object-store prefix (``objects.location``)."""
+    return location(store)
 
 
-def index(store: Path | str) -> dict[str, dict]:
+def zarr_store(store: Path | ObjectPath | str):
+    """What zarr opens for ``store``: a local path as a string (zarr's own LocalStore, as always),
+    an object-store prefix as zarr's ObjectStore."""
+    where = _where(store)
+    return where.zarr_store() if isinstance(where, ObjectPath) else str(where)
+
+
+def exists(store: Path | ObjectPath | str) -> bool:
+    """Whether there is a store (a local folder, or a root ``zarr.json`` in an object store)."""
+    where = _where(store)
+    return (where / "zarr.json").exists() if isinstance(where, ObjectPath) else where.exists()
+
+
+def _root(store: Path | ObjectPath | str, mode: str = "a") -> zarr.Group:
+    return zarr.open_group(zarr_store(store), mode=mode, zarr_format=3)
+
+
+def index(store: Path | ObjectPath | str) -> dict[str, dict]:
     """The root's session index: ``{key: record}`` (empty for a new or missing store)."""
-    if not Path(store).exists():
+    if not exists(store):
         return {}
     return dict(_root(store, "r").attrs.get(INDEX_KEY, {}).get("sessions", {}))
 
 
-def complete_sessions(store: Path | str) -> set[str]:
+def complete_sessions(store: Path | ObjectPath | str) -> set[str]:
     """Keys of the sessions whose every array has been written."""
     return {key for key, record in index(store).items() if record.get("complete")}
 
 
-def _update_index(store: Path | str, key: str, record: dict | None) -> None:
+def _update_index(store: Path | ObjectPath | str, key: str, record: dict | None) -> None:
     root = _root(store)
     meta = dict(root.attrs.get(INDEX_KEY, {"store_version": STORE_VERSION, "sessions": {}}))
     sessions = dict(meta.get("sessions", {}))
@@ -145,14 +170,14 @@ def _update_index(store: Path | str, key: str, record: dict | None) -> None:
     root.attrs[INDEX_KEY] = meta
 
 
-def splits(store: Path | str) -> dict[str, str]:
+def splits(store: Path | ObjectPath | str) -> dict[str, str]:
     """The recorded train/test split, ``{key: 'train' | 'test'}`` (empty when none is recorded)."""
-    if not Path(store).exists():
+    if not exists(store):
         return {}
     return dict(_root(store, "r").attrs.get(INDEX_KEY, {}).get("split", {}).get("sessions", {}))
 
 
-def record_split(store: Path | str, assignment: dict[str, str], how: dict) -> None:
+def record_split(store: Path | ObjectPath | str, assignment: dict[str, str], how: dict) -> None:
     """Record a split (``{key: 'train' | 'test'}`` and how it was made) in the root index.
 
     The split outlives rewrites of its sessions: ``_update_index`` copies it into each record.
@@ -166,14 +191,14 @@ def record_split(store: Path | str, assignment: dict[str, str], how: dict) -> No
     root.attrs[INDEX_KEY] = meta
 
 
-def _unmark(store: Path | str, key: str) -> None:
-    if Path(store).exists() and key in index(store):
+def _unmark(store: Path | ObjectPath | str, key: str) -> None:
+    if exists(store) and key in index(store):
         _update_index(store, key, None)
 
 
-def mark_complete(store: Path | str, key: str, attrs: dict, summary: dict) -> None:
+def mark_complete(store: Path | ObjectPath | str, key: str, attrs: dict, summary: dict) -> None:
     """Record the session's provenance in its group, then mark it complete in the root index."""
-    group = zarr.open_group(str(store), path=key, mode="r+", zarr_format=3)
+    group = zarr.open_group(zarr_store(store), path=key, mode="r+", zarr_format=3)
     group.attrs.update(_jsonable(attrs))
     record = {
         "complete": True,
@@ -187,7 +212,7 @@ def mark_complete(store: Path | str, key: str, attrs: dict, summary: dict) -> No
     _update_index(store, key, _jsonable({**record, **summary}))
 
 
-def consolidate(store: Path | str) -> None:
+def consolidate(store: Path | ObjectPath | str) -> None:
     """Consolidate metadata so ``xarray.open_datatree`` opens the store with one read.
 
     Zarr warns that consolidated metadata is not yet part of the v3 specification; the store
@@ -195,12 +220,12 @@ def consolidate(store: Path | str) -> None:
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        zarr.consolidate_metadata(str(store))
+        zarr.consolidate_metadata(zarr_store(store))
 
 
-def open_store(store: Path | str) -> xr.DataTree:
+def open_store(store: Path | ObjectPath | str) -> xr.DataTree:
     """The whole store as a DataTree (lazy)."""
-    return xr.open_datatree(str(store), engine="zarr", consolidated=None, chunks={})
+    return xr.open_datatree(zarr_store(store), engine="zarr", consolidated=None, chunks={})
 
 
 def _jsonable(value):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io.store import index
+from ..io.objects import ObjectPath
+from ..io.store import exists, index
 
 
-def describe(store: Path | str) -> str:
+def describe(store: Path | ObjectPath | str) -> str:
     """A table of the store's sessions from its index (no array is read)."""
-    if not Path(store).exists():
+    if not exists(store):
         raise FileNotFoundError(f"no store at {store}")
     sessions = index(store)
     if not sessions:
