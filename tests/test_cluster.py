@@ -21,7 +21,7 @@ from distributed import Client
 
 from pipeline.config import Config
 from pipeline.io.lock import lock_path
-from pipeline.io.store import complete_sessions, index
+from pipeline.io.store import complete_sessions, index, zarr_store
 from pipeline.runner import run
 from pipeline.synth import SynthSpec, write_archive
 from pipeline.tools.verify import check_session
@@ -124,7 +124,7 @@ def assert_same_store(a, b, keys=None):
     keys = keys or complete_sessions(a)
     assert keys <= complete_sessions(b)
     for key in keys:
-        ga, gb = zarr.open_group(str(a), path=key, mode="r"), zarr.open_group(str(b), path=key, mode="r")
+        ga, gb = (zarr.open_group(zarr_store(s), path=key, mode="r") for s in (a, b))
         assert set(ga.array_keys()) == set(gb.array_keys()), key
         for name in ga.array_keys():
             va, vb = ga[name][...], gb[name][...]

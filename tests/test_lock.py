@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from pipeline.io.lock import StoreError, lock_path, store_lock
-from pipeline.io.objects import location
+from pipeline.io.objects import ObjectPath, location
 from pipeline.synth import SynthSpec, write_archive
 
 
@@ -91,3 +91,12 @@ def test_bucket_that_cannot_be_written_is_refused(s3_server):
     with pytest.raises(StoreError, match="cannot write the store here"):
         with store_lock(store):
             pass
+
+
+def test_server_ignoring_conditional_writes_is_refused(s3_bucket, monkeypatch):
+    store = location(f"{s3_bucket}/out.zarr")
+    monkeypatch.setattr(ObjectPath, "create", lambda self, data: self.write_bytes(data) or True)
+    with pytest.raises(StoreError, match="does not honour conditional writes"):
+        with store_lock(store):
+            pass
+    assert not lock_path(store).exists()

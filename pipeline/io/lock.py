@@ -101,6 +101,10 @@ def _take_object(store: ObjectPath, path: ObjectPath) -> bytes:
             raise _refusal(store, path, _owner(path.read_text()))
         if not _is_stale(owner) or not path.replace(record, etag):
             raise _refusal(store, path, owner)
+    if path.create(record):  # a server that ignores If-None-Match cannot keep runs apart: refuse it
+        path.unlink(missing_ok=True)
+        raise StoreError(f"{store}: the object store does not honour conditional writes (If-None-Match), so one "
+                         "run per store cannot be guaranteed there")  # fmt: skip
     probe = store / f".skyprep-write-probe-{uuid.uuid4().hex}"  # credentials that may read but not write
     probe.write_bytes(b"")
     probe.unlink()
