@@ -221,7 +221,8 @@ def _extensions(path: Path, shape: tuple[int, int]) -> dict[str, ImageRef]:
 def _check_shape(ref: ImageRef, shape: tuple[int, int]) -> None:
     if ref.shape != shape:
         raise SessionError(
-            f"{ref.label}: shape {ref.shape[1]} x {ref.shape[0]} does not match the raw frame's trimmed {shape[1]} x {shape[0]}"
+            ref.label,
+            f"shape {ref.shape[1]} x {ref.shape[0]} does not match the raw frame's trimmed {shape[1]} x {shape[0]}",
         )
     return ref
 
@@ -387,7 +388,7 @@ def _frame(path: Path, shape, weighted: bool, profile, gain_e_per_adu: float) ->
     """The e91 file's SCI (BPM, and ERR when ``weighted``) with their factors to ADU."""
     ext = _extensions(path, shape)
     if weighted and "ERR" not in ext:
-        raise SessionError(f"{path}: no ERR extension, needed by stack.weighted (inverse-variance weights)")
+        raise SessionError(path, "no ERR extension, needed by stack.weighted (inverse-variance weights)")
     sci = ext["SCI"]
     factor = header_factor(sci.header, "adu", "adu", gain_e_per_adu, profile, sci.label)
     err, err_factor = (ext["ERR"], header_factor(ext["ERR"].header, "adu", header_unit(sci.header, "adu", profile, sci.label),

@@ -22,6 +22,7 @@ from distributed import Client
 
 from pipeline.config import Config
 from pipeline.io import fits_files
+from pipeline.io.discover import find_sessions
 from pipeline.io.fits_headers import list_images
 from pipeline.io.fits_reader import read_rows
 from pipeline.io.objects import ObjectPath, location
@@ -89,6 +90,27 @@ def test_archive_in_the_bucket_equals_the_local_one(s3_archive, local_archive):
     remote = dict(s3_archive.files())
     local = {p.relative_to(local_archive).as_posix(): p.stat().st_size for p in local_archive.rglob("*") if p.is_file()}
     assert remote == local
+
+
+def test_sessions_are_discovered_in_the_bucket_as_on_disk(s3_archive, local_archive, bucket):
+    def names(sessions):
+        return {s.key: sorted(str(p).rsplit("/", 3)[-3:] for p in s.inputs) for s in sessions}
+
+    remote, remote_problems = find_sessions(s3_archive)
+    local, local_problems = find_sessions(local_archive)
+    assert names(remote) == names(local) and len(remote) == SPEC.sessions
+    assert remote_problems == local_problems == []
+    broken = location(f"{bucket}/broken")  # one session without its BIAS master
+    for name, _ in s3_archive.files():
+        if "calib/BIAS_" not in name or not name.startswith(remote[0].key):
+            (broken / name).write_bytes((s3_archive / name).read_bytes())
+    sessions, problems = find_sessions(broken)
+    assert [s.key for s in sessions] == [s.key for s in remote[1:]]
+    assert [(str(d), reason) for d, reason in problems] == [
+        (str(broken / remote[0].key), f"{broken / remote[0].key}: missing calibration: no calib/BIAS_*.fits.fz")
+    ]
+    with pytest.raises(FileNotFoundError, match="no objects under this prefix"):
+        find_sessions(location(f"{bucket}/nothing-here"))
 
 
 def test_s3_run_writes_the_local_runs_store(s3_store, local_store):

@@ -17,6 +17,7 @@ process only).
 
 from __future__ import annotations
 
+import io
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -194,6 +195,10 @@ class ObjectPath:
             raise FileNotFoundError(str(self))
         _obstore().delete(self.store, self.key)
 
+    def open(self, buffer_bytes: int = 1 << 20) -> io.BufferedReader:
+        """The object as a seekable binary file, read by ranged GETs of ``buffer_bytes`` or more."""
+        return io.BufferedReader(_RangedReader(self, self.size()), buffer_size=buffer_bytes)
+
     # -- listings ---------------------------------------------------------------------------
 
     def iterdir_keys(self, limit: int | None = None) -> Iterator[tuple[str, int]]:
@@ -210,6 +215,37 @@ class ObjectPath:
     def files(self) -> list[tuple[str, int]]:
         """Every object under this prefix: ``(relative key, size)`` in key order."""
         return sorted(self.iterdir_keys())
+
+
+class _RangedReader(io.RawIOBase):
+    """A read-only raw file over one object: every read is one ranged GET."""
+
+    def __init__(self, path: ObjectPath, size: int):
+        self.path, self.size, self.position = path, size, 0
+        self.name = str(path)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        stop = min(self.position + len(buffer), self.size)
+        if stop <= self.position:
+            return 0
+        data = self.path.read_range(self.position, stop)
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
 
 
 def location(text: str | Path, options: Mapping[str, str | bool | int] | None = None) -> Path | ObjectPath:
