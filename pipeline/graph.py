@@ -1,13 +1,11 @@
-"""The Dask graph of one observation session.
+"""The Dask graph of one observation session: wiring only (steps are other modules' pure
+functions, inputs come from :mod:`pipeline.io.inputs`, variables are the contract's rows).
 
-Wiring only: every numeric step is a pure function of another module, applied here per block.
 Keys carry the session's name. Frames are full-width row strips (tile-aligned); the only
-whole-frame tasks are the amplifier reduction (the overscan needs every row) and the source
-detection on the stack. The e91 work is coarse: one registration task per session and one task
-per strip that reads the rows of every frame it needs, moves and stacks them
-(:mod:`pipeline.steps.e91`), so no task holds more than one strip of the e91 cube and every e91
-row is decoded once. Tasks that need rows of an array take the graph's own blocks
-(``_row_blocks``), so nothing upstream is computed twice.
+whole-frame tasks are the amplifier reduction and the source detection on the stack. The e91
+work is one registration task per session and one task per strip that reads, moves and stacks
+the rows of every frame it needs (:mod:`pipeline.steps.e91`: every e91 row decoded once). Tasks
+that need rows of an array take the graph's own blocks (``_row_blocks``): nothing runs twice.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import dask
 import dask.array as da
@@ -29,12 +26,12 @@ from .io.contract import CONTRACT
 from .io.discover import Session
 from .io.fits_reader import lazy_image, read_cutout, read_image, read_rows, strip_bounds
 from .io.inputs import Layout, e91_frame, layout, masters, reference_image
-from .io.provenance import InputFile, input_files
+from .io.provenance import SessionSummary, input_files
 from .steps.amplifiers import Amplifier, amp_value_map, mosaic, reduce_amp
 from .steps.calibrate import CalibParams, Masters, calibrate_block
 from .steps.cosmics import CosmicParams, cosmic_rays
-from .steps.e91 import Frame, applied_shifts, measure, stack_strip, wcs_offsets
-from .steps.masks import MASK_DTYPE, Flag, cf_attrs
+from .steps.e91 import Frame, applied_shifts, central_window, measure, stack_strip, wcs_offsets
+from .steps.masks import MASK_DTYPE, Flag
 from .steps.overscan import OverscanParams
 from .steps.reference import robust_difference
 from .steps.register import Offset, RegisterParams
@@ -42,16 +39,6 @@ from .steps.sources import SourceParams, source_mask
 from .steps.stack import ClipParams, sigma_clip_stack
 
 RowBlocks = tuple[list[Delayed], int, slice]  # a ``_row_blocks`` triple
-
-
-@dataclass(frozen=True)
-class SessionSummary:
-    """The small results computed with a session's arrays: registration, input checksums and
-    the agreement with the archive's products (per product, ``robust_difference``)."""
-
-    offsets: list[Offset]
-    inputs: list[InputFile]
-    reference_check: dict[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -108,11 +95,10 @@ def build_session(session: Session, config: Config) -> SessionGraph:
         [str(p) for p in session.inputs], dask_key_name=f"sha256-inputs-{base}"
     )
     dataset = xr.Dataset(
-        {name: (CONTRACT[name].dims, array) for name, array in variables.items()},
+        {name: (CONTRACT[name].dims, array, CONTRACT[name].attributes()) for name, array in variables.items()},
         coords={"y": np.arange(raw.shape[0]), "x": np.arange(raw.shape[1])},
         attrs=attrs.to_dict(),
     )
-    _annotate(dataset)
     return SessionGraph(session, dataset, dask.delayed(SessionSummary, pure=True)(offsets, inputs, reference_check))
 
 
@@ -167,9 +153,8 @@ def _calibrate_strip(os_adu: np.ndarray, raw_flags: np.ndarray, *masters: np.nda
     return calibrate_block(os_adu, raw_flags, gain, rdnoise, Masters(*masters), darktime_s, gain_nominal, params)
 
 
-def _with_cosmic_rays(
-    products: dict[str, da.Array], gain_e_per_adu: float, params: CosmicParams, base: str
-) -> da.Array:
+def _with_cosmic_rays(products: dict[str, da.Array], gain_e_per_adu: float, params: CosmicParams,
+                      base: str) -> da.Array:  # fmt: skip
     """The calibration mask with COSMIC_RAY set, strip by strip with ``params.margin_px()`` rows of overlap."""
     margin = min(params.margin_px(), products["calib"].shape[0] - 1)
     return da.map_overlap(
@@ -190,8 +175,7 @@ def _e91_stack(session: Session, calib: da.Array, calib_mask: da.Array, raw: Lay
     """Registered e91 frames, their masks and the sigma-clipped stack with its source mask, and
     the frames' offsets. Registration reads the central cutouts of all frames in one task (unless
     the WCSs give the offsets); one task per strip reads, moves and stacks the rows it needs."""
-    (ny, nx), cut = raw.shape, min(config.register.cutout_px, *raw.shape)
-    cy, cx = slice((ny - cut) // 2, (ny - cut) // 2 + cut), slice((nx - cut) // 2, (nx - cut) // 2 + cut)
+    (ny, nx), (cy, cx) = raw.shape, central_window(raw.shape, config.register.cutout_px)
     frames = [e91_frame(path, raw.shape, config.stack.weighted, raw.profile, raw.attrs.gain) for path in session.e91]
     headers = [(Path(f.sci.path).name, f.sci.header) for f in frames]
     offsets, note = wcs_offsets(raw.raw[0].header, headers, raw.shape, config.register.method, config.register.params)
@@ -214,12 +198,9 @@ def _e91_stack(session: Session, calib: da.Array, calib_mask: da.Array, raw: Lay
     shifts = dask.delayed(applied_shifts, pure=True)(offsets, subpixel, dask_key_name=f"shifts-{base}")
     n = len(frames)
     return {
-        "e91": part("e91", (n,)),
-        "e91_mask": part("e91_mask", (n,)),
+        "e91": part("e91", (n,)), "e91_mask": part("e91_mask", (n,)),
         "shift": da.from_delayed(shifts, (n, 2), CONTRACT["shift"].dtype, name=f"shift-{base}"),
-        "mean": mean,
-        "count": count,
-        "std": part("std"),
+        "mean": mean, "count": count, "std": part("std"),
         "source_mask": da.from_delayed(sources, raw.shape, CONTRACT["source_mask"].dtype,
                                        name=f"source-mask-{base}").rechunk(mean.chunks),
     }, offsets  # fmt: skip
@@ -249,21 +230,11 @@ def _measure(reference: RowBlocks, reference_mask: RowBlocks, frames: list[Frame
                    read_cutout)  # fmt: skip
 
 
-def _reference_difference(ours: RowBlocks, reference: RowBlocks, mask: RowBlocks | None) -> dict[str, Any]:
+def _reference_difference(
+    ours: RowBlocks, reference: RowBlocks, mask: RowBlocks | None
+) -> dict[str, float | int | None]:
     return robust_difference(_rows(ours), _rows(reference), None if mask is None else _rows(mask) == 0)
 
 
 def _source_mask(mean: RowBlocks, count: RowBlocks, params: SourceParams) -> np.ndarray:
     return source_mask(_rows(mean), None, _rows(count) == 0, params)
-
-
-def _annotate(dataset: xr.Dataset) -> None:
-    """The contract's attributes on every variable."""
-    for name, variable in dataset.data_vars.items():
-        row = CONTRACT[name]
-        variable.attrs["long_name"] = row.long_name
-        if row.units:
-            variable.attrs["units"] = row.units
-        if row.flags:
-            variable.attrs.update(cf_attrs())
-        variable.attrs.update(row.attrs)

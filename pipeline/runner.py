@@ -7,7 +7,6 @@ never holds more than ``window`` sessions. A failing session is reported and the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -25,9 +24,9 @@ from distributed import Client, Future, LocalCluster, as_completed, fire_and_for
 from . import __version__
 from .config import Config
 from .errors import SkyprepError
-from .graph import SessionSummary, build_session, load_kernels
+from .graph import build_session, load_kernels
 from .io.discover import Session, find_sessions
-from .io.provenance import Provenance, Registration
+from .io.provenance import Provenance, SessionSummary
 from .io.store import complete_sessions, consolidate, mark_complete, write_session
 
 DASK_YAML = Path(__file__).with_name("dask.yaml")  # worker settings (allocator), as Dask defaults
@@ -188,11 +187,9 @@ def _submit(session: Session, store: Path | str, config: Config, client: Client)
 
 
 def _provenance(written: dict[str, str], summary: SessionSummary, files: list[str], config: dict) -> Provenance:
-    """The session's provenance: ``summary`` (registration of the e91 ``files``, input checksums,
-    agreement with the archive's products), the SHA-256 of each array's written files
-    (``written``, from ``write_session``) and the configuration."""
-    registration = [Registration(name, **dataclasses.asdict(o)) for name, o in zip(files, summary.offsets)]
-    return Provenance(registration, summary.inputs, written, summary.reference_check, config)
+    """The session's provenance once its arrays are written (``written``: the SHA-256 of each
+    array's files, from ``write_session``)."""
+    return summary.provenance(files, written, config)
 
 
 def _reason(err: BaseException) -> str:

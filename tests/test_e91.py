@@ -10,7 +10,7 @@ from astropy.io import fits
 from astropy.stats import sigma_clip
 from astropy.wcs import WCS
 
-from pipeline.steps.e91 import Frame, applied_shifts, measure, stack_strip, wcs_offsets
+from pipeline.steps.e91 import Frame, applied_shifts, central_window, measure, stack_strip, wcs_offsets
 from pipeline.steps.masks import Flag
 from pipeline.steps.register import Offset, RegisterParams
 from pipeline.steps.stack import ClipParams
@@ -141,3 +141,8 @@ def test_wcs_or_phase_choice():
     assert offsets is None and note.startswith("WCS not used: c.fits: ")
     offsets, note = wcs_offsets(fits.Header(), headers, (200, 200), "wcs", RegisterParams())
     assert offsets is None and note.startswith("WCS not used: raw frame: ")
+
+
+def test_central_window():
+    assert central_window((100, 60), 40) == (slice(30, 70), slice(10, 50))
+    assert central_window((100, 60), 512) == (slice(20, 80), slice(0, 60))

@@ -13,6 +13,8 @@ from enum import Enum
 
 import numpy as np
 
+from ..steps.masks import cf_attrs
+
 STORE_VERSION = 1
 
 
@@ -51,6 +53,16 @@ class Variable:
     flags: bool = False
     attrs: tuple[tuple[str, str], ...] = ()
     note: str = ""
+
+    def attributes(self) -> dict[str, object]:
+        """The variable's stored attributes: ``long_name``, ``units`` (when any), CF flag attributes
+        of bit masks, then the row's ``attrs``."""
+        found: dict[str, object] = {"long_name": self.long_name}
+        if self.units:
+            found["units"] = self.units
+        if self.flags:
+            found.update(cf_attrs())
+        return {**found, **dict(self.attrs)}
 
     def meaning(self) -> str:
         """The README's description: the long name, then the note."""

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..steps.register import Offset
+
 
 @dataclass(frozen=True)
 class InputFile:
@@ -79,3 +81,19 @@ class Provenance:
             "registration_failures": sum(not r.ok for r in self.registration),
             "reference_check": self.reference_check,
         }
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """The small results computed with a session's arrays: the e91 frames' offsets, the input
+    files and the agreement with the archive's products (per product, ``robust_difference``)."""
+
+    offsets: list[Offset]
+    inputs: list[InputFile]
+    reference_check: dict[str, dict[str, Any]]
+
+    def provenance(self, files: list[str], array_sha256: dict[str, str], config: dict[str, Any]) -> Provenance:
+        """The provenance, with the e91 ``files`` (names, in frame order), the written arrays'
+        SHA-256 and the configuration."""
+        registration = [Registration(name, **dataclasses.asdict(o)) for name, o in zip(files, self.offsets)]
+        return Provenance(registration, self.inputs, array_sha256, self.reference_check, config)

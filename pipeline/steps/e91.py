@@ -50,6 +50,12 @@ class StackedStrip:
     count: np.ndarray  # (y, x) uint16
 
 
+def central_window(shape: tuple[int, int], side_px: int) -> tuple[slice, slice]:
+    """The central square (rows, columns) of side ``side_px`` (at most the frame) of a ``shape`` frame."""
+    cut = min(side_px, *shape)
+    return tuple(slice((n - cut) // 2, (n - cut) // 2 + cut) for n in shape)
+
+
 def applied(offset: Offset, subpixel: bool) -> tuple[float, float]:
     """The offset a frame is moved by (pixels): measured (rounded unless ``subpixel``), 0 when refused."""
     if not offset.ok:
