@@ -27,16 +27,8 @@ from dask.base import tokenize
 from . import __version__
 from .config import Config
 from .io.discover import Session, SessionError
-from .io.fits_reader import (
-    ImageRef,
-    lazy_image,
-    list_images,
-    primary_header,
-    read_cutout,
-    read_image,
-    read_rows,
-    strip_bounds,
-)
+from .io.fits_headers import ImageRef, list_images, primary_header
+from .io.fits_reader import lazy_image, read_cutout, read_image, read_rows, strip_bounds
 from .io.keywords import MissingKeyword, amp_elements, lookup, records, resolve, select_profile, session_elements
 from .io.units import header_factor, header_unit
 from .steps.amplifiers import Amplifier, amp_value_map, detector_shape, mosaic, reduce_amp

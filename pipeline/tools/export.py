@@ -17,7 +17,7 @@ import xarray as xr
 from astropy.io import fits
 
 from .. import __version__
-from ..io.fits_reader import STRUCTURAL_KEYWORDS
+from ..io.fits_headers import STRUCTURAL_KEYWORDS
 from ..io.store import index
 from ..steps.masks import Flag
 
