@@ -477,15 +477,14 @@ def _pass_final(vals, n, w, lo, hi, cnt, acc, clipped, y, x0):
 
 
 @njit(**_JIT)
-def _finish_pixel(scratch, clip, n, i, iteration):
+def _finish_pixel(vals, srt, L, U, lower, upper, k, s, below, clip, n, i, iteration):
     """The clipping iterations of pixel i (of n frames) from the current state on, one pixel at a
-    time, after ``iteration`` iterations.
+    time, after ``iteration`` iterations; the arrays are those of ``_Scratch`` (called with them
+    by name: it runs once per pixel, and a structure would be passed member by member).
 
     Same arithmetic, in the same order, as the block loop of _do_block (used there once few
     pixels of a block are still iterating).
     """
-    vals, srt, L, U, k, s, below = scratch.vals, scratch.srt, scratch.L, scratch.U, scratch.k, scratch.s, scratch.below
-    lower, upper = scratch.lower, scratch.upper
     sigma_lower, sigma_upper, maxiters = clip.sigma_lower, clip.sigma_upper, clip.maxiters
     use_median, use_mad = clip.use_median, clip.use_mad
     need_mean = (not use_median) or (not use_mad)
@@ -628,7 +627,21 @@ def _do_block(y, x0, w, cube, clip, scratch, out):
         if nact * 6 <= w:  # few pixels left: finish them one by one, not the whole block
             for i in range(w):
                 if active[i]:
-                    _finish_pixel(scratch, clip, n, i, iteration)
+                    _finish_pixel(
+                        vals=vals,
+                        srt=srt,
+                        L=L,
+                        U=U,
+                        lower=lower,
+                        upper=upper,
+                        k=k,
+                        s=s,
+                        below=below,
+                        clip=clip,
+                        n=n,
+                        i=i,
+                        iteration=iteration,
+                    )
             break
         # centre and std of the kept values
         if need_mean:
