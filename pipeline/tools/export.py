@@ -18,7 +18,7 @@ from astropy.io import fits
 
 from .. import __version__
 from ..io.contract import VARIABLES, FitsExtension
-from ..io.fits_reader import STRUCTURAL_KEYWORDS
+from ..io.fits_headers import STRUCTURAL_KEYWORDS
 from ..io.objects import ObjectPath, location, writable_file
 from ..io.store import index, zarr_store
 from ..steps.masks import Flag
