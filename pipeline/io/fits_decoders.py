@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.io import fits
 
-from .fits_files import MappedFile, cached, locate_hdu, open_cfitsio, open_fits
+from .fits_files import MappedFile, RangedFile, Source, cached, locate_hdu, open_bytes, open_cfitsio, open_fits
 
 # astropy's private C codecs, the very functions its own reads call: astropy >= 7, astropy 6.
 _CODEC_MODULES = ("astropy.io.fits.hdu.compressed._compression", "astropy.io.fits._tiled_compression._compression")
@@ -71,14 +71,15 @@ def tile_shape(hdu: fits.ImageHDU | fits.PrimaryHDU | fits.CompImageHDU) -> tupl
     return int(hdu.shape[0]), int(hdu.shape[1])
 
 
-def choose_decoder(hdu: fits.ImageHDU | fits.PrimaryHDU | fits.CompImageHDU, rescaled: bool) -> str:
-    """The decoder for ``hdu``'s layout (module docstring); ``rescaled``: integers scaled to floats."""
+def choose_decoder(hdu: fits.ImageHDU | fits.PrimaryHDU | fits.CompImageHDU, rescaled: bool, local: bool = True) -> str:
+    """The decoder for ``hdu``'s layout (module docstring); ``rescaled``: integers scaled to floats;
+    not ``local`` (an object in an object store): astropy instead of cfitsio, which opens local files only."""
     if isinstance(hdu, fits.CompImageHDU) and (codec := _tile_codec(hdu._bintable.header, hdu.header)):
         return codec
     if rescaled or (isinstance(hdu, fits.CompImageHDU) and tile_shape(hdu)[0] > 1):
         hcompress = isinstance(hdu, fits.CompImageHDU) and hdu._bintable.header.get("ZCMPTYPE") == "HCOMPRESS_1"
         return "hcompress" if hcompress else "astropy"
-    return "cfitsio"
+    return "cfitsio" if local else "astropy"
 
 
 def _columns(table: fits.Header) -> dict[str, str]:
@@ -124,7 +125,7 @@ def _tile_codec(table: fits.Header, image_header: fits.Header) -> str | None:
     return "rice" if quantized else None
 
 
-def decode(path: str, index: int, decoder: str, dtype: np.dtype, rows: range, cols: range) -> np.ndarray:
+def decode(path: Source, index: int, decoder: str, dtype: np.dtype, rows: range, cols: range) -> np.ndarray:
     """Pixels ``[rows, cols]`` (unit steps) of HDU ``index`` of ``path`` by ``decoder``, in the
     decoded ``dtype`` (BZERO/BSCALE applied), in whatever byte order the decoder returns."""
     if decoder in ("rice", "plio"):
@@ -137,7 +138,7 @@ def decode(path: str, index: int, decoder: str, dtype: np.dtype, rows: range, co
         return fits_file[index][y0:y1, x0:x1]
 
 
-def _open_mapped(path: str, index: None) -> fits.HDUList:
+def _open_mapped(path: Source, index: None) -> fits.HDUList:
     """All of ``path``, memory-mapped (``index`` unused: one handle serves every HDU)."""
     return open_fits(path, memmap=None)
 
@@ -169,7 +170,7 @@ def _extents(descriptors: np.ndarray, form: str, heap: int) -> np.ndarray:
 class _Tiles:
     """Where the compressed tiles of one image lie in its file, and how they decode."""
 
-    file: MappedFile
+    file: MappedFile | RangedFile
     codec: str  # "rice" or "plio"
     extents: np.ndarray  # (n, 2): bytes and file offset of each tile's codes, row-major
     shape: tuple[int, int]  # (ny, nx) pixels of the image
@@ -188,11 +189,11 @@ class _Tiles:
         self.file.close()
 
 
-def _open_tiles(path: str, index: int) -> _Tiles:
+def _open_tiles(path: Source, index: int) -> _Tiles:
     """HDU ``index`` of ``path`` seen as its table of tiles (``_tile_codec`` layouts only): the
     HDU located by cfitsio, its header parsed by astropy (together cheaper than ``fits.open``)."""
-    header_start, start = locate_hdu(path, index)
-    file = MappedFile(path)
+    file = open_bytes(path)
+    header_start, start = locate_hdu(path, index, file if isinstance(file, RangedFile) else None)
     table = fits.Header.fromstring(file.read(header_start, start - header_start))
     forms, bitpix = _columns(table), table["ZBITPIX"]
     row_dtype = _row_dtype(table)
@@ -298,13 +299,17 @@ def _decode_tiles(tiles: _Tiles, rows: range, cols: range) -> np.ndarray:
     if not out.size:
         return out
     tiles_per_row = -(-nx // tw)
-    if th == 1 and tw >= nx:  # one-row tiles (fpack's default): a tile is an image row
+    one_row = th == 1 and tw >= nx  # fpack's default: a tile is an image row
+    row_spans, col_spans = _spans(rows.start, rows.stop, th, ny), _spans(cols.start, cols.stop, tw, nx)
+    needed = np.array(rows if one_row else [ty * tiles_per_row + tx for ty, *_ in row_spans for tx, *_ in col_spans])
+    tiles.file.prefetch(tiles.extents[needed] if tiles.lossless is None else
+                        np.concatenate([tiles.extents[needed], tiles.lossless[needed]]))  # fmt: skip
+    if one_row:
         x0, x1 = cols.start, cols.stop
         for k, index in enumerate(rows):
             out[k] = _tile(tiles, index, nx)[x0:x1]
     else:
-        col_spans = _spans(cols.start, cols.stop, tw, nx)
-        for ty, height, out_rows, tile_rows in _spans(rows.start, rows.stop, th, ny):
+        for ty, height, out_rows, tile_rows in row_spans:
             for tx, width, out_cols, tile_cols in col_spans:
                 tile = _tile(tiles, ty * tiles_per_row + tx, height * width).reshape(height, width)
                 out[out_rows, out_cols] = tile[tile_rows, tile_cols]
@@ -318,7 +323,7 @@ def _release(tiles: _Tiles, first: int, stop: int) -> None:
     tiles.file.release(int(extents[:, 1].min()), int((extents[:, 1] + extents[:, 0]).max()))
 
 
-def _read_tiles(path: str, index: int, dtype: np.dtype, rows: range, cols: range) -> np.ndarray:
+def _read_tiles(path: Source, index: int, dtype: np.dtype, rows: range, cols: range) -> np.ndarray:
     """Pixels ``[rows, cols]`` of a ``"rice"`` or ``"plio"`` image, unsigned types offset like astropy's."""
     pixels = _decode_tiles(cached(path, index, _open_tiles), rows, cols)
     if dtype.kind == "u" and pixels.dtype.kind == "i":  # BZERO = 2**(bits-1): adding it flips the sign bit

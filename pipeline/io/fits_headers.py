@@ -15,7 +15,8 @@ import numpy as np
 from astropy.io import fits
 
 from .fits_decoders import choose_decoder, tile_shape
-from .fits_files import FitsError, open_fits
+from .fits_files import FitsError, Source, is_local, open_fits, source
+from .objects import ObjectPath
 
 # Keywords that describe an HDU's own structure and never pass from primary to extension.
 STRUCTURAL_KEYWORDS = {
@@ -29,7 +30,7 @@ STRUCTURAL_KEYWORDS = {
 class ImageRef:
     """One image extension of one file: enough to read it anywhere (it pickles to workers)."""
 
-    path: str
+    path: Source  # a local file's path, or an object of an object store
     index: int  # HDU index in the file
     name: str  # EXTNAME, or "" when absent
     shape: tuple[int, int]  # (ny, nx) pixels
@@ -62,9 +63,9 @@ def effective_header(primary: fits.Header, extension: fits.Header) -> fits.Heade
     return merged
 
 
-def list_images(path: os.PathLike | str) -> list[ImageRef]:
+def list_images(path: os.PathLike | str | ObjectPath) -> list[ImageRef]:
     """All 2-D image extensions of ``path`` (tables and empty HDUs skipped), in file order."""
-    path = str(path)
+    path = source(path)
     with open_fits(path) as hdul:
         primary = hdul[0].header
         refs = []
@@ -87,7 +88,7 @@ def list_images(path: os.PathLike | str) -> list[ImageRef]:
                     blank=_blank(hdu),
                     rescaled=rescaled,
                     version=int(hdu.header.get("EXTVER", 1)),
-                    decoder=choose_decoder(hdu, rescaled),
+                    decoder=choose_decoder(hdu, rescaled, is_local(path)),
                 )
             )
     if not refs:
@@ -102,9 +103,9 @@ def _blank(hdu) -> float | None:
     return hdu.header["BLANK"] * hdu.header.get("BSCALE", 1) + hdu.header.get("BZERO", 0)
 
 
-def primary_header(path: os.PathLike | str) -> fits.Header:
+def primary_header(path: os.PathLike | str | ObjectPath) -> fits.Header:
     """The primary header of ``path`` (global keywords of a multi-extension file)."""
-    with open_fits(str(path)) as hdul:
+    with open_fits(source(path)) as hdul:
         return hdul[0].header.copy()
 
 
@@ -125,8 +126,11 @@ def _decoded_dtype(hdu) -> np.dtype:
                      -64: np.float64}[bitpix])  # fmt: skip
 
 
-def split_address(address: os.PathLike | str) -> tuple[str, str | None]:
-    """``"file.fits.fz[SCI,2]"`` -> ``("file.fits.fz", "SCI,2")``; no brackets -> ``(address, None)``."""
+def split_address(address: os.PathLike | str | ObjectPath) -> tuple[Source, str | None]:
+    """``"file.fits.fz[SCI,2]"`` -> ``("file.fits.fz", "SCI,2")``; no brackets -> ``(address, None)``
+    (an object is never split: its name is its own)."""
+    if isinstance(address, ObjectPath):
+        return address, None
     text = str(address)
     if text.endswith("]") and "[" in text and not os.path.exists(text):
         cut = text.rindex("[")
@@ -134,7 +138,7 @@ def split_address(address: os.PathLike | str) -> tuple[str, str | None]:
     return text, None
 
 
-def image(path: os.PathLike | str, name: str | None = None) -> ImageRef:
+def image(path: os.PathLike | str | ObjectPath, name: str | None = None) -> ImageRef:
     """One image extension, addressed IRAF style, in ``path`` (``file.fits.fz[im3]``) or ``name``.
 
     ``name`` is an EXTNAME (case-insensitive; the first of that name), ``EXTNAME,EXTVER``
@@ -148,7 +152,7 @@ def image(path: os.PathLike | str, name: str | None = None) -> ImageRef:
     for ref in refs:
         if _matches(ref, name):
             return ref
-    found = ", ".join(r.label[len(path) :].strip("[]") for r in refs)
+    found = ", ".join(r.label[len(str(path)) :].strip("[]") for r in refs)
     raise FitsError(path, f"no image extension {name!r} (found: {found})")
 
 
