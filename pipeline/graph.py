@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import dask
 import dask.array as da
@@ -175,7 +174,7 @@ def _e91_stack(session: Session, calib: da.Array, calib_mask: da.Array, raw: Lay
     the WCSs give the offsets); one task per strip reads, moves and stacks the rows it needs."""
     (ny, nx), (cy, cx) = raw.shape, central_window(raw.shape, config.register.cutout_px)
     frames = [e91_frame(path, raw.shape, config.stack.weighted, raw.profile, raw.attrs.gain) for path in session.e91]
-    headers = [(Path(f.sci.path).name, f.sci.header) for f in frames]
+    headers = [(path.name, f.sci.header) for path, f in zip(session.e91, frames)]
     offsets, note = wcs_offsets(raw.raw[0].header, headers, raw.shape, config.register.method, config.register.params)
     if offsets is None:
         offsets = dask.delayed(_measure, pure=True)(_row_blocks(calib, cy), _row_blocks(calib_mask, cy), frames, cy, cx,

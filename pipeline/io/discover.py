@@ -128,7 +128,7 @@ def _session_folders(root: Where) -> dict[str, tuple[Where, dict[str, Where] | N
     folders: dict[str, dict[str, Where]] = {}
     for name, _ in root.files():
         parts = name.split("/")
-        if len(parts) >= 4 and "_" in parts[0]:
+        if len(parts) >= 3 and "_" in parts[0]:
             folders.setdefault(f"{parts[0]}/{parts[1]}", {})["/".join(parts[2:])] = root / name
     return {key: (root / key, files) for key, files in sorted(folders.items())
             if any(n.startswith(("data/", "calib/")) for n in files)}  # fmt: skip

@@ -37,7 +37,7 @@ T = TypeVar("T")
 Source = str | ObjectPath  # a local file's path, or an object in an object store
 
 BLOCK = 2880  # FITS header and data records are multiples of this, bytes
-READAHEAD_BYTES = 1 << 18  # the least a RangedFile fetches for an unprefetched read (headers, tile tables)
+READAHEAD_BYTES = 1 << 16  # the least a RangedFile fetches for an unprefetched read (headers, tile tables)
 
 
 class FitsError(InputError):
@@ -181,7 +181,7 @@ class RangedFile:
     def prefetch(self, extents: np.ndarray) -> None:
         """Fetch the byte ranges ``extents`` ((n, 2): bytes and offset), adjacent ones as one range."""
         runs: list[list[int]] = []
-        for size, offset in sorted((int(n), int(o)) for n, o in extents if n > 0):
+        for offset, size in sorted((int(o), int(n)) for n, o in extents if n > 0):
             end = min(offset + size, self._size)
             if runs and offset <= runs[-1][1]:
                 runs[-1][1] = max(runs[-1][1], end)

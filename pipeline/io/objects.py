@@ -114,11 +114,10 @@ class ObjectPath:
             return _stores[ident]
 
     def zarr_store(self, read_only: bool = False):
-        """A Zarr store rooted at this prefix (zarr's ``ObjectStore``)."""
-        from zarr.storage import ObjectStore
+        """This prefix as a Zarr store: zarr's ``ObjectStore`` over the bucket's one store, at ``key``."""
+        from zarr.storage import ObjectStore, StorePath
 
-        store = self.store  # a prefixed view of the bucket's store: one connection pool per process
-        return ObjectStore(_obstore().store.PrefixStore(store, self.key) if self.key else store, read_only=read_only)
+        return StorePath(ObjectStore(self.store, read_only=read_only), self.key)
 
     # -- objects ----------------------------------------------------------------------------
 
