@@ -216,3 +216,28 @@ def test_a_strip_of_a_remote_frame_is_read_by_byte_ranges(bucket, tmp_path, monk
     fetched.clear()
     np.testing.assert_array_equal(read_rows(ref, 516, 532), pixels[516:532])  # the file stays open: tiles only
     assert 0 < sum(fetched) < 32 * 1024 * 2, fetched
+
+
+def test_storage_options_from_the_config_reach_the_workers(s3_archive, bucket, local_store, tmp_path, s3_server):
+    """No endpoint in the environment: the configuration's ``storage.options`` name the server,
+    and the workers (other processes) use them as the client does."""
+    config = tmp_path / "storage.yaml"
+    config.write_text(f"storage:\n  options:\n    endpoint: {s3_server.endpoint}\n    allow_http: true\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP")}
+    key = sorted(complete_sessions(local_store))[0]
+    out = f"{bucket}/by-config.zarr"
+    code, _, stderr = _finish(_skyprep("run", s3_archive, "--out", out, "--workers", 1, "--config", config,
+                                       "--sessions", key, env=env))  # fmt: skip
+    assert code == 0, stderr
+    assert_same_store(local_store, location(out), {key})
+
+
+def test_memory_archive_and_store_in_one_process(local_archive, local_store):
+    """``memory://`` lives in one process: a threads-only client runs the job there."""
+    archive, store = location("memory://scratch/archive"), location("memory://scratch/store.zarr")
+    for path in (p for p in local_archive.rglob("*") if p.is_file()):
+        (archive / path.relative_to(local_archive).as_posix()).write_bytes(path.read_bytes())
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
+        assert run(archive, store, Config(), client, echo=lambda line: None).exit_code == 0
+    assert_same_store(local_store, store)
+    assert all(not problems for problems in verify(store).values())
