@@ -299,22 +299,28 @@ def _decode_tiles(tiles: _Tiles, rows: range, cols: range) -> np.ndarray:
     if not out.size:
         return out
     tiles_per_row = -(-nx // tw)
-    one_row = th == 1 and tw >= nx  # fpack's default: a tile is an image row
-    row_spans, col_spans = _spans(rows.start, rows.stop, th, ny), _spans(cols.start, cols.stop, tw, nx)
-    needed = np.array(rows if one_row else [ty * tiles_per_row + tx for ty, *_ in row_spans for tx, *_ in col_spans])
-    tiles.file.prefetch(tiles.extents[needed] if tiles.lossless is None else
-                        np.concatenate([tiles.extents[needed], tiles.lossless[needed]]))  # fmt: skip
-    if one_row:
+    if th == 1 and tw >= nx:  # one-row tiles (fpack's default): a tile is an image row
+        _prefetch(tiles, slice(rows.start, rows.stop))
         x0, x1 = cols.start, cols.stop
         for k, index in enumerate(rows):
             out[k] = _tile(tiles, index, nx)[x0:x1]
     else:
+        row_spans, col_spans = _spans(rows.start, rows.stop, th, ny), _spans(cols.start, cols.stop, tw, nx)
+        _prefetch(tiles, [ty * tiles_per_row + tx for ty, *_ in row_spans for tx, *_ in col_spans])
         for ty, height, out_rows, tile_rows in row_spans:
             for tx, width, out_cols, tile_cols in col_spans:
                 tile = _tile(tiles, ty * tiles_per_row + tx, height * width).reshape(height, width)
                 out[out_rows, out_cols] = tile[tile_rows, tile_cols]
     _release(tiles, rows.start // th * tiles_per_row, ((rows.stop - 1) // th + 1) * tiles_per_row)
     return out
+
+
+def _prefetch(tiles: _Tiles, needed: slice | list[int]) -> None:
+    """Have an object's ``RangedFile`` fetch the tiles ``needed`` now, in as few ranged GETs as
+    they allow (a mapped file reads its pages as they are touched: nothing to do)."""
+    if isinstance(tiles.file, RangedFile):
+        extents = tiles.extents[needed]
+        tiles.file.prefetch(extents if tiles.lossless is None else np.concatenate([extents, tiles.lossless[needed]]))
 
 
 def _release(tiles: _Tiles, first: int, stop: int) -> None:

@@ -7,7 +7,7 @@ into a ``FitsError`` naming the file and the reason. ``cached`` keeps what a thr
 its next reads, reopening a file that changed (``file_signature``).
 
 The readers above see a file only through these functions and ``MappedFile``'s ``read``,
-``prefetch``, ``release``, ``close`` and ``len``. A file in an object store (an
+``release``, ``close`` and ``len`` (and ``RangedFile``'s ``prefetch``). A file in an object store (an
 :class:`~pipeline.io.objects.ObjectPath`) plugs in here: ``RangedFile`` serves the same reads from
 ranged GETs (the tiles a read needs fetched together, never the whole object), astropy reads it
 through a buffered ranged reader, ``locate_hdu`` walks its headers, and cfitsio is not used for it
@@ -132,9 +132,6 @@ class MappedFile:
     def read(self, offset: int, size: int) -> bytes:
         """``size`` bytes from byte ``offset`` (fewer past the end)."""
         return self._map[offset : offset + size]
-
-    def prefetch(self, extents: np.ndarray) -> None:
-        """Nothing to do: the pages are read when touched."""
 
     def release(self, start: int, stop: int) -> None:
         """Drop the pages of bytes ``[start, stop)`` from this process's resident set (they stay
