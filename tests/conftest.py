@@ -8,10 +8,13 @@ import sys
 import pytest
 from distributed import Client
 
+from pipeline.config import Config
+from pipeline.runner import run
 from pipeline.synth import SynthSpec, write_archive
 from tests.s3_server import S3Server
 
 SIZE, FRAMES = 256, 6
+TINY = SynthSpec(sessions=3, size=128, frames=3, amps=1, seed=5)  # the cluster, SLURM and object-storage runs
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +24,23 @@ def archive(tmp_path_factory):
     write_archive(root, SynthSpec(sessions=2, size=SIZE, frames=FRAMES, amps=1, seed=0))
     write_archive(root, SynthSpec(sessions=1, size=SIZE, frames=FRAMES, amps=4, seed=1))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_archive(tmp_path_factory):
+    """Three small sessions (``TINY``), written once per test run (read-only)."""
+    root = tmp_path_factory.mktemp("tiny-archive")
+    write_archive(root, TINY)
+    return root
+
+
+@pytest.fixture(scope="session")
+def local_store(tiny_archive, tmp_path_factory):
+    """``tiny_archive`` processed by an in-process client: the store other setups must equal."""
+    out = tmp_path_factory.mktemp("tiny-local") / "local.zarr"
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
+        assert run(tiny_archive, out, Config(), client, echo=lambda line: None).exit_code == 0
+    return out
 
 
 @pytest.fixture

@@ -19,11 +19,8 @@ import pytest
 import zarr
 from distributed import Client
 
-from pipeline.config import Config
 from pipeline.io.lock import lock_path
 from pipeline.io.store import complete_sessions, index, zarr_store
-from pipeline.runner import run
-from pipeline.synth import SynthSpec, write_archive
 from pipeline.tools.verify import check_session
 
 pytestmark = pytest.mark.slow  # about 3 minutes on 2 shared cores: fresh worker processes, numba warm-up
@@ -80,21 +77,6 @@ class Cluster:
         for process in [*self.workers, self.scheduler]:
             _stop(process)
         self.log.close()
-
-
-@pytest.fixture(scope="module")
-def tiny_archive(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cluster-archive")
-    write_archive(root, SynthSpec(sessions=3, size=128, frames=3, amps=1, seed=5))
-    return root
-
-
-@pytest.fixture(scope="module")
-def local_store(tiny_archive, tmp_path_factory):
-    out = tmp_path_factory.mktemp("local") / "local.zarr"
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
-        assert run(tiny_archive, out, Config(), client, echo=lambda line: None).exit_code == 0
-    return out
 
 
 @pytest.fixture

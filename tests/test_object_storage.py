@@ -28,12 +28,12 @@ from pipeline.io.fits_reader import read_rows
 from pipeline.io.objects import ObjectPath, location
 from pipeline.io.store import complete_sessions, index, zarr_store
 from pipeline.runner import report_path, run
-from pipeline.synth import SynthSpec, write_archive
 from pipeline.tools.loader import LoaderParams, PatchDataset
 from pipeline.tools.verify import check_session, verify
+from tests.conftest import TINY
 from tests.test_cluster import assert_same_store
 
-SPEC = SynthSpec(sessions=3, size=128, frames=3, amps=1, seed=11)
+SPEC = TINY  # the archive synthesized into the bucket is tiny_archive
 TIMEOUT_S = 300
 
 
@@ -45,21 +45,6 @@ def _skyprep(*args, **kwargs):
 def _finish(process):
     out, err = process.communicate(timeout=TIMEOUT_S)
     return process.returncode, out, err
-
-
-@pytest.fixture(scope="module")
-def local_archive(tmp_path_factory):
-    root = tmp_path_factory.mktemp("os-archive")
-    write_archive(root, SPEC)
-    return root
-
-
-@pytest.fixture(scope="module")
-def local_store(local_archive, tmp_path_factory):
-    out = tmp_path_factory.mktemp("os-local") / "local.zarr"
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
-        assert run(local_archive, out, Config(), client, echo=lambda line: None).exit_code == 0
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +71,18 @@ def s3_store(bucket, s3_archive):
     return out
 
 
-def test_archive_in_the_bucket_equals_the_local_one(s3_archive, local_archive):
+def test_archive_in_the_bucket_equals_the_local_one(s3_archive, tiny_archive):
     remote = dict(s3_archive.files())
-    local = {p.relative_to(local_archive).as_posix(): p.stat().st_size for p in local_archive.rglob("*") if p.is_file()}
+    local = {p.relative_to(tiny_archive).as_posix(): p.stat().st_size for p in tiny_archive.rglob("*") if p.is_file()}
     assert remote == local
 
 
-def test_sessions_are_discovered_in_the_bucket_as_on_disk(s3_archive, local_archive, bucket):
+def test_sessions_are_discovered_in_the_bucket_as_on_disk(s3_archive, tiny_archive, bucket):
     def names(sessions):
         return {s.key: sorted(str(p).rsplit("/", 3)[-3:] for p in s.inputs) for s in sessions}
 
     remote, remote_problems = find_sessions(s3_archive)
-    local, local_problems = find_sessions(local_archive)
+    local, local_problems = find_sessions(tiny_archive)
     assert names(remote) == names(local) and len(remote) == SPEC.sessions
     assert remote_problems == local_problems == []
     broken = location(f"{bucket}/broken")  # one session without its BIAS master
@@ -232,11 +217,11 @@ def test_storage_options_from_the_config_reach_the_workers(s3_archive, bucket, l
     assert_same_store(local_store, location(out), {key})
 
 
-def test_memory_archive_and_store_in_one_process(local_archive, local_store):
+def test_memory_archive_and_store_in_one_process(tiny_archive, local_store):
     """``memory://`` lives in one process: a threads-only client runs the job there."""
     archive, store = location("memory://scratch/archive"), location("memory://scratch/store.zarr")
-    for path in (p for p in local_archive.rglob("*") if p.is_file()):
-        (archive / path.relative_to(local_archive).as_posix()).write_bytes(path.read_bytes())
+    for path in (p for p in tiny_archive.rglob("*") if p.is_file()):
+        (archive / path.relative_to(tiny_archive).as_posix()).write_bytes(path.read_bytes())
     with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
         assert run(archive, store, Config(), client, echo=lambda line: None).exit_code == 0
     assert_same_store(local_store, store)

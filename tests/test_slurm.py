@@ -13,13 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from distributed import Client
 
-from pipeline.config import Config
 from pipeline.io.store import complete_sessions
-from pipeline.runner import run
-from pipeline.synth import SynthSpec, write_archive
 from tests import slurm_node
+from tests.conftest import TINY
 from tests.test_cluster import assert_same_store
 
 DRIVER = Path(__file__).resolve().parents[1] / "deploy" / "slurm" / "skyprep_slurm.py"
@@ -38,13 +35,6 @@ def slurm(tmp_path_factory):
         node.stop()
 
 
-@pytest.fixture(scope="module")
-def tiny_archive(tmp_path_factory):
-    root = tmp_path_factory.mktemp("slurm-archive")
-    write_archive(root, SynthSpec(sessions=2, size=128, frames=3, amps=1, seed=7))
-    return root
-
-
 def _job_settings(directory: Path) -> Path:
     """deploy/slurm/jobqueue.yaml with what this one small node needs: one core and 1 GiB per job."""
     settings = yaml.safe_load((DRIVER.with_name("jobqueue.yaml")).read_text())
@@ -56,17 +46,15 @@ def _job_settings(directory: Path) -> Path:
     return path
 
 
-def test_two_slurm_worker_jobs_write_the_local_runs_store(slurm, tiny_archive, numba_cache, tmp_path):
-    local = tmp_path / "local.zarr"
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
-        assert run(tiny_archive, local, Config(), client, echo=lambda line: None).exit_code == 0
+def test_two_slurm_worker_jobs_write_the_local_runs_store(slurm, tiny_archive, local_store, numba_cache, tmp_path):
+    local = local_store
     out = tmp_path / "slurm.zarr"
     cmd = [sys.executable, str(DRIVER), str(tiny_archive), "--out", str(out), "--jobs", str(JOBS),
            "--config-file", str(_job_settings(tmp_path)), "--numba-cache", str(numba_cache)]  # fmt: skip
     done = subprocess.run(cmd, env=slurm.env, capture_output=True, text=True, timeout=420)
     logs = "\n".join(p.read_text(errors="replace")[-1500:] for p in sorted((tmp_path / "logs").glob("*")))
     assert done.returncode == 0, f"{done.stderr[-3000:]}\n{logs}\n{slurm.log('slurmctld')[-2000:]}"
-    assert complete_sessions(out) == complete_sessions(local) and len(complete_sessions(out)) == 2
+    assert complete_sessions(out) == complete_sessions(local) and len(complete_sessions(out)) == TINY.sessions
     assert_same_store(local, out)
     # both jobs ran a worker that joined the driver's scheduler (dask-jobqueue names logs by job id)
     workers = [p for p in (tmp_path / "logs").glob("skyprep-worker-*.err") if "Registered to" in p.read_text()]
