@@ -127,7 +127,7 @@ class ObjectPath:
             _obstore().head(self.store, self.key)
             return True
         except _missing():
-            return any(True for _ in self.iterdir_keys(limit=1))
+            return any(True for _ in self._keys(limit=1))
 
     def size(self) -> int:
         """The object's size in bytes; ``FileNotFoundError`` when there is none."""
@@ -200,8 +200,8 @@ class ObjectPath:
 
     # -- listings ---------------------------------------------------------------------------
 
-    def iterdir_keys(self, limit: int | None = None) -> Iterator[tuple[str, int]]:
-        """``(key relative to this prefix, size)`` of every object under it, recursively, sorted."""
+    def _keys(self, limit: int | None = None) -> Iterator[tuple[str, int]]:
+        """``(key relative to this prefix, size)`` of the objects under it, recursively (at most ``limit``)."""
         prefix = f"{self.key}/" if self.key else ""
         found = 0
         for batch in _obstore().list(self.store, prefix=prefix or None):
@@ -213,7 +213,7 @@ class ObjectPath:
 
     def files(self) -> list[tuple[str, int]]:
         """Every object under this prefix: ``(relative key, size)`` in key order."""
-        return sorted(self.iterdir_keys())
+        return sorted(self._keys())
 
 
 class _RangedReader(io.RawIOBase):
@@ -265,11 +265,6 @@ def location(text: str | Path, options: Mapping[str, str | bool | int] | None = 
     if not parts.netloc:
         raise ValueError(f"{text}: no bucket (expected {scheme}://BUCKET/PATH)")
     return ObjectPath(scheme, parts.netloc, parts.path.strip("/"), tuple(sorted((options or {}).items())))
-
-
-def is_object(where) -> bool:
-    """Whether ``where`` is in an object store (not on a local or shared filesystem)."""
-    return isinstance(where, ObjectPath)
 
 
 @contextmanager
