@@ -70,6 +70,8 @@ def run_benchmark(store: Path, session: str | None = None, frames: int = 4, repe
             results[name] = {"dtype": str(values.dtype), **{
                 label: measure(values, array.chunks, codec, Path(tmp) / "a.zarr", repeats)
                 for label, codec in CODECS.items()}}  # fmt: skip
+    if not results:
+        raise ValueError(f"{store} [{key}]: no image arrays to measure")
     return {"benchmark": "codecs", "store": str(store), "session": key, "frames": frames, "arrays": results}
 
 

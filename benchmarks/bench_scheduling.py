@@ -27,7 +27,9 @@ from pipeline.synth import SynthSpec, write_archive
 def measure(root: Path, store: Path, client: Client) -> list[dict]:
     """Per session: task count, seconds to build the graph (with the store template) and to submit it."""
     config, rows = Config(), []
-    sessions, _ = find_sessions(root)
+    sessions, problems = find_sessions(root)
+    if len(sessions) < 2 or problems:  # the first session is left out of the statistics
+        raise RuntimeError(f"{root}: need at least 2 usable sessions, found {len(sessions)}, problems {problems}")
     for session in sessions:
         t0 = time.perf_counter()
         graph = build_session(session, config)

@@ -9,10 +9,10 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "train_from_store
 
 def test_notebook_is_stored_without_outputs():
     nbformat = pytest.importorskip("nbformat")
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            assert not cell.outputs and cell.execution_count is None, "strip outputs before committing"
+    code = [cell for cell in nbformat.read(NOTEBOOK, as_version=4).cells if cell.cell_type == "code"]
+    assert code, NOTEBOOK
+    for cell in code:
+        assert not cell.outputs and cell.execution_count is None, "strip outputs before committing"
 
 
 def test_notebook_executes(tmp_path):

@@ -56,7 +56,9 @@ def test_digests_are_the_sha256_of_each_arrays_files(written):
     for name, digest in digests.items():
         array_dir = store / KEY / name
         expected = hashlib.sha256()
-        for path in sorted(p for p in array_dir.rglob("*") if p.is_file()):
+        files = sorted(p for p in array_dir.rglob("*") if p.is_file())
+        assert files, array_dir
+        for path in files:
             expected.update(str(path.relative_to(array_dir)).encode() + b"\0" + path.read_bytes())
         assert digest == expected.hexdigest()
 
