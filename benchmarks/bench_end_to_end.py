@@ -17,8 +17,8 @@ Each repeat starts a new ``LocalCluster`` of single-threaded worker processes, o
 
 The machine is shared and its speed drifts by 10% or more between runs, so the figure is the
 median over the repeats of each repeat's job / floor (every repeat's figures are in the report).
-Target: job / floor <= 2.5. Also reported: seconds per session and each worker's peak resident
-memory (sampled every 20 ms with psutil, highest over the repeats).
+Target: job / floor <= ``TARGET_RATIO``. Also reported: seconds per session and each worker's
+peak resident memory (sampled by ``common.PeakRSS``, highest over the repeats).
 """
 
 from __future__ import annotations

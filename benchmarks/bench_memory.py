@@ -10,8 +10,8 @@ drift (``pipeline.synth``), so registration uses ``method: wcs`` and every frame
 
 The whole job runs (``pipeline.runner.run``: reading, calibration, registration, sigma-clip
 stack, source mask, Zarr writes) on a ``LocalCluster`` of one single-threaded worker process.
-The worker's resident set size is sampled every 20 ms (psutil); the target is a peak below
-1.5 GB although the e91 cube alone is ``frames * size**2 * 4`` bytes (2.5 GiB). The Dask task
+The worker's resident set size is sampled by ``common.PeakRSS`` (psutil); the target is a peak
+below ``TARGET_MB`` although the e91 cube alone is ``frames * size**2 * 4`` bytes. The Dask task
 stream shows that every e91 strip is read once: one task per strip reads the rows of every
 frame it needs, shifts and stacks them (``graph._stack_strip``), and none runs twice.
 """

@@ -126,7 +126,7 @@ def build_session(session: Session, config: Config) -> SessionGraph:
 
 def load_kernels() -> None:
     """Load the compiled kernels the session tasks call, with the argument types they call them
-    with (numba's on-disk cache, about 0.2 s in a new process), ahead of the first task:
+    with (from numba's on-disk cache; benchmarks/README.md, "Kernel loading"), ahead of the first task:
     ``runner.run`` has every worker do it while the client builds the first graphs."""
     mask = np.zeros((2, 9, 9), MASK_DTYPE)
     sigma_clip_stack(np.zeros(mask.shape, np.float32), mask, None, ClipParams(), parallel=False)

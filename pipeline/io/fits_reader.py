@@ -9,12 +9,11 @@ HDU's layout, chosen once per HDU (``ImageRef.decoder``; figures in benchmarks/R
   heap through astropy's C Rice decoder and, for floats, its C unquantizer (the dither sequence
   of ZDITHER0 and the tile's index, ZSCALE/ZZERO, ZBLANK codes -> NaN, tiles kept losslessly by
   GZIP_1), the functions ``fits.getdata`` calls, without astropy's per-tile Python overhead (a
-  whole integer frame in strips: 0.8-0.95x one astropy read; a quantized float frame with
-  one-row tiles: ~0.6x one astropy or cfitsio read);
+  whole frame in strips costs less than one astropy read, integers and quantized floats alike);
 * ``"plio"``: PLIO_1 integer tiles (masks) the same way through astropy's C PLIO decoder
-  (a one-row-tiled 2048 x 2048 mask: ~0.65x cfitsio's time, ~0.35x astropy's);
-* ``"astropy"``: other tiles of more than one row, which cfitsio decodes 1.5-1.9x slower than
-  astropy (quantized GZIP_2 floats excepted: cfitsio ~10% faster), and integer images scaled to
+  (faster than cfitsio and astropy on one-row tiles);
+* ``"astropy"``: other tiles of more than one row, which cfitsio decodes slower than astropy
+  (quantized GZIP_2 floats excepted: cfitsio is a little faster), and integer images scaled to
   floats by BSCALE/BZERO (astropy scales in float32, cfitsio in float64: one decoder keeps every
   reader of the file on the same values);
 * ``"hcompress"``: HCOMPRESS_1 tiles of more than one row through astropy as above, one thread
@@ -296,7 +295,7 @@ def _matches(ref: ImageRef, selector: str) -> bool:
     return not extver or (extver.isdigit() and ref.version == int(extver))
 
 
-# Images kept open by each thread (a descriptor and ~70 kB each): more than a strip task reads
+# Images kept open by each thread (a descriptor and a tile table each): more than a strip task reads
 # (SCI and BPM, and ERR when weighting, of each e91 frame: 40 frames fit), or the cache would
 # reopen every image for every strip (with 32, a 20-frame strip spent a third of its time so).
 _OPEN_FILES_PER_THREAD = 128
@@ -306,7 +305,7 @@ _HCOMPRESS_LOCK = threading.Lock()  # the "hcompress" decoder's: one thread at a
 
 def _open_cached(path: str, index: int | None, opener):
     """``opener(path, index)`` for ``path``, from this thread's small LRU cache of open files
-    (an open costs 0.4-2 ms, more than decoding a small cutout). Reopened when the
+    (an open costs more than decoding a small cutout). Reopened when the
     file changes (inode, size, mtime or ctime) or in a forked child; one cache per thread, since
     astropy's file objects are not thread-safe. The opened object must have ``close()``."""
     try:
@@ -515,7 +514,7 @@ def _decode_tiles(tiles: _Tiles, shape: tuple[int, int], rows: range, cols: rang
 def _release(tiles: _Tiles, first: int, stop: int) -> None:
     """Drop the file pages of tiles ``[first, stop)`` from this process's resident set (they stay
     in the page cache). Files kept mapped and read strip by strip would otherwise end up counted
-    whole in the worker's memory (40 e91 frames of 4096 x 4096: ~300 MB more)."""
+    whole in the worker's memory (benchmarks/README.md, "Memory")."""
     extents = tiles.extents[first:stop]
     start = min(int(extents[:, 1].min()), len(tiles.file)) // mmap.PAGESIZE * mmap.PAGESIZE
     end = min(int((extents[:, 1] + extents[:, 0]).max()), len(tiles.file))  # damaged tables stay in bounds

@@ -9,8 +9,8 @@ in which its compiled C sums the Laplacian inside the frame), the same median-fi
 test (tests/test_lacosmic.py); the Laplacian S can differ by a few float32 ulps, mostly on the
 frame's outer pixels, where astroscrappy's compiled sums are reassociated in ways not reproduced.
 
-It is about 25x faster than astroscrappy on one core (0.12 s against 3.1 s for 2048 x 2048,
-two iterations), which made cosmic-ray detection the job's largest cost no more: the separable
+It is much faster than astroscrappy on one core (docs/calibration.md; benchmarks/README.md,
+"Cosmic-ray detection"), which made cosmic-ray detection the job's largest cost no more: the separable
 medians are evaluated a whole row at a time with branch-free sorting networks so that LLVM
 vectorises them, and the fine-structure image is evaluated only at candidate pixels.
 """

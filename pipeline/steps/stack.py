@@ -709,7 +709,7 @@ def _do_rows(
     n, ny, nx = data.shape
     b = _BLOCK
     vals = np.empty((n, b), np.float64)
-    srt = np.empty((n, b), data.dtype)  # exact copies of the values: float32 sorts 2x wider
+    srt = np.empty((n, b), data.dtype)  # exact copies of the values: float32 fills twice the SIMD lanes
     # separate per-pixel vectors (not rows of one 2-D array): LLVM vectorises without alias
     # checks
     fs = (
