@@ -25,8 +25,9 @@ def written(tmp_path_factory):
         "e91": rng.normal(500, 20, (3, 96, 64)).astype(np.float32),
     }
     dims = {2: ("y", "x"), 3: ("frame", "y", "x")}
-    dataset = xr.Dataset({name: (dims[a.ndim], da.from_array(a, chunks=(1,) * (a.ndim - 2) + (64, 64)))
-                          for name, a in truth.items()})  # fmt: skip
+    dataset = xr.Dataset(
+        {name: (dims[a.ndim], da.from_array(a, chunks=(1,) * (a.ndim - 2) + (64, 64))) for name, a in truth.items()}
+    )
     store = tmp_path_factory.mktemp("store") / "s.zarr"
     (digests,) = dask.compute(write_session(dataset, store, KEY, CHUNK), scheduler="synchronous")
     return store, truth, digests
