@@ -16,16 +16,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCANNED = ("pipeline", "tests", "benchmarks")
 
-_NUMBER = r"~?\d+(?:\.\d+)?(?:\s*(?:-|to)\s*~?\d+(?:\.\d+)?)?"
+_NUMBER = r"(?<![\w.])~?\d+(?:\.\d+)?(?:\s*(?:-|to)\s*~?\d+(?:\.\d+)?)?"
 _MORE_OR_LESS = r"(?:faster|slower|quicker|smaller|larger|bigger|wider|cheaper|costlier|more|less|fewer)\b"
-_WORK = r"(?:[kKMGT]i?B|[kMG]?(?:px|pixels?)|patches|reads|writes|frames|files|sessions|tasks|rows|tiles|chunks|calls)"
+_BYTES = r"[kKMGT]i?B\b"
+_WORK = rf"(?:{_BYTES}|[kMG]?(?:px|pixels?)|patches|reads|writes|frames|files|sessions|tasks|rows|tiles|chunks|calls)"
+# What a figure is compared with: a word of more or less, or another tool's time ("N.Nx one astropy read").
+_TOOLS = r"(?:astropy|astroscrappy|ccdproc|cfitsio|fitsio|numpy|zarr)"
+_AGAINST = rf"(?:{_MORE_OR_LESS}|the (?:time|cost)|as (?:fast|slow)|one\b|\w+'s\b|{_TOOLS})"
 FIGURE = re.compile(
     "|".join(
         [
-            rf"{_NUMBER}\s*(?:ns|µs|us|ms|s|secs?|seconds?|mins?|minutes?|hours?)\b",  # a duration
-            rf"{_NUMBER}\s*[kKMGT]i?B\b",  # an amount of memory or disk
-            r"\d(?:\.\d+)?x(?!\w)",  # a ratio: N.Nx
-            rf"{_NUMBER}\s*(?:x|×|times)\s+(?:{_MORE_OR_LESS}|the time|as fast)",  # N x faster, N times the time
+            # a duration (not a period: "sampled every N ms" is a setting)
+            rf"(?<!every )(?<!every ~){_NUMBER}\s*(?:ns|µs|us|ms|s|secs?|seconds?|mins?|minutes?|hours?)\b",
+            # memory or disk measured ("~N MB", "peaks below N GB", "N MB more"), not a size chosen ("N MiB blocks")
+            rf"(?:~|\b(?:about|around|under|below|up to|at most|peak\w*(?:\s+(?:of|at|below))?)\s+)\d+(?:\.\d+)?\s*{_BYTES}",
+            rf"{_NUMBER}\s*{_BYTES}\s+(?:more|less|each|of RAM|of memory|resident|peak|RSS|saved)\b",
+            # a ratio of times: "Nx faster", "N times the time", "N.Nx one astropy read", "(N.Nx)", "reach Nx"
+            rf"{_NUMBER}\s*[x×](?:\s+{_AGAINST}|\s*[(),.;:]|\s*$)",
+            rf"{_NUMBER}\s+times\s+{_AGAINST}",
             rf"{_NUMBER}\s*%\s*{_MORE_OR_LESS}",  # N% smaller
             rf"{_NUMBER}\s*{_WORK}\s*(?:/\s*s\b|per second)",  # a throughput: N patches/s, N MB per second
             r"speed-?ups?\s+(?:of\s+)?~?\d",
@@ -77,6 +85,10 @@ def test_no_performance_figures_in_comments_or_docstrings():
         "25 times faster than astroscrappy",
         "at least 2000 patches/s",
         "a speed-up of 3 over ccdproc",
+        "peaks below 1.5 GB, ~70 kB each",
+        "in 0.65x cfitsio's time",
+        "a cutout cannot reach 20x (it decodes whole rows)",
+        "float32 sorts 2x wider",
     ],
 )
 def test_the_scan_finds_figures_in_comments_and_docstrings(tmp_path, text):
@@ -93,6 +105,11 @@ def test_the_scan_finds_figures_in_comments_and_docstrings(tmp_path, text):
         "hot pixels of 0.3-30 e-/s, a dark of 10 electron/s",
         "3 sessions, 128 px frames, 16 strips, 0x1f",
         "see benchmarks/README.md, FITS reading",
+        "read in 1 MiB blocks; 256 objects of 64 KiB; 1 GiB per job; the cube is 2.5 GiB",
+        "sampled every 50 ms",
+        "two frames made 3x noisier, the exposure scaled up 50x so a frame has several",
+        "a 2 x 2 subsampled frame; 9 x 9 pixels.",
+        "5 times the sky rms; called 3 times, then 4 times",
     ],
 )
 def test_the_scan_lets_plain_numbers_through(text):
