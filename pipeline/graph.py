@@ -126,8 +126,8 @@ def build_session(session: Session, config: Config) -> SessionGraph:
 
 def load_kernels() -> None:
     """Load the compiled kernels the session tasks call, with the argument types they call them
-    with (from numba's on-disk cache; benchmarks/README.md, "Kernel loading"), ahead of the first task:
-    ``runner.run`` has every worker do it while the client builds the first graphs."""
+    with (numba's on-disk cache), ahead of the first task: ``runner.run`` has every worker do it
+    while the client builds the first graphs."""
     mask = np.zeros((2, 9, 9), MASK_DTYPE)
     sigma_clip_stack(np.zeros(mask.shape, np.float32), mask, None, ClipParams(), parallel=False)
     cosmic_rays(np.zeros((9, 9), np.float32), np.ones((9, 9), np.float32), mask[0], 1.0, CosmicParams())

@@ -45,7 +45,7 @@ class CosmicParams:
     def margin_px(self) -> int:
         """Rows of context a block needs each side so that its result equals the whole frame's.
 
-        Each iteration reaches about 8 px: Laplacian of the 2 x 2 subsampled frame (1 px), 5 x 5
+        Each iteration reaches about 8 px: Laplacian of the 2x subsampled frame (1 px), 5 x 5
         noise median (2 px), fine structure 3 x 3 then 7 x 7 medians (4 px), two 1-px growths,
         and the 5 x 5 cleaning read by the next iteration.
         """
