@@ -52,9 +52,8 @@ class CosmicParams:
         return self.niter * 8 + self.saturation_grow_px
 
 
-def cosmic_rays(
-    calib_adu: np.ndarray, variance_adu2: np.ndarray, mask: np.ndarray, gain_e_per_adu: float, params: CosmicParams
-) -> np.ndarray:
+def cosmic_rays(calib_adu: np.ndarray, variance_adu2: np.ndarray, mask: np.ndarray, gain_e_per_adu: float,
+                params: CosmicParams) -> np.ndarray:  # fmt: skip
     """Boolean map of cosmic-ray pixels in a calibrated block (ADU, its variance in ADU^2)."""
     mask = np.asarray(mask)
     if not params.enabled or mask.size == 0:
@@ -67,14 +66,6 @@ def cosmic_rays(
     pad = _EDGE_PAD_PX
     data = np.pad(np.where(valid, calib_adu, 0.0).astype(np.float32), pad, mode="reflect")
     var = np.pad(np.where(valid, variance_adu2, 1.0).astype(np.float32), pad, mode="reflect")
-    found = detect_cosmics(
-        data,
-        np.pad(excluded, pad, mode="reflect"),
-        var,
-        float(gain_e_per_adu),
-        params.sigclip,
-        params.sigfrac,
-        params.objlim,
-        params.niter,
-    )
+    found = detect_cosmics(data, np.pad(excluded, pad, mode="reflect"), var, float(gain_e_per_adu),
+                           params.sigclip, params.sigfrac, params.objlim, params.niter)  # fmt: skip
     return found[pad:-pad, pad:-pad] & ~excluded
