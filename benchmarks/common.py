@@ -19,8 +19,12 @@ MB = 2**20
 @contextlib.contextmanager
 def local_client(workers: int, memory_limit: str | None = None) -> Iterator[Client]:
     """A LocalCluster of ``workers`` single-threaded worker processes (as ``skyprep run`` starts)."""
-    with LocalCluster(n_workers=workers, threads_per_worker=1, memory_limit=memory_limit,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, memory_limit=memory_limit, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 

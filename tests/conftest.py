@@ -8,6 +8,7 @@ from distributed import Client
 from pipeline.synth import SynthSpec, write_archive
 
 SIZE, FRAMES = 256, 6
+SESSION_KEYS = ("mosaic_g/20240315_001_000", "muscat3_g/20240315_000_000", "muscat4_r/20240315_000_001")
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +17,7 @@ def archive(tmp_path_factory):
     root = tmp_path_factory.mktemp("archive")
     write_archive(root, SynthSpec(sessions=2, size=SIZE, frames=FRAMES, amps=1, seed=0))
     write_archive(root, SynthSpec(sessions=1, size=SIZE, frames=FRAMES, amps=4, seed=1))
+    assert sorted(p.relative_to(root).as_posix() for p in root.glob("*/*") if p.is_dir()) == list(SESSION_KEYS)
     return root
 
 

@@ -121,8 +121,18 @@ def _invalid_info(root):
     return "info.json"
 
 
-FAILURES = [_truncate, _corrupt_tiles, _not_fits, _remove("BIAS"), _remove("DARK"), _remove("SKYFLAT"),
-            _wrong_shape, _drop_keyword("GAIN"), _drop_keyword("EXPTIME"), _invalid_info]  # fmt: skip
+FAILURES = [
+    _truncate,
+    _corrupt_tiles,
+    _not_fits,
+    _remove("BIAS"),
+    _remove("DARK"),
+    _remove("SKYFLAT"),
+    _wrong_shape,
+    _drop_keyword("GAIN"),
+    _drop_keyword("EXPTIME"),
+    _invalid_info,
+]
 
 
 def _run(root, out, client):

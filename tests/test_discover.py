@@ -3,15 +3,13 @@ import pytest
 from pipeline.errors import InputError
 from pipeline.io.discover import SessionError, find_sessions, load_session
 
+from .conftest import SESSION_KEYS
+
 
 def test_finds_every_session_with_its_products(archive):
     sessions, problems = find_sessions(archive)
     assert problems == []
-    assert [s.key for s in sessions] == [
-        "mosaic_g/20240315_001_000",
-        "muscat3_g/20240315_000_000",
-        "muscat4_r/20240315_000_001",
-    ]
+    assert [s.key for s in sessions] == list(SESSION_KEYS)
     s = sessions[1]
     assert (s.instrument, s.band, s.obs_id) == ("muscat3", "g", "20240315_000_000")
     assert set(s.masters) == {"BIAS", "DARK", "SKYFLAT", "BPM"}

@@ -125,7 +125,9 @@ def test_layout_and_names(muscat, mosaic):
 
 def test_every_fits_file_opens_with_expected_hdus(muscat):
     session = muscat[0]
-    for path in session.rglob("*.fits.fz"):
+    paths = sorted(session.rglob("*.fits.fz"))
+    assert len(paths) == 4 + 5 + 3  # masters, data products, e91 frames
+    for path in paths:
         with fits.open(path) as hdul:
             assert hdul[0].data is None
             for hdu in hdul[1:]:

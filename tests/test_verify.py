@@ -35,8 +35,9 @@ def store(clean_store, tmp_path):
 
 
 def _verify_cli(store):
-    return subprocess.run([sys.executable, "-m", "pipeline", "verify", str(store)], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "verify", str(store)], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_clean_store_verifies(store):

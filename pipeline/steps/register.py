@@ -108,8 +108,9 @@ def measure_offsets(
     return [_offset(ref_spectrum, reference.shape, ref_centres, image, mask, params) for image, mask in images]
 
 
-def _offset(ref_spectrum: np.ndarray, shape: tuple[int, int], ref_centres: np.ndarray, image, image_mask,
-            params: RegisterParams) -> Offset:  # fmt: skip
+def _offset(
+    ref_spectrum: np.ndarray, shape: tuple[int, int], ref_centres: np.ndarray, image, image_mask, params: RegisterParams
+) -> Offset:
     image = np.asarray(image, dtype=np.float64)
     if image.shape != shape:
         raise ValueError(f"need two 2-D frames of one shape, got {shape}, {image.shape}")

@@ -238,7 +238,7 @@ class _Scratch(NamedTuple):
 
 @njit(**_JIT)
 def _scratch(data):
-    """Work arrays for the frames of ``data`` (``srt`` keeps exact copies: float32 sorts 2x wider)."""
+    """Work arrays for the frames of ``data`` (``srt`` keeps exact copies: float32 fills more SIMD lanes than float64)."""
     n, b = data.shape[0], _BLOCK
     return _Scratch(
         vals=np.empty((n, b), np.float64),

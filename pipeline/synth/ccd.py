@@ -21,7 +21,7 @@ LOW_FLAT = 0.2  # flat values below this are "low flat" (BANZAI)
 DARK_E_PER_S = 0.003  # typical dark current of a cooled CCD
 HOT_PIXEL_FRACTION = 1e-4
 HOT_COLUMN_E = 40_000.0  # charge a hot (stuck-high) column reads, whatever the light
-COSMIC_RAYS_PER_PX_S = 6e-7  # ~10 hits in 60 s on 512 x 512
+COSMIC_RAYS_PER_PX_S = 6e-7  # about 10 hits on 512 x 512 pixels in a minute
 PRNU = 0.01  # pixel-to-pixel flat variation, 1 sigma
 
 # How the master calibrations were notionally made; sets their ERR extensions.

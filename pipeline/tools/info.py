@@ -15,13 +15,17 @@ def describe(store: Path | str) -> str:
     if not sessions:
         return f"{store}: no sessions recorded"
     width = max(len(k) for k in sessions)
-    lines = [f"{store}: {len(sessions)} session(s)",
-             f"{'session':<{width}}  {'shape':>11}  {'frames':>6}  {'unregistered':>12}  {'split':>5}  complete"]  # fmt: skip
+    lines = [
+        f"{store}: {len(sessions)} session(s)",
+        f"{'session':<{width}}  {'shape':>11}  {'frames':>6}  {'unregistered':>12}  {'split':>5}  complete",
+    ]
     for key, record in sessions.items():
         shape = "x".join(str(v) for v in record.get("shape", []))
-        lines.append(f"{key:<{width}}  {shape:>11}  {record.get('n_frames', 0):>6}  "
-                     f"{record.get('registration_failures', 0):>12}  {record.get('split') or '-':>5}  "
-                     f"{'yes' if record.get('complete') else 'no'}")  # fmt: skip
+        lines.append(
+            f"{key:<{width}}  {shape:>11}  {record.get('n_frames', 0):>6}  "
+            f"{record.get('registration_failures', 0):>12}  {record.get('split') or '-':>5}  "
+            f"{'yes' if record.get('complete') else 'no'}"
+        )
     return "\n".join(lines + _reference_lines(sessions, width))
 
 
@@ -30,8 +34,11 @@ def _reference_lines(sessions: dict, width: int) -> list[str]:
     checked = {key: r["reference_check"] for key, r in sessions.items() if r.get("reference_check")}
     if not checked:
         return []
-    lines = ["", "agreement with the archive's products (ADU, median / robust spread 1.4826 MAD):",
-             f"{'session':<{width}}  {'os - ref_os':>19}  {'calib - ref_calib':>19}"]  # fmt: skip
+    lines = [
+        "",
+        "agreement with the archive's products (ADU, median / robust spread 1.4826 MAD):",
+        f"{'session':<{width}}  {'os - ref_os':>19}  {'calib - ref_calib':>19}",
+    ]
     for key, check in checked.items():
         cells = [_median_spread(check.get(product)) for product in ("os", "calib")]
         lines.append(f"{key:<{width}}  {cells[0]:>19}  {cells[1]:>19}")
