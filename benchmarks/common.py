@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import resource
 import subprocess
 import sys
 import threading
@@ -62,12 +63,14 @@ class PeakRSS:
 
 @dataclass(frozen=True)
 class Command:
-    """One finished command: wall seconds, exit status, output, and the peak resident memory of
-    its process tree (``peak_total_mb``: all its processes together; ``peak_process_mb``: the
-    largest one), sampled every 50 ms."""
+    """One finished command: wall seconds, CPU seconds of its process tree (user + system, the
+    processes it waited for included: less sensitive to a loaded machine than the wall time),
+    exit status, output, and the peak resident memory of its process tree (``peak_total_mb``:
+    all its processes together; ``peak_process_mb``: the largest one), sampled every 50 ms."""
 
     argv: tuple[str, ...]
     seconds: float
+    cpu_seconds: float
     returncode: int
     stdout: str
     stderr: str
@@ -79,6 +82,7 @@ def timed_command(argv: Sequence[str], cwd: Path | None = None, sample_s: float 
     """Run ``argv`` (``PYTHONPATH`` pointing at this checkout) and time it from spawn to exit."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     peaks = [0.0, 0.0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -98,7 +102,9 @@ def timed_command(argv: Sequence[str], cwd: Path | None = None, sample_s: float 
     stdout, stderr = proc.communicate()
     seconds = time.perf_counter() - t0
     sampler.join()
-    return Command(tuple(argv), seconds, proc.returncode, stdout, stderr, *peaks)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return Command(tuple(argv), seconds, cpu, proc.returncode, stdout, stderr, *peaks)
 
 
 def skyprep(*args: str) -> list[str]:
