@@ -83,7 +83,7 @@ def _export(args) -> int:
 
 
 def _split(args) -> int:
-    from .io.store import index, record_split
+    from .io.index import index, record_split
     from .tools import splits
 
     records = index(args.store)

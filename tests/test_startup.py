@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import zarr
 
-from pipeline.io.store import mark_complete
+from pipeline.io.index import mark_complete
+from pipeline.io.provenance import Provenance
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("numpy", "scipy", "dask", "distributed", "numba", "zarr", "xarray", "astropy", "pydantic", "sep")
@@ -46,7 +47,8 @@ def _small_store(tmp_path: Path) -> Path:
     group = zarr.open_group(str(store), path=key, mode="w", zarr_format=3)
     group.create_array("calib", shape=(64, 64), dtype="float32")
     group.create_array("e91", shape=(3, 64, 64), dtype="float32")
-    mark_complete(store, key, {"instrument": "muscat3", "band": "g", "obs_id": "20240315_000_000"}, {})
+    nothing = Provenance(registration=[], inputs=[], array_sha256={}, reference_check={}, config={})
+    mark_complete(store, key, {"instrument": "muscat3", "band": "g", "obs_id": "20240315_000_000"}, nothing)
     return store
 
 
