@@ -3,11 +3,6 @@
 One place for orchestration. Each session is built into its own subgraph on the client and
 submitted as one future; new sessions are submitted as earlier ones finish, so the scheduler
 never holds more than ``window`` sessions. A failing session is reported and the rest go on.
-
-Start-up is overlapped: a new local cluster's workers are started in the background and import
-the science and load its compiled kernels as they start (this module is their preload,
-:func:`dask_setup`), while the client imports the graph (``run`` imports it, and the Zarr
-writer: seconds of imports that this module itself does not pay) and builds the first graphs.
 """
 
 from __future__ import annotations
@@ -20,7 +15,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import dask
 import yaml
@@ -30,11 +24,11 @@ from distributed import Client, Future, LocalCluster, as_completed, fire_and_for
 from . import __version__
 from .config import Config
 from .errors import SkyprepError
+from .graph import build_session, load_kernels
 from .io.discover import Session, find_sessions
 from .io.index import complete_sessions, mark_complete
-
-if TYPE_CHECKING:
-    from .io.provenance import Provenance, SessionSummary
+from .io.provenance import Provenance, SessionSummary
+from .io.store import consolidate, write_session
 
 DASK_YAML = Path(__file__).with_name("dask.yaml")  # worker settings (allocator), as Dask defaults
 dask.config.update_defaults(yaml.safe_load(DASK_YAML.read_text()))
@@ -100,10 +94,7 @@ def make_client(
     scheduler: str | None = None, workers: int | None = None, scheduler_file: str | None = None
 ) -> Iterator[Client]:
     """A client of ``scheduler``, of the cluster a ``scheduler_file`` describes, or of Dask's configured
-    ``scheduler-address`` (``DASK_SCHEDULER_ADDRESS``); else of a new LocalCluster shut down on exit.
-
-    The LocalCluster's client is returned at once, its ``workers`` single-threaded worker
-    processes (default: cores, at most 4) join as they finish starting (see the module docstring)."""
+    ``scheduler-address`` (``DASK_SCHEDULER_ADDRESS``); else of a new LocalCluster shut down on exit."""
     if scheduler_file:
         with Client(scheduler_file=str(scheduler_file)) as client:
             yield client
@@ -113,24 +104,9 @@ def make_client(
         with Client(address) as client:
             yield client
         return
-    with LocalCluster(n_workers=0, threads_per_worker=1, dashboard_address=":0", preload=[__name__]) as cluster:
-        with Client(cluster) as client:  # connected before scaling: Client(cluster) waits for the spec'd workers
-            cluster.scale(workers or min(os.cpu_count() or 1, 4))  # returns at once
-            yield client
-
-
-def dask_setup(worker) -> None:
-    """Worker preload hook: import the science and load its compiled kernels before the worker
-    takes tasks (``make_client``'s workers; ``dask worker --preload pipeline.runner`` elsewhere)."""
-    from .graph import load_kernels
-
-    load_kernels()
-
-
-def _expected_workers(client: Client) -> int:
-    """Workers connected, or those a local cluster is still starting, whichever is more."""
-    spec = getattr(getattr(client, "cluster", None), "worker_spec", None) or {}
-    return max(len(client.scheduler_info().get("workers", {})), len(spec))
+    with LocalCluster(n_workers=workers or min(os.cpu_count() or 1, 4), threads_per_worker=1,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+        yield client
 
 
 def run(
@@ -143,8 +119,6 @@ def run(
     echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> RunReport:
     """Process every session under ``input_root`` into ``store``; sessions already complete are skipped."""
-    from .graph import load_kernels  # the science's imports, while a new cluster's workers start
-
     started = time.perf_counter()
     sessions, problems = find_sessions(input_root, pattern)
     report = RunReport(store=str(store), dashboard=client.dashboard_link or "")
@@ -159,7 +133,7 @@ def run(
     workers = list(client.scheduler_info().get("workers", {}))
     for worker in workers if todo else ():  # while the first graphs are built
         fire_and_forget(client.submit(load_kernels, workers=[worker], pure=False, priority=10))
-    window = window or 2 * max(1, _expected_workers(client))
+    window = window or 2 * max(1, len(workers))
     echo(f"{len(todo)} session(s) to process, {len(done & {s.key for s in sessions})} already complete, "
          f"{len(problems)} unusable; dashboard: {report.dashboard}")  # fmt: skip
     pending = list(reversed(todo))
@@ -198,8 +172,6 @@ def run(
              + (f": {result.reason}" if result.reason else ""))  # fmt: skip
         submit_next()
     if any(r.status == "ok" for r in report.results):
-        from .io.store import consolidate
-
         consolidate(store)
     report.seconds = time.perf_counter() - started
     report.results.sort(key=lambda r: r.key)
@@ -207,9 +179,6 @@ def run(
 
 
 def _submit(session: Session, store: Path | str, config: Config, client: Client) -> tuple[Future, dict]:
-    from .graph import build_session
-    from .io.store import write_session
-
     graph = build_session(session, config)
     write = write_session(graph.dataset, store, session.key, config.chunks.store_chunk_px)
     name = f"done-{session.key.replace('/', '-')}-{tokenize(write)[:8]}"

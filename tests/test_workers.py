@@ -1,7 +1,4 @@
-"""Worker processes: skyprep's allocator settings (pipeline/dask.yaml) and its kernels loaded ahead of the first task.
-
-``make_client`` returns before its workers have started (they start in the background), so the
-tests wait for them."""
+"""Worker processes: skyprep's allocator settings (pipeline/dask.yaml) and its kernels loaded ahead of the first task."""
 
 import os
 import subprocess
@@ -20,25 +17,10 @@ def _environment():
 def test_local_cluster_workers_get_the_allocator_settings():
     wanted = yaml.safe_load(DASK_YAML.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
     with make_client(workers=1) as client:
-        client.wait_for_workers(1)
         (found,) = client.run(_environment).values()
         assert client.submit(np.sum, np.ones(10)).result() == 10
     assert {k: found[k] for k in wanted} == {k: str(v) for k, v in wanted.items()}
     assert found["OMP_NUM_THREADS"] == "1"  # Dask's own defaults are kept
-
-
-def _kernels_loaded() -> list[bool]:
-    from pipeline.steps import lacosmic, stack
-
-    return [bool(k.signatures) for k in (stack._do_rows, lacosmic._snr, lacosmic._candidates)]
-
-
-def test_local_cluster_workers_start_with_the_kernels_loaded():
-    """The workers of ``make_client`` run ``runner.dask_setup`` (preload) before taking tasks."""
-    with make_client(workers=1) as client:
-        client.wait_for_workers(1)
-        (loaded,) = client.run(_kernels_loaded).values()
-    assert loaded == [True, True, True]
 
 
 def test_load_kernels_loads_what_the_session_tasks_call():
