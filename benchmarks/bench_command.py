@@ -13,6 +13,7 @@ into the work directory and reused. Each repeat measures, back to back:
 * job: ``skyprep run ARCHIVE --out STORE`` (``python -m pipeline``) as a subprocess into a fresh
   store, wall time from spawn to exit: imports, the LocalCluster's start, discovery, the job,
   the report;
+* processes: the same with ``--processes`` (worker processes instead of the default threads);
 * naive: ``benchmarks/naive_ccdproc.py`` (astropy + ccdproc, one session at a time) as a
   subprocess, wall time from spawn to exit.
 
@@ -86,6 +87,12 @@ def run_benchmark(workdir: Path, sessions: int = 3, size: int = 2048, frames: in
         job = timed_command(skyprep("run", str(archive), "--out", str(store), "--workers", str(workers)))
         if job.returncode != 0:
             raise RuntimeError(f"skyprep run failed ({job.returncode}):\n{job.stdout}\n{job.stderr}")
+        shutil.rmtree(store, ignore_errors=True)
+        procs = timed_command(
+            skyprep("run", str(archive), "--out", str(store), "--workers", str(workers), "--processes")
+        )
+        if procs.returncode != 0:
+            raise RuntimeError(f"skyprep run --processes failed ({procs.returncode}):\n{procs.stderr}")
         shutil.rmtree(naive_out, ignore_errors=True)
         naive = timed_command([sys.executable, str(NAIVE_SCRIPT), str(archive), str(naive_out)])
         if naive.returncode != 0:
@@ -95,13 +102,17 @@ def run_benchmark(workdir: Path, sessions: int = 3, size: int = 2048, frames: in
         runs.append({"floor_seconds": floor, "floor_seconds_before_after": [before, after],
                      "job_seconds": job.seconds, "naive_seconds": naive.seconds,
                      "job_cpu_seconds": job.cpu_seconds, "naive_cpu_seconds": naive.cpu_seconds,
+                     "processes_seconds": procs.seconds, "processes_cpu_seconds": procs.cpu_seconds,
+                     "processes_peak_mb": procs.peak_total_mb,
                      "job_peak_mb": job.peak_total_mb, "job_peak_process_mb": job.peak_process_mb,
                      "naive_peak_mb": naive.peak_total_mb, "load_avg_1min_at_start": load})  # fmt: skip
         log(f"repeat {k + 1}: job {job.seconds:.2f} s, floor {floor:.2f} s (before {before:.2f}, after "
-            f"{after:.2f}), naive ccdproc {naive.seconds:.2f} s: job/floor {job.seconds / floor:.2f}, "
+            f"{after:.2f}), naive ccdproc {naive.seconds:.2f} s, --processes {procs.seconds:.2f} s: "
+            f"job/floor {job.seconds / floor:.2f}, --processes/floor {procs.seconds / floor:.2f}, "
             f"naive/job {naive.seconds / job.seconds:.2f} (load {load:.1f})")  # fmt: skip
     ratios = [r["job_seconds"] / r["floor_seconds"] for r in runs]
     speedups = [r["naive_seconds"] / r["job_seconds"] for r in runs]
+    processes = [r["processes_seconds"] / r["floor_seconds"] for r in runs]
     return {
         "benchmark": "command",
         "sessions": sessions,
@@ -114,6 +125,11 @@ def run_benchmark(workdir: Path, sessions: int = 3, size: int = 2048, frames: in
         "speedups": speedups,
         "ratio": statistics.median(ratios),
         "speedup": statistics.median(speedups),
+        "processes_ratios": processes,
+        "processes_ratio": statistics.median(processes),
+        "processes_seconds": statistics.median(r["processes_seconds"] for r in runs),
+        "processes_cpu_seconds": statistics.median(r["processes_cpu_seconds"] for r in runs),
+        "processes_peak_mb": max(r["processes_peak_mb"] for r in runs),
         "job_seconds": statistics.median(r["job_seconds"] for r in runs),
         "floor_seconds": statistics.median(r["floor_seconds"] for r in runs),
         "naive_seconds": statistics.median(r["naive_seconds"] for r in runs),
@@ -137,7 +153,11 @@ def format_table(r: dict) -> str:
         f"{', '.join(f'{x:.2f}' for x in r['ratios'])})",
         f"  naive / job {r['speedup']:.2f} (target >= {r['target_speedup']}; repeats "
         f"{', '.join(f'{x:.2f}' for x in r['speedups'])})",
-        f"  peak RSS of the process tree: skyprep {r['job_peak_mb']:.0f} MB, naive {r['naive_peak_mb']:.0f} MB",
+        f"  --processes (worker processes instead of threads): {r['processes_seconds']:.1f} s, "
+        f"{r['processes_cpu_seconds']:.1f} CPU s, / floor {r['processes_ratio']:.2f} (repeats "
+        f"{', '.join(f'{x:.2f}' for x in r['processes_ratios'])})",
+        f"  peak RSS of the process tree: skyprep {r['job_peak_mb']:.0f} MB (--processes {r['processes_peak_mb']:.0f}), "
+        f"naive {r['naive_peak_mb']:.0f} MB",
     ])  # fmt: skip
 
 

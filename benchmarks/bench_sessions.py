@@ -2,14 +2,13 @@
 
     python -m benchmarks.bench_sessions [--counts 1,3,10,50 --size 256 --frames 6] [--tiny 1000] [--json PATH]
 
-Per-session cost: ``skyprep run`` (``python -m pipeline``, a subprocess, a LocalCluster of one
-single-threaded worker process per core) over archives of 1, 3, 10 and 50 small synthetic
+Per-session cost: ``skyprep run`` (``python -m pipeline``, a subprocess, its default local cluster) over archives of 1, 3, 10 and 50 small synthetic
 sessions (``SynthSpec(sessions=n, size, frames)``), into a fresh store: the command's wall time,
 the run's own time (from its report: discovery to the last session indexed) and both divided by
 the number of sessions. Flat means the per-session run time does not grow with ``n``.
 
 Client side: ``pipeline.runner.run`` in this process over ``--tiny`` tiny sessions (64 x 64 px,
-3 e91 frames) on the same kind of cluster, with the client's work per session timed: building
+3 e91 frames) on the command's default cluster (``runner.make_client()``), with the client's work per session timed: building
 its graph, writing its store template and submitting it (``runner._submit``), and the whole run.
 """
 
@@ -23,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.common import local_client, machine, skyprep, timed_command
+from benchmarks.common import machine, skyprep, timed_command
 from pipeline import runner
 from pipeline.config import Config
 from pipeline.synth import SynthSpec, write_archive
@@ -80,7 +79,7 @@ def client_side(workdir: Path, sessions: int, log=print) -> dict:
 
     runner._submit = timed_submit
     try:
-        with local_client(len(os.sched_getaffinity(0))) as client:
+        with runner.make_client() as client:
             t0 = time.perf_counter()
             report = runner.run(root, store, Config(), client, echo=lambda line: None)
             wall = time.perf_counter() - t0
