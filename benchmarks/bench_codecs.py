@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from pipeline.io.store import index
+from pipeline.io.index import index
 
 CODECS = {
     "zstd (zarr default, level 3)": [ZstdCodec(level=0)],

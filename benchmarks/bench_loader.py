@@ -98,8 +98,9 @@ def loader_rows(frames: np.ndarray, root: Path, n: int) -> list[dict]:
     from astropy.io import fits
 
     from pipeline.config import ChunkParams
+    from pipeline.io.index import index, mark_complete
     from pipeline.io.provenance import Provenance
-    from pipeline.io.store import index, mark_complete, write_session
+    from pipeline.io.store import write_session
     from pipeline.tools.loader import LoaderParams, PatchDataset
 
     store = root / "loader.zarr"

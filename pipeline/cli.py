@@ -34,7 +34,8 @@ def _run(args) -> int:
     if not Path(args.input_root).is_dir():
         raise UsageError(f"input archive {args.input_root} is not a directory")
     try:
-        with store_lock(args.out), make_client(args.scheduler, args.workers, args.scheduler_file) as client:
+        with store_lock(args.out), make_client(args.scheduler, args.workers, args.scheduler_file,
+                                               args.processes) as client:  # fmt: skip
             report = run(args.input_root, args.out, config, client, pattern=args.sessions)
     except StoreError as err:
         print(f"skyprep run: {err}", file=sys.stderr)
@@ -83,7 +84,7 @@ def _export(args) -> int:
 
 
 def _split(args) -> int:
-    from .io.store import index, record_split
+    from .io.index import index, record_split
     from .tools import splits
 
     records = index(args.store)
@@ -155,7 +156,9 @@ def parser() -> argparse.ArgumentParser:
     where = r.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
     where.add_argument("--scheduler-file", type=Path, help="scheduler file of a running Dask cluster (JSON)")
-    where.add_argument("--workers", type=int, help="workers of the local cluster (default: cores, at most 4)")
+    where.add_argument("--workers", type=int, help="threads of the local cluster (default: cores, at most 4)")
+    r.add_argument("--processes", action="store_true",
+                   help="run the local cluster's workers as separate single-threaded processes instead of threads")  # fmt: skip
     r.add_argument("--config", type=Path, help="YAML configuration (see `skyprep config`)")
     r.add_argument("--sessions", help="glob on '<instrument>_<band>/<obs_id>' selecting sessions")
     r.set_defaults(func=_run)

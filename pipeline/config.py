@@ -1,7 +1,9 @@
 """The job's configuration: one typed, immutable object, loadable from YAML.
 
-Each section is the parameter class of the module that uses it, so a default is documented
-once, next to the code it steers. Unknown keys and wrong types are errors.
+Each section is the parameter class of the step that uses it (``pipeline/steps/params.py``), so
+a default is documented once. Unknown keys and wrong types are errors. Import-light: the command
+line loads this module before it knows whether any science will run (pydantic and YAML are
+imported when a file is read or written).
 """
 
 from __future__ import annotations
@@ -11,16 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import pydantic
-import yaml
-
 from .errors import SkyprepError
-from .steps.calibrate import CalibParams
-from .steps.cosmics import CosmicParams
-from .steps.overscan import OverscanParams
-from .steps.register import RegisterParams
-from .steps.sources import SourceParams
-from .steps.stack import ClipParams
+from .steps.params import CalibParams, ClipParams, CosmicParams, OverscanParams, RegisterParams, SourceParams
 
 
 @dataclass(frozen=True)
@@ -82,6 +76,9 @@ def load_config(path: Path | str | None) -> Config:
     """Defaults, updated by the YAML file at ``path`` when given."""
     if path is None:
         return Config()
+    import pydantic
+    import yaml
+
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -111,4 +108,6 @@ def _unknown_keys(cls, raw, prefix: str = "") -> list[str]:
 
 def dump_config(config: Config) -> str:
     """The configuration as YAML."""
+    import yaml
+
     return yaml.safe_dump(config.to_dict(), sort_keys=False)

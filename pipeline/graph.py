@@ -179,11 +179,14 @@ def _e91_stack(session: Session, calib: da.Array, calib_mask: da.Array, raw: Lay
     frames = [e91_frame(path, raw.shape, config.stack.weighted, raw.profile, raw.attrs.gain) for path in session.e91]
     headers = [(Path(f.sci.path).name, f.sci.header) for f in frames]
     offsets, note = wcs_offsets(raw.raw[0].header, headers, raw.shape, config.register.method, config.register.params)
+    # one node holding the frames' handles (headers included): passing the list itself to every
+    # task would make Dask traverse and hash it once per task on the client
+    handles = dask.delayed(frames, name=f"e91-frames-{base}", traverse=False)
     if offsets is None:
-        offsets = dask.delayed(_measure, pure=True)(_row_blocks(calib, cy), _row_blocks(calib_mask, cy), frames, cy, cx,
+        offsets = dask.delayed(_measure, pure=True)(_row_blocks(calib, cy), _row_blocks(calib_mask, cy), handles, cy, cx,
                                                     config.register.params, note, dask_key_name=f"register-{base}")  # fmt: skip
     bounds, subpixel = strip_bounds(ny, config.chunks.strip_rows), config.register.subpixel
-    packed = [dask.delayed(stack_strip, pure=True)(frames, offsets, y0, y1, subpixel, config.stack, read_rows,
+    packed = [dask.delayed(stack_strip, pure=True)(handles, offsets, y0, y1, subpixel, config.stack, read_rows,
                                                    dask_key_name=f"stack-{y0}-{base}")
               for y0, y1 in bounds]  # fmt: skip
 

@@ -16,7 +16,7 @@ from astropy.io import fits
 
 from pipeline.config import Config
 from pipeline.io.contract import Presence, named
-from pipeline.io.store import complete_sessions
+from pipeline.io.index import complete_sessions
 from pipeline.runner import report_path, run
 from pipeline.steps.masks import Flag
 from pipeline.synth import SynthSpec, write_archive

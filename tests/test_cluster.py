@@ -24,8 +24,8 @@ import zarr
 from distributed import Client
 
 from pipeline.config import Config
+from pipeline.io.index import complete_sessions, index
 from pipeline.io.lock import lock_path
-from pipeline.io.store import complete_sessions, index
 from pipeline.runner import run
 from pipeline.synth import SynthSpec, write_archive
 from pipeline.tools.verify import check_session

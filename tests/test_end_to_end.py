@@ -10,7 +10,7 @@ import xarray as xr
 
 from pipeline.config import Config
 from pipeline.io.contract import VARIABLES
-from pipeline.io.store import complete_sessions, index
+from pipeline.io.index import complete_sessions, index
 from pipeline.runner import run
 from pipeline.steps.masks import Flag
 

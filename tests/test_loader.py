@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from pipeline.io.index import index, mark_complete, record_split, splits
 from pipeline.io.provenance import Provenance
-from pipeline.io.store import index, mark_complete, record_split, splits, write_session
+from pipeline.io.store import write_session
 from pipeline.steps.masks import Flag
 from pipeline.tools.loader import LoaderParams, PatchDataset, tile_origins
 from pipeline.tools.splits import assign, from_json, to_json

@@ -9,7 +9,7 @@ import zarr
 from distributed import Client
 
 from pipeline.config import Config
-from pipeline.io.store import index
+from pipeline.io.index import index
 from pipeline.runner import run
 from pipeline.synth import SynthSpec, write_archive
 from pipeline.tools.verify import array_sha256, verify

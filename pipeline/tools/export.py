@@ -19,7 +19,7 @@ from astropy.io import fits
 from .. import __version__
 from ..io.contract import VARIABLES, FitsExtension
 from ..io.fits_headers import STRUCTURAL_KEYWORDS
-from ..io.store import index
+from ..io.index import index
 from ..steps.masks import Flag
 
 # Keywords of the raw readout that do not describe the exported (trimmed, calibrated) images.

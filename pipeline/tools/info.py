@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io.store import index
+from ..io.index import index
 
 
 def describe(store: Path | str) -> str:

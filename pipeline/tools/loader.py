@@ -32,7 +32,7 @@ import numpy as np
 import zarr
 
 from ..io.contract import Presence, named
-from ..io.store import index, splits
+from ..io.index import index, splits
 from ..steps.masks import Flag
 
 _VARIABLE = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)(\[(?P<frame>\d+)\])?$")

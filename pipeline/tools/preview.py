@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ..io.store import complete_sessions
+from ..io.index import complete_sessions
 
 PANELS = ("os", "calib", "mean", "mask")
 PANEL_IN = 4.0  # width of one panel, inches

@@ -13,7 +13,8 @@ import numpy as np
 import zarr
 
 from ..io.contract import CONTRACT, Presence, named
-from ..io.store import array_files_sha256, index
+from ..io.index import index
+from ..io.store import array_files_sha256
 
 
 def array_sha256(store: Path | str, key: str) -> dict[str, str]:
