@@ -1,12 +1,14 @@
 """The job's configuration: one typed, immutable object, loadable from YAML.
 
 Each section is the parameter class of the module that uses it, so a default is documented
-once, next to the code it steers. Unknown keys and wrong types are errors.
+once, next to the code it steers. Unknown keys and wrong types are errors: the YAML is validated
+strictly (``yes`` or ``1`` is not a boolean, ``64.0`` not an integer).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,6 +38,13 @@ class ChunkParams:
 
     strip_rows: int = 512
     store_chunk_px: int = 512
+
+    def __post_init__(self) -> None:
+        if self.store_chunk_px < 1 or self.strip_rows < 1 or self.strip_rows % self.store_chunk_px:
+            raise ValueError(
+                f"chunks.strip_rows ({self.strip_rows}) must be a positive multiple of chunks.store_chunk_px "
+                f"({self.store_chunk_px}, itself positive)"
+            )
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,11 @@ def load_config(path: Path | str | None) -> Config:
     if unknown:
         raise ConfigError(f"{path}: unknown configuration key(s): {', '.join(unknown)}")
     try:
-        return pydantic.TypeAdapter(Config).validate_python(raw)
+        text = json.dumps(raw)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: values must be plain YAML scalars, lists and mappings ({err})") from None
+    try:
+        return pydantic.TypeAdapter(Config).validate_json(text, strict=True)
     except pydantic.ValidationError as err:
         raise ConfigError(f"{path}: invalid configuration\n{err}") from None
 
