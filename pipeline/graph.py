@@ -296,14 +296,18 @@ def _terms_strip(
 
 
 def _with_cosmic_rays(products: dict, meta: dict, params: CosmicParams, base: str) -> da.Array:
-    """The calibration mask with COSMIC_RAY set, strip by strip with ``params.margin_px()`` rows of overlap."""
+    """The calibration mask with COSMIC_RAY set, strip by strip with ``params.margin_px()`` rows of overlap.
+
+    ``map_overlap`` merges a last strip shorter than the margin into its neighbour; the result is
+    cut back to the frame's strips, which the store's chunks require."""
     margin = min(params.margin_px(), products["calib"].shape[0] - 1)
-    return da.map_overlap(
+    flagged = da.map_overlap(
         _flag_cosmic_rays, products["calib"], products["variance"], products["mask"],
         depth={0: margin, 1: 0}, boundary="none", align_arrays=False, trim=True, dtype=MASK_DTYPE,
         meta=np.empty((0, 0), MASK_DTYPE), name=f"cosmics-{base}",
         gain_e_per_adu=meta["gain"], params=params,
     )  # fmt: skip
+    return flagged.rechunk(products["mask"].chunks)
 
 
 def _flag_cosmic_rays(calib, variance, mask, *, gain_e_per_adu, params):
