@@ -29,8 +29,8 @@ from .steps.stack import ClipParams
 class ChunkParams:
     """How frames are cut into work and storage.
 
-    ``strip_rows``: rows per Dask task when reading and processing a frame (rounded to whole
-    compression tiles). ``store_chunk_px``: edge of the square Zarr chunks of every image
+    ``strip_rows``: rows per Dask task when reading and processing a frame (every image of a
+    session is cut at the same rows). ``store_chunk_px``: edge of the square Zarr chunks of every image
     variable (one frame deep for cubes); ``strip_rows`` must be a multiple of it. 512 px chunks
     read whole frames faster than 256 px ones, random patches as fast (docs/store-layout.md),
     and are written 2-3x faster (fewer chunks: zarr-python's cost per chunk dominates).

@@ -138,7 +138,8 @@ def _layout(session: Session, config: Config):
     base = f"{_name(session)}-{tokenize(session, config)[:8]}"
     amps_refs = list_images(session.raw)
     profile = select_profile(amps_refs[0].header, session.instrument, config.instrument)
-    amps = [Amplifier.from_header(ref, profile) for ref in amps_refs]
+    primary = primary_header(session.raw)
+    amps = [Amplifier.from_header(ref, profile, primary) for ref in amps_refs]
     meta = _metadata(session, amps, profile)
     box_y, box_x = detector_shape(amps)
     return base, amps_refs, profile, amps, meta, (box_y.stop - box_y.start, box_x.stop - box_x.start)
@@ -149,24 +150,27 @@ def _metadata(session: Session, amps: list[Amplifier], profile) -> dict:
     logical element found, ``{value, units, keyword}``; ``Detector.Amp[n].*`` per amplifier) and
     the raw headers (primary, and each amplifier's effective header) as text."""
     header, source = amps[0].ref.header, amps[0].ref.label
+    primary = primary_header(session.raw)
 
     def get(element, default=None):
         try:
-            return lookup(header, element, profile, source)
+            return lookup(header, element, profile, source, primary)
         except KeyError:
             if default is None:
                 raise
             return default
 
-    primary = primary_header(session.raw)
     try:
         nominal = resolve(primary, "Detector.gain", profile, f"{session.raw}[0]")
     except MissingKeyword:  # one-amplifier files: the nominal gain sits in the image's header
         nominal = resolve(header, "Detector.gain", profile, source)
     gain = nominal.value
-    logical = {**records(header, session_elements(), profile, source), "Detector.gain": nominal.record()}
+    logical = {
+        **records(header, session_elements(), profile, source, primary=primary),
+        "Detector.gain": nominal.record(),
+    }
     for n, amp in enumerate(amps, start=1):
-        logical.update(records(amp.ref.header, amp_elements(), profile, amp.ref.label, amp=n))
+        logical.update(records(amp.ref.header, amp_elements(), profile, amp.ref.label, amp=n, primary=primary))
     return {
         "metadata": logical,
         "header_primary": primary.tostring(sep="\n", endcard=False, padding=False),

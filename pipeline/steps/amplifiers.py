@@ -31,12 +31,13 @@ class Amplifier:
     detsec_rebuilt: bool = False  # DETSEC absent: rebuilt from DATASEC and CCDSUM
 
     @classmethod
-    def from_header(cls, ref: ImageRef, profile: Profile) -> Amplifier:
-        """Read an amplifier through the keyword dictionary (``DETSEC`` rebuilt when absent)."""
+    def from_header(cls, ref: ImageRef, profile: Profile, primary=None) -> Amplifier:
+        """Read an amplifier through the keyword dictionary (``DETSEC`` rebuilt when absent;
+        ``primary`` stands in for keywords of an extension without ``INHERIT``)."""
         header, source = ref.header, ref.label
 
         def get(element):
-            return lookup(header, element, profile, source)
+            return lookup(header, element, profile, source, primary)
 
         datasec = get("Detector.Amp.datasec")
         ccdsum = get("Detector.ccdsum")
