@@ -21,6 +21,7 @@ from .steps.calibrate import CalibParams
 from .steps.cosmics import CosmicParams
 from .steps.overscan import OverscanParams
 from .steps.register import RegisterParams
+from .steps.sanity import SanityParams
 from .steps.sources import SourceParams
 from .steps.stack import ClipParams
 
@@ -70,6 +71,7 @@ class Config:
 
     overscan: OverscanParams = OverscanParams()
     calibration: CalibParams = CalibParams()
+    sanity: SanityParams = SanityParams()
     cosmics: CosmicParams = CosmicParams()
     register: RegisterConfig = RegisterConfig()
     stack: ClipParams = ClipParams()
