@@ -74,11 +74,11 @@ def _preview(args) -> int:
 
 
 def _export(args) -> int:
-    from .tools.export import export_session
+    from .tools.export import UnknownSession, export_session
 
     try:
         print(f"wrote {export_session(args.store, args.session, args.out)}")
-    except ValueError as err:
+    except UnknownSession as err:
         raise UsageError(str(err)) from None
     return 0
 
@@ -216,3 +216,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError, FileNotFoundError) as err:
         print(f"skyprep {args.command}: {err}", file=sys.stderr)
         return 2
+    except SkyprepError as err:
+        print(f"skyprep {args.command}: {err}", file=sys.stderr)
+        return 1

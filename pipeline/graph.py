@@ -35,6 +35,7 @@ from .steps.masks import MASK_DTYPE, Flag
 from .steps.overscan import OverscanParams
 from .steps.reference import robust_difference
 from .steps.register import Offset, RegisterParams
+from .steps.sanity import header_problems, master_warnings, triage
 from .steps.sources import SourceParams, source_mask
 from .steps.stack import ClipParams, sigma_clip_stack
 
@@ -59,6 +60,8 @@ def build_session(session: Session, config: Config) -> SessionGraph:
     """Build the lazy graph of ``session``; raise a ``SkyprepError`` (naming the file) on bad input."""
     base, raw = key_base(session, config), layout(session, config.instrument)
     strip, attrs = config.chunks.strip_rows, raw.attrs
+    gains = [(str(session.raw), attrs.gain)] + [(a.ref.label, a.gain_e_per_adu) for a in raw.amps]
+    header_warnings = triage(header_problems(str(session.raw), gains, attrs.exptime, attrs.darktime), config.sanity)
     os_adu, raw_flags = _reduced_raw(raw, strip, config.overscan, base)
     lazy_masters = masters(session, raw.shape, strip, base, raw.profile, attrs.gain)
     products = split(
@@ -91,6 +94,16 @@ def build_session(session: Session, config: Config) -> SessionGraph:
             dask_key_name=f"ref-diff-{product}-{base}")
         for product in ("os", "calib") if f"ref_{product}" in variables
     }  # fmt: skip
+    sanity_warnings = dask.delayed(_master_sanity, pure=True)(
+        header_warnings,
+        _row_blocks(lazy_masters.flat, every_row),
+        _row_blocks(lazy_masters.dark_e_per_s, every_row),
+        str(session.masters["SKYFLAT"]),
+        str(session.masters["DARK"]),
+        config.calibration.low_flat,
+        config.sanity,
+        dask_key_name=f"sanity-{base}",
+    )
     inputs = dask.delayed(input_files, pure=True)(
         [str(p) for p in session.inputs], dask_key_name=f"sha256-inputs-{base}"
     )
@@ -99,7 +112,12 @@ def build_session(session: Session, config: Config) -> SessionGraph:
         coords={"y": np.arange(raw.shape[0]), "x": np.arange(raw.shape[1])},
         attrs=attrs.to_dict(),
     )
-    return SessionGraph(session, dataset, dask.delayed(SessionSummary, pure=True)(offsets, inputs, reference_check))
+    summary = dask.delayed(SessionSummary, pure=True)(offsets, inputs, reference_check, sanity_warnings)
+    return SessionGraph(session, dataset, summary)
+
+
+def _master_sanity(header_warnings: list[str], flat: RowBlocks, dark: RowBlocks, *args: object) -> list[str]:
+    return master_warnings(header_warnings, _rows(flat), _rows(dark), *args)
 
 
 def load_kernels() -> None:
@@ -155,13 +173,17 @@ def _calibrate_strip(os_adu: np.ndarray, raw_flags: np.ndarray, *masters: np.nda
 
 def _with_cosmic_rays(products: dict[str, da.Array], gain_e_per_adu: float, params: CosmicParams,
                       base: str) -> da.Array:  # fmt: skip
-    """The calibration mask with COSMIC_RAY set, strip by strip with ``params.margin_px()`` rows of overlap."""
+    """The calibration mask with COSMIC_RAY set, strip by strip with ``params.margin_px()`` rows of overlap.
+
+    ``map_overlap`` merges a last strip shorter than the margin into its neighbour; the result is
+    cut back to the frame's strips, which the store's chunks require."""
     margin = min(params.margin_px(), products["calib"].shape[0] - 1)
-    return da.map_overlap(
+    flagged = da.map_overlap(
         _flag_cosmic_rays, products["calib"], products["variance"], products["mask"],
         depth={0: margin, 1: 0}, boundary="none", align_arrays=False, trim=True, dtype=MASK_DTYPE,
         meta=np.empty((0, 0), MASK_DTYPE), name=f"cosmics-{base}", gain_e_per_adu=gain_e_per_adu, params=params,
     )  # fmt: skip
+    return flagged.rechunk(products["mask"].chunks)
 
 
 def _flag_cosmic_rays(calib: np.ndarray, variance: np.ndarray, mask: np.ndarray, *, gain_e_per_adu: float,

@@ -26,9 +26,9 @@ from .config import Config
 from .errors import SkyprepError
 from .graph import build_session, load_kernels
 from .io.discover import Session, find_sessions
-from .io.index import complete_sessions, mark_complete
+from .io.index import complete_sessions, consolidate, mark_complete
 from .io.provenance import Provenance, SessionSummary
-from .io.store import consolidate, write_session
+from .io.store import write_session
 
 DASK_YAML = Path(__file__).with_name("dask.yaml")  # worker settings (allocator), as Dask defaults
 dask.config.update_defaults(yaml.safe_load(DASK_YAML.read_text()))

@@ -253,3 +253,13 @@ def test_preview_writes_a_png_of_the_expected_size(store, tmp_path):
     assert (width, height) == figure_size_px(4) == (1600, 440)
     missing = subprocess.run([*cmd[:4], str(path), "muscat3_g/nope", "-o", str(out)], capture_output=True, text=True)
     assert missing.returncode == 2 and "muscat3_g/nope" in missing.stderr
+
+
+def test_preview_of_a_session_without_a_finite_pixel_draws_it_blank(tmp_path):
+    from pipeline.tools.preview import preview
+
+    path = tmp_path / "nan.zarr"
+    nan = np.full((64, 64), np.nan, np.float32)
+    _write(path, "muscat3_g/nan1", {"os": nan, "calib": nan, "mask": np.zeros((64, 64), np.uint16)})
+    out = preview(path, "muscat3_g/nan1", tmp_path / "nan.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,20 @@ def _is_fits(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(FITS_SUFFIXES)
 
 
+def _files(folder: Path, pattern: str = "*") -> list[Path]:
+    """FITS files in ``folder`` whose names match ``pattern``, sorted (none when it does not exist);
+    raise :class:`SessionError` when it exists but cannot be listed (a silent empty listing
+    would make a session without its frames look complete)."""
+    try:
+        with os.scandir(folder) as entries:
+            names = [entry.name for entry in entries]
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        raise SessionError(folder, f"cannot list the folder ({err.strerror or err})") from None
+    return sorted(folder / name for name in names if fnmatch.fnmatchcase(name, pattern) and _is_fits(folder / name))
+
+
 def _one(paths: list[Path], what: str, directory: Path) -> Path | None:
     if len(paths) > 1:
         raise SessionError(directory, f"{len(paths)} candidates for {what}: {', '.join(p.name for p in paths)}")
@@ -63,21 +78,19 @@ def load_session(directory: Path) -> Session:
     instrument, band = group.rsplit("_", 1)
     obs_id = directory.name
     data = directory / "data"
-    raw = _one(sorted(p for p in data.glob(f"{obs_id}_raw.*") if _is_fits(p)), "the raw frame", directory)
+    raw = _one(_files(data, f"{obs_id}_raw.*"), "the raw frame", directory)
     if raw is None:
         raise SessionError(directory, f"no raw frame (expected data/{obs_id}_raw.fits.fz)")
     masters = {}
     for kind in MASTERS:
-        found = _one(
-            sorted(p for p in (directory / "calib").glob(f"{kind}_*") if _is_fits(p)), f"the {kind} master", directory
-        )
+        found = _one(_files(directory / "calib", f"{kind}_*"), f"the {kind} master", directory)
         if found is not None:
             masters[kind] = found
         elif kind in REQUIRED_MASTERS:
             raise SessionError(directory, f"missing calibration: no calib/{kind}_*.fits.fz")
     references = {}
     for product in REFERENCE_PRODUCTS:
-        found = _one(sorted(p for p in data.glob(f"{obs_id}_{product}.*") if _is_fits(p)), f"data/{product}", directory)
+        found = _one(_files(data, f"{obs_id}_{product}.*"), f"data/{product}", directory)
         if found is not None:
             references[product] = found
     metadata = {}
@@ -88,8 +101,10 @@ def load_session(directory: Path) -> Session:
                 json.loads(path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise SessionError(path, f"invalid JSON ({err})") from None
+            except OSError as err:
+                raise SessionError(path, f"cannot read ({err.strerror or err})") from None
             metadata[name] = path
-    e91 = tuple(sorted(p for p in (directory / "e91").glob("*") if _is_fits(p)))
+    e91 = tuple(_files(directory / "e91"))
     return Session(directory, instrument, band, obs_id, raw, masters, e91, references, metadata)
 
 

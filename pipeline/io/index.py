@@ -2,11 +2,15 @@
 
 The index lives in the root group's attributes (``INDEX_KEY``); only the client writes it, and a
 session is recorded complete only after all its arrays are written (:mod:`pipeline.io.store`).
+Every write puts the index and the consolidated metadata of exactly its complete sessions into
+the root's ``zarr.json`` together, atomically: readers never see one disagree with the other.
 Needs zarr alone (no xarray or Dask), so ``skyprep info`` and ``skyprep split`` start quickly.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +19,7 @@ import numpy as np
 import zarr
 
 from .contract import STORE_VERSION
+from .lock import StoreError
 
 if TYPE_CHECKING:
     from .provenance import Provenance
@@ -22,40 +27,166 @@ if TYPE_CHECKING:
 INDEX_KEY = "skyprep"
 
 
-def _root(store: Path | str, mode: str = "a") -> zarr.Group:
-    return zarr.open_group(str(store), mode=mode, zarr_format=3)
+class StoreIndexError(StoreError):
+    """A store skyprep cannot use: not a Zarr v3 store, another tool's, a malformed index or another version."""
+
+
+_NO_MEMBERS = {"kind": "inline", "must_understand": False, "metadata": {}}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise StoreIndexError(f"{path}: unreadable metadata ({err})") from None
+    if not isinstance(value, dict):
+        raise StoreIndexError(f"{path}: metadata is not a JSON object")
+    return value
+
+
+def _root_document(store: Path | str) -> dict | None:
+    """The root ``zarr.json``; ``None`` for a missing store or an empty directory."""
+    store = Path(store)
+    if not store.exists():
+        return None
+    if not store.is_dir():
+        raise StoreIndexError(f"{store}: not a directory, so not a Zarr store")
+    path = store / "zarr.json"
+    if not path.is_file():
+        if any(not p.name.startswith(".skyprep-") for p in store.iterdir()):
+            raise StoreIndexError(f"{store}: not a Zarr v3 store (no zarr.json) and not empty; choose another store")
+        return None
+    document = _read_json(path)
+    if document.get("zarr_format") != 3 or document.get("node_type") != "group":
+        raise StoreIndexError(f"{path}: not the root group of a Zarr v3 store")
+    return document
+
+
+def _index_problem(meta) -> str:
+    """What makes ``meta`` not an index (empty when it is one)."""
+    if not isinstance(meta, dict):
+        return "not a mapping"
+    version = meta.get("store_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        return f"store_version {version!r} is not an integer"
+    if not isinstance(meta.get("sessions"), dict):
+        return "'sessions' is not a mapping"
+    bad = [key for key, record in meta["sessions"].items() if not isinstance(record, dict)]
+    if bad:
+        return f"the record of {bad[0]!r} is not a mapping"
+    if not isinstance(meta.get("split", {}), dict) or not isinstance(meta.get("split", {}).get("sessions", {}), dict):
+        return "'split' is not a mapping of sessions"
+    return ""
+
+
+def index_document(store: Path | str) -> dict | None:
+    """The store's index ``{store_version, sessions, split}``, ``None`` when it has none yet; raise
+    :class:`StoreIndexError` for another tool's store, a malformed index or another store version."""
+    document = _root_document(store)
+    if document is None:
+        return None
+    attributes = document.get("attributes", {})
+    if not isinstance(attributes, dict) or INDEX_KEY not in attributes:
+        if _members(store):
+            raise StoreIndexError(
+                f"{store}: a Zarr store written by another tool (its root has no skyprep index); "
+                "skyprep does not write into it: choose another store"
+            )
+        return None
+    meta = attributes[INDEX_KEY]
+    problem = _index_problem(meta)
+    if problem:
+        raise StoreIndexError(f"{store}: malformed skyprep index in zarr.json ({problem})")
+    if meta["store_version"] != STORE_VERSION:
+        raise StoreIndexError(
+            f"{store}: written as store version {meta['store_version']}; this skyprep reads and writes "
+            f"version {STORE_VERSION}"
+        )
+    return meta
+
+
+def _members(store: Path | str) -> list[str]:
+    """Names of the root's child nodes (folders holding a ``zarr.json``)."""
+    return sorted(p.name for p in Path(store).iterdir() if (p / "zarr.json").is_file())
 
 
 def index(store: Path | str) -> dict[str, dict]:
-    """The root's session index: ``{key: record}`` (empty for a new or missing store)."""
-    if not Path(store).exists():
-        return {}
-    return dict(_root(store, "r").attrs.get(INDEX_KEY, {}).get("sessions", {}))
+    """The root's session index: ``{key: record}`` (empty for a new or missing store or an empty
+    directory); raise :class:`StoreIndexError` when the store cannot be a skyprep store."""
+    meta = index_document(store)
+    return dict(meta["sessions"]) if meta else {}
+
+
+def is_complete(record: dict) -> bool:
+    """Whether an index record says complete: ``"complete": true`` exactly (``"false"`` is not)."""
+    return record.get("complete") is True
 
 
 def complete_sessions(store: Path | str) -> set[str]:
     """Keys of the sessions whose every array has been written."""
-    return {key for key, record in index(store).items() if record.get("complete")}
+    return {key for key, record in index(store).items() if is_complete(record)}
+
+
+def open_index(store: Path | str) -> None:
+    """Make ``store`` ready for a run: refuse a store skyprep cannot use (:class:`StoreIndexError`),
+    create the index of a new one, and rebuild the consolidated metadata from the index (a store
+    left by an older version or a killed run is consistent again)."""
+    meta = index_document(store) or {"store_version": STORE_VERSION, "sessions": {}}
+    Path(store).mkdir(parents=True, exist_ok=True)
+    _write_index(store, meta, rebuild=True)
+
+
+def _write_index(store: Path | str, meta: dict, rebuild: bool = False) -> None:
+    """Write the index and the consolidated metadata of exactly its complete sessions, together
+    in the root's ``zarr.json``, atomically (a reader sees the old file or the new one)."""
+    root = Path(store) / "zarr.json"
+    document = _root_document(store) or {"zarr_format": 3, "node_type": "group", "attributes": {}}
+    document["attributes"] = {**document.get("attributes", {}), INDEX_KEY: meta}
+    previous = {} if rebuild else document.get("consolidated_metadata", {}).get("metadata", {})
+    document["consolidated_metadata"] = {**_NO_MEMBERS, "metadata": _consolidated(store, meta, previous)}
+    tmp = root.with_name(f".zarr.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(document, indent=2))
+    os.replace(tmp, root)
+
+
+def _consolidated(store: Path | str, meta: dict, previous: dict) -> dict:
+    """Every node's metadata under the complete sessions (and their instrument groups), by path;
+    entries of sessions already consolidated are kept from ``previous``, the others read."""
+    entries = {}
+    for key in sorted(k for k, record in meta["sessions"].items() if is_complete(record)):
+        kept = {path: entry for path, entry in previous.items() if path == key or path.startswith(key + "/")}
+        entries.update(kept or _node_entries(store, key))
+        parent = key.rsplit("/", 1)[0]
+        if "/" in key and parent not in entries:
+            entries[parent] = previous.get(parent) or _entry(Path(store) / parent / "zarr.json")
+    return dict(sorted(entries.items()))
+
+
+def _entry(path: Path) -> dict:
+    document = _read_json(path)
+    return {**document, "consolidated_metadata": _NO_MEMBERS} if document.get("node_type") == "group" else document
+
+
+def _node_entries(store: Path | str, key: str) -> dict:
+    base = Path(store)
+    return {p.parent.relative_to(base).as_posix(): _entry(p) for p in sorted((base / key).rglob("zarr.json"))}
 
 
 def _update_index(store: Path | str, key: str, record: dict | None) -> None:
-    root = _root(store)
-    meta = dict(root.attrs.get(INDEX_KEY, {"store_version": STORE_VERSION, "sessions": {}}))
-    sessions = dict(meta.get("sessions", {}))
+    meta = index_document(store) or {"store_version": STORE_VERSION, "sessions": {}}
+    sessions = dict(meta["sessions"])
     if record is None:
         sessions.pop(key, None)
     else:
         split = meta.get("split", {}).get("sessions", {}).get(key)
         sessions[key] = {**record, "split": split} if split else record
-    meta["sessions"] = dict(sorted(sessions.items()))
-    root.attrs[INDEX_KEY] = meta
+    _write_index(store, {**meta, "sessions": dict(sorted(sessions.items()))})
 
 
 def splits(store: Path | str) -> dict[str, str]:
     """The recorded train/test split, ``{key: 'train' | 'test'}`` (empty when none is recorded)."""
-    if not Path(store).exists():
-        return {}
-    return dict(_root(store, "r").attrs.get(INDEX_KEY, {}).get("split", {}).get("sessions", {}))
+    meta = index_document(store)
+    return dict(meta.get("split", {}).get("sessions", {})) if meta else {}
 
 
 def record_split(store: Path | str, assignment: dict[str, str], how: dict) -> None:
@@ -63,18 +194,15 @@ def record_split(store: Path | str, assignment: dict[str, str], how: dict) -> No
 
     The split outlives rewrites of its sessions: ``_update_index`` copies it into each record.
     """
-    root = _root(store)
-    meta = dict(root.attrs.get(INDEX_KEY, {"store_version": STORE_VERSION, "sessions": {}}))
-    meta["split"] = {**_jsonable(how), "sessions": dict(sorted(assignment.items()))}
-    meta["sessions"] = {
-        key: {**record, "split": assignment.get(key)} for key, record in meta.get("sessions", {}).items()
-    }
-    root.attrs[INDEX_KEY] = meta
+    meta = index_document(store) or {"store_version": STORE_VERSION, "sessions": {}}
+    sessions = {key: {**record, "split": assignment.get(key)} for key, record in meta["sessions"].items()}
+    split = {**_jsonable(how), "sessions": dict(sorted(assignment.items()))}
+    _write_index(store, {**meta, "split": split, "sessions": sessions})
 
 
 def unmark(store: Path | str, key: str) -> None:
     """Drop ``key`` from the index (before its group is rewritten)."""
-    if Path(store).exists() and key in index(store):
+    if key in index(store):
         _update_index(store, key, None)
 
 
@@ -92,6 +220,15 @@ def mark_complete(store: Path | str, key: str, attrs: dict, provenance: Provenan
         "obs_id": attrs.get("obs_id"),
     }
     _update_index(store, key, _jsonable({**record, **provenance.index_fields()}))
+
+
+def consolidate(store: Path | str) -> None:
+    """Rebuild the consolidated metadata (``xarray.open_datatree`` opens the store with one read)
+    from the index: it lists exactly the complete sessions. Every index write keeps it so; this
+    repairs a store whose consolidated copy was written otherwise."""
+    meta = index_document(store)
+    if meta is not None:
+        _write_index(store, meta, rebuild=True)
 
 
 def _jsonable(value):

@@ -1,9 +1,12 @@
 """One run per store: a lock file next to the store, ``<store>.lock``, holding the owner's pid and host.
 
-The lock is taken with an exclusive create, so two runs that start together cannot both get it.
-A lock left by a run that died is stale: when it names this host and a pid that is no longer
-alive it is replaced; a lock from another host is never broken automatically (delete the file
-once you know that run is gone).
+The lock is written whole under a temporary name and hard-linked into place (an exclusive
+create), so two runs that start together cannot both get it and a lock file is never seen half
+written. A lock left by a run that died is stale and replaced: when it names this host and a pid
+that is no longer alive, or alive but started at another time than the owner (pids are reused:
+a container's entrypoint is always pid 1), or when the file holds no record at all (empty or
+not JSON: no skyprep run wrote it so). A lock from another host is never broken automatically
+(delete the file once you know that run is gone).
 """
 
 from __future__ import annotations
@@ -39,23 +42,45 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _owner(path: Path) -> dict:
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), ``None`` when unknown."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
-def _is_stale(owner: dict) -> bool:
-    return owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int) and not _alive(owner["pid"])
+def _owner(path: Path) -> dict | None:
+    """The lock's record; ``None`` when the file holds none (empty or not a JSON object)."""
+    try:
+        record = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _is_stale(owner: dict | None) -> bool:
+    if owner is None:
+        return True
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    if not _alive(pid):
+        return True
+    recorded, now = owner.get("process_start"), _process_start(pid)
+    return recorded is not None and now is not None and recorded != now
 
 
 def _create(path: Path) -> None:
-    record = {"pid": os.getpid(), "host": socket.gethostname(),
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "process_start": _process_start(os.getpid()),
               "started": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record, handle)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record))
+    try:
+        os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _check_writable(store: Path) -> None:
@@ -86,7 +111,7 @@ def store_lock(store: Path | str) -> Iterator[Path]:
             _create(path)
         _check_writable(store)
     except OSError as err:
-        if path.exists() and _owner(path).get("pid") == os.getpid():
+        if path.exists() and (_owner(path) or {}).get("pid") == os.getpid():
             path.unlink()
         raise StoreError(f"{store}: cannot write the store here ({err.strerror or err})") from None
     try:

@@ -63,6 +63,7 @@ class Provenance:
     array_sha256: dict[str, str]
     reference_check: dict[str, dict[str, Any]]
     config: dict[str, Any]
+    sanity_warnings: list[str] = dataclasses.field(default_factory=list)
 
     def attrs(self) -> dict[str, Any]:
         """The session attributes, ending with ``complete = true``."""
@@ -72,6 +73,7 @@ class Provenance:
             "array_sha256": self.array_sha256,
             "reference_check": self.reference_check,
             "config": self.config,
+            "sanity_warnings": self.sanity_warnings,
             "complete": True,
         }
 
@@ -91,9 +93,10 @@ class SessionSummary:
     offsets: list[Offset]
     inputs: list[InputFile]
     reference_check: dict[str, dict[str, Any]]
+    sanity_warnings: list[str] = dataclasses.field(default_factory=list)  # checks downgraded by sanity.warn_only
 
     def provenance(self, files: list[str], array_sha256: dict[str, str], config: dict[str, Any]) -> Provenance:
         """The provenance, with the e91 ``files`` (names, in frame order), the written arrays'
         SHA-256 and the configuration."""
         registration = [Registration(name, **dataclasses.asdict(o)) for name, o in zip(files, self.offsets)]
-        return Provenance(registration, self.inputs, array_sha256, self.reference_check, config)
+        return Provenance(registration, self.inputs, array_sha256, self.reference_check, config, self.sanity_warnings)

@@ -9,7 +9,6 @@ crash leaves at most an incomplete session, which the next run rewrites.
 from __future__ import annotations
 
 import hashlib
-import warnings
 from pathlib import Path
 
 import dask
@@ -19,7 +18,7 @@ import zarr
 from dask.base import tokenize
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from .index import unmark
+from .index import index_document, open_index, unmark
 
 # Codecs by dtype (measured in docs/store-layout.md). Noisy float pixels: blosc-lz4 on shuffled
 # bytes writes and reads faster and is smaller than zarr's default zstd (level 3). Bit masks and
@@ -53,6 +52,8 @@ def write_session(dataset: xr.Dataset, store: Path | str, key: str, chunk_px: in
     Each array is hashed as soon as its own blocks are written.
     """
     _check_alignment(dataset, chunk_px)
+    if index_document(store) is None:  # a new store gets its (empty) index before any group
+        open_index(store)
     unmark(store, key)
     dataset.to_zarr(
         str(store),
@@ -110,17 +111,6 @@ def _check_alignment(dataset: xr.Dataset, chunk_px: int) -> None:
         for size in variable.chunks[-2][:-1]:
             if size % chunk_px:
                 raise ValueError(f"{name}: Dask row chunks {variable.chunks[-2]} are not multiples of {chunk_px}")
-
-
-def consolidate(store: Path | str) -> None:
-    """Consolidate metadata so ``xarray.open_datatree`` opens the store with one read.
-
-    Zarr warns that consolidated metadata is not yet part of the v3 specification; the store
-    stays valid without it (the index, not the consolidated copy, decides completeness).
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        zarr.consolidate_metadata(str(store))
 
 
 def open_store(store: Path | str) -> xr.DataTree:

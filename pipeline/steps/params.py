@@ -134,3 +134,24 @@ class SourceParams:
     threshold_sigma: float = 3.0
     min_area_px: int = 5
     dilate_px: int = 2
+
+
+Check = Literal["gain", "exptime", "flat_median", "flat_dead_fraction", "dark_negative"]
+CHECKS: tuple[str, ...] = Check.__args__
+
+
+@dataclass(frozen=True)
+class SanityParams:
+    """Bounds of the sanity checks.
+
+    ``flat_median``: the range a normalised flat's median must lie in. ``flat_dead_fraction``:
+    the largest fraction of flat pixels that may be dead (not finite or at most
+    ``calibration.low_flat``). ``dark_negative_sigma``: a dark is significantly negative when
+    its median lies more than this many standard errors of the median below zero.
+    ``warn_only``: checks whose failure is recorded as a warning instead of failing the session.
+    """
+
+    flat_median: tuple[float, float] = (0.5, 2.0)
+    flat_dead_fraction: float = 0.1
+    dark_negative_sigma: float = 5.0
+    warn_only: tuple[Check, ...] = ()

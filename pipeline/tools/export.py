@@ -17,9 +17,10 @@ import xarray as xr
 from astropy.io import fits
 
 from .. import __version__
+from ..errors import InputError, SkyprepError
 from ..io.contract import VARIABLES, FitsExtension
 from ..io.fits_headers import STRUCTURAL_KEYWORDS
-from ..io.index import index
+from ..io.index import complete_sessions
 from ..steps.masks import Flag
 
 # Keywords of the raw readout that do not describe the exported (trimmed, calibrated) images.
@@ -38,8 +39,14 @@ def global_header(attrs: dict) -> fits.Header:
     header["GAIN"] = (attrs["gain"], "[e-/ADU] nominal gain (ADU of the products)")
     header["INHERIT"] = (True, "extensions inherit these keywords")
     header["ORIGIN"] = (f"skyprep {__version__}", "software that wrote the file")
-    header["SESSION"] = (f"{attrs['instrument']}_{attrs['band']}/{attrs['obs_id']}", "skyprep session")
+    key = f"{attrs['instrument']}_{attrs['band']}/{attrs['obs_id']}"
+    header["SESSION"] = (_ascii(key), "skyprep session" + ("" if key.isascii() else " (\\u escapes)"))
     return header
+
+
+def _ascii(text: str) -> str:
+    """``text`` with every non-ASCII character as a Python escape (FITS values are ASCII)."""
+    return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _extension(values: np.ndarray, ext: FitsExtension, flags: bool) -> fits.CompImageHDU:
@@ -52,17 +59,28 @@ def _extension(values: np.ndarray, ext: FitsExtension, flags: bool) -> fits.Comp
                              compression_type=ext.compression, **options)  # fmt: skip
 
 
+class UnknownSession(SkyprepError, LookupError):
+    """The store has no complete session of that name."""
+
+
 def export_session(store: Path | str, key: str, out: Path | str) -> Path:
-    """Write session ``key`` of ``store`` to ``out`` (multi-extension FITS); return ``out``."""
-    records = index(store)
-    if not records.get(key, {}).get("complete"):
-        known = ", ".join(sorted(k for k, r in records.items() if r.get("complete"))) or "none"
-        raise ValueError(f"{store}: no complete session {key!r} (complete: {known})")
+    """Write session ``key`` of ``store`` to ``out`` (multi-extension FITS); return ``out``.
+
+    Raise :class:`UnknownSession` when the store has no such complete session and
+    :class:`~pipeline.errors.InputError` naming ``out`` when it cannot be written."""
+    complete = complete_sessions(store)
+    if key not in complete:
+        raise UnknownSession(
+            f"{store}: no complete session {key!r} (complete: {', '.join(sorted(complete)) or 'none'})"
+        )
     dataset = xr.open_zarr(str(store), group=key, consolidated=False)
     hdus = [fits.PrimaryHDU(header=global_header(dataset.attrs))]
     for variable in VARIABLES:
         if variable.fits and variable.name in dataset:
             hdus.append(_extension(dataset[variable.name].values, variable.fits, variable.flags))
     out = Path(out)
-    fits.HDUList(hdus).writeto(out, overwrite=True)
+    try:
+        fits.HDUList(hdus).writeto(out, overwrite=True)
+    except OSError as err:
+        raise InputError(out, f"cannot write the export ({err.strerror or err})") from None
     return out

@@ -42,6 +42,9 @@ def preview(store: Path | str, session: str, out: Path | str) -> Path:
         if name == "mask":
             image = ax.imshow(data != 0, origin="lower", cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title("mask (any flag)")
+        elif not np.isfinite(data).any():
+            image = ax.imshow(np.zeros(data.shape), origin="lower", cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{name} (no finite pixel)")
         else:
             norm = ImageNormalize(data[np.isfinite(data)], interval=ZScaleInterval(), stretch=AsinhStretch())
             image = ax.imshow(data, origin="lower", cmap="gray", norm=norm, interpolation="nearest")
