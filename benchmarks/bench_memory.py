@@ -13,7 +13,7 @@ stack, source mask, Zarr writes) on a ``LocalCluster`` of one single-threaded wo
 The worker's resident set size is sampled every 20 ms (psutil); the target is a peak below
 1.5 GB although the e91 cube alone is ``frames * size**2 * 4`` bytes (2.5 GiB). The Dask task
 stream shows that every e91 strip is read once: one task per strip reads the rows of every
-frame it needs, shifts and stacks them (``graph._stack_strip``), and none runs twice.
+frame it needs, shifts and stacks them (``pipeline.steps.e91.stack_strip``), and none runs twice.
 """
 
 from __future__ import annotations

@@ -19,13 +19,14 @@ from pathlib import Path
 import dask
 import yaml
 from dask.base import tokenize
-from distributed import Client, LocalCluster, as_completed, fire_and_forget
+from distributed import Client, Future, LocalCluster, as_completed, fire_and_forget
 
 from . import __version__
 from .config import Config
 from .errors import SkyprepError
 from .graph import build_session, load_kernels
 from .io.discover import Session, find_sessions
+from .io.provenance import Provenance, SessionSummary
 from .io.store import complete_sessions, consolidate, mark_complete, write_session
 
 DASK_YAML = Path(__file__).with_name("dask.yaml")  # worker settings (allocator), as Dask defaults
@@ -159,10 +160,7 @@ def run(
         session, attrs, t0 = inflight.pop(future)
         finished += 1
         try:
-            summary = future.result()
-            mark_complete(store, session.key, {**attrs, **_provenance(session, summary, config)},
-                          {"registration_failures": sum(not f["ok"] for f in summary["offsets"]),
-                           "reference_check": summary["reference"]})  # fmt: skip
+            mark_complete(store, session.key, attrs, future.result())
             result = SessionResult(session.key, "ok", "", time.perf_counter() - t0, len(session.e91))
         except Exception as err:
             result = SessionResult(session.key, "failed", _reason(err), time.perf_counter() - t0, len(session.e91))
@@ -179,46 +177,19 @@ def run(
     return report
 
 
-def _submit(session: Session, store, config: Config, client: Client):
+def _submit(session: Session, store: Path | str, config: Config, client: Client) -> tuple[Future, dict]:
     graph = build_session(session, config)
     write = write_session(graph.dataset, store, session.key, config.chunks.store_chunk_px)
     name = f"done-{session.key.replace('/', '-')}-{tokenize(write)[:8]}"
-    done = dask.delayed(_summary_after_write, pure=True)(write, graph.summary, dask_key_name=name)
+    files = [path.name for path in session.e91]
+    done = dask.delayed(_provenance, pure=True)(write, graph.summary, files, config.to_dict(), dask_key_name=name)
     return client.compute(done), dict(graph.dataset.attrs)
 
 
-def _summary_after_write(written: dict, summary: dict) -> dict:
-    """Registration results, input checksums, agreement with the archive's products and the
-    SHA-256 of each array's written files (``written``, from ``write_session``)."""
-    return {
-        "offsets": [
-            {
-                "dy": o.dy,
-                "dx": o.dx,
-                "quality": o.quality,
-                "ok": o.ok,
-                "reason": o.reason,
-                "method": o.method,
-                "note": o.note,
-            }
-            for o in summary["offsets"]
-        ],
-        "checksums": summary["checksums"],
-        "reference": summary["reference"],
-        "array_sha256": written,
-    }
-
-
-def _provenance(session: Session, summary: dict, config: Config) -> dict:
-    registration = [{"file": path.name, **offset} for path, offset in zip(session.e91, summary["offsets"])]
-    return {
-        "registration": registration,
-        "inputs": summary["checksums"],
-        "array_sha256": summary["array_sha256"],
-        "reference_check": summary["reference"],
-        "config": config.to_dict(),
-        "complete": True,
-    }
+def _provenance(written: dict[str, str], summary: SessionSummary, files: list[str], config: dict) -> Provenance:
+    """The session's provenance once its arrays are written (``written``: the SHA-256 of each
+    array's files, from ``write_session``)."""
+    return summary.provenance(files, written, config)
 
 
 def _reason(err: BaseException) -> str:

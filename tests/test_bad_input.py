@@ -15,13 +15,14 @@ import xarray as xr
 from astropy.io import fits
 
 from pipeline.config import Config
+from pipeline.io.contract import Presence, named
 from pipeline.io.store import complete_sessions
 from pipeline.runner import report_path, run
 from pipeline.steps.masks import Flag
 from pipeline.synth import SynthSpec, write_archive
 
 VICTIM, HEALTHY = "muscat3_g/20240315_003_000", "muscat4_r/20240315_003_001"
-STACK_VARIABLES = {"e91", "e91_mask", "shift", "mean", "count", "std", "source_mask"}
+STACK_VARIABLES = set(named(Presence.E91))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def _truth_drift(root):
 def _offsets(root, config):
     graph = build_session(load_session(root / KEY), config)
     (summary,) = dask.compute(graph.summary, scheduler="synchronous")
-    return summary["offsets"]
+    return summary.offsets
 
 
 def _dataset(root, config):

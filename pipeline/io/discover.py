@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SkyprepError
+from ..errors import InputError
 
 FITS_SUFFIXES = (".fits", ".fits.fz", ".fit", ".fts", ".fits.gz")
 REFERENCE_PRODUCTS = ("os", "calib", "mean", "mask")
@@ -15,8 +15,8 @@ MASTERS = ("BIAS", "DARK", "SKYFLAT", "BPM")
 REQUIRED_MASTERS = ("BIAS", "DARK", "SKYFLAT")
 
 
-class SessionError(SkyprepError):
-    """A session that cannot be processed, with the reason."""
+class SessionError(InputError):
+    """A session that cannot be processed: the file or folder at fault, and the reason."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def _is_fits(path: Path) -> bool:
 
 def _one(paths: list[Path], what: str, directory: Path) -> Path | None:
     if len(paths) > 1:
-        raise SessionError(f"{directory}: {len(paths)} candidates for {what}: {', '.join(p.name for p in paths)}")
+        raise SessionError(directory, f"{len(paths)} candidates for {what}: {', '.join(p.name for p in paths)}")
     return paths[0] if paths else None
 
 
@@ -59,13 +59,13 @@ def load_session(directory: Path) -> Session:
     directory = Path(directory)
     group = directory.parent.name
     if "_" not in group:
-        raise SessionError(f"{directory}: parent folder {group!r} is not '<instrument>_<band>'")
+        raise SessionError(directory, f"parent folder {group!r} is not '<instrument>_<band>'")
     instrument, band = group.rsplit("_", 1)
     obs_id = directory.name
     data = directory / "data"
     raw = _one(sorted(p for p in data.glob(f"{obs_id}_raw.*") if _is_fits(p)), "the raw frame", directory)
     if raw is None:
-        raise SessionError(f"{directory}: no raw frame (expected data/{obs_id}_raw.fits.fz)")
+        raise SessionError(directory, f"no raw frame (expected data/{obs_id}_raw.fits.fz)")
     masters = {}
     for kind in MASTERS:
         found = _one(
@@ -74,7 +74,7 @@ def load_session(directory: Path) -> Session:
         if found is not None:
             masters[kind] = found
         elif kind in REQUIRED_MASTERS:
-            raise SessionError(f"{directory}: missing calibration: no calib/{kind}_*.fits.fz")
+            raise SessionError(directory, f"missing calibration: no calib/{kind}_*.fits.fz")
     references = {}
     for product in REFERENCE_PRODUCTS:
         found = _one(sorted(p for p in data.glob(f"{obs_id}_{product}.*") if _is_fits(p)), f"data/{product}", directory)
@@ -87,7 +87,7 @@ def load_session(directory: Path) -> Session:
             try:
                 json.loads(path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise SessionError(f"{path}: invalid JSON ({err})") from None
+                raise SessionError(path, f"invalid JSON ({err})") from None
             metadata[name] = path
     e91 = tuple(sorted(p for p in (directory / "e91").glob("*") if _is_fits(p)))
     return Session(directory, instrument, band, obs_id, raw, masters, e91, references, metadata)

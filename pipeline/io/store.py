@@ -1,4 +1,4 @@
-"""The Zarr edge: the store contract (v1), session writes and the completeness index.
+"""The Zarr edge: session writes (the contract: :mod:`pipeline.io.contract`) and the completeness index.
 
 Layout: one group per session at ``/<instrument>_<band>/<obs_id>``. A session is written in
 two steps: its arrays (region writes aligned to whole chunks, computed once by Dask), then its
@@ -20,7 +20,9 @@ import zarr
 from dask.base import tokenize
 from zarr.codecs import BloscCodec, ZstdCodec
 
-STORE_VERSION = 1
+from .contract import STORE_VERSION
+from .provenance import Provenance
+
 INDEX_KEY = "skyprep"
 
 
@@ -171,10 +173,10 @@ def _unmark(store: Path | str, key: str) -> None:
         _update_index(store, key, None)
 
 
-def mark_complete(store: Path | str, key: str, attrs: dict, summary: dict) -> None:
-    """Record the session's provenance in its group, then mark it complete in the root index."""
+def mark_complete(store: Path | str, key: str, attrs: dict, provenance: Provenance) -> None:
+    """Record the session's ``attrs`` and ``provenance`` in its group, then mark it complete in the root index."""
     group = zarr.open_group(str(store), path=key, mode="r+", zarr_format=3)
-    group.attrs.update(_jsonable(attrs))
+    group.attrs.update(_jsonable({**attrs, **provenance.attrs()}))
     record = {
         "complete": True,
         "written": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -184,7 +186,7 @@ def mark_complete(store: Path | str, key: str, attrs: dict, summary: dict) -> No
         "band": attrs.get("band"),
         "obs_id": attrs.get("obs_id"),
     }
-    _update_index(store, key, _jsonable({**record, **summary}))
+    _update_index(store, key, _jsonable({**record, **provenance.index_fields()}))
 
 
 def consolidate(store: Path | str) -> None:

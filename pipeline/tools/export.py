@@ -2,9 +2,9 @@
 
 The primary header carries the global keywords of the raw exposure (its primary header for a
 multi-amplifier camera, else its one image header, less the per-amplifier sections) and
-``INHERIT = T``; image extensions ``SCI`` (calib), ``VAR`` (variance), ``MASK`` (the bit mask,
-``PLIO_1``), ``COUNT`` (frames contributing to the stack) and ``MEAN`` (the stack), each with
-its ``BUNIT``. Floats are compressed losslessly (``GZIP_2`` without quantisation), so the file
+``INHERIT = T``; an image extension per store variable the contract gives a FITS extension
+(:mod:`pipeline.io.contract`: ``SCI`` calib, ``VAR`` variance, ``MASK`` the bit mask in
+``PLIO_1``, ``COUNT``, ``MEAN``), each with its ``BUNIT``. Floats are compressed losslessly (``GZIP_2`` without quantisation), so the file
 holds exactly the store's values.
 """
 
@@ -17,21 +17,13 @@ import xarray as xr
 from astropy.io import fits
 
 from .. import __version__
+from ..io.contract import VARIABLES, FitsExtension
 from ..io.fits_reader import STRUCTURAL_KEYWORDS
 from ..io.store import index
 from ..steps.masks import Flag
 
 # Keywords of the raw readout that do not describe the exported (trimmed, calibrated) images.
 _RAW_ONLY = {"BIASSEC", "DATASEC", "TRIMSEC", "DETSEC", "DETSIZE", "NEXTEND", "BUNIT", "RLEVEL"}
-
-# store variable -> (EXTNAME, dtype written, compression, BUNIT)
-EXTENSIONS = {
-    "calib": ("SCI", np.float32, "GZIP_2", "adu"),
-    "variance": ("VAR", np.float32, "GZIP_2", "adu2"),
-    "mask": ("MASK", np.int32, "PLIO_1", ""),
-    "count": ("COUNT", np.int16, "RICE_1", ""),
-    "mean": ("MEAN", np.float32, "GZIP_2", "adu"),
-}
 
 
 def global_header(attrs: dict) -> fits.Header:
@@ -50,14 +42,14 @@ def global_header(attrs: dict) -> fits.Header:
     return header
 
 
-def _extension(values: np.ndarray, name: str, dtype, compression: str, bunit: str) -> fits.CompImageHDU:
-    header = fits.Header([("INHERIT", True, "primary keywords apply"), ("BUNIT", bunit, "pixel unit")])
-    if name == "MASK":
+def _extension(values: np.ndarray, ext: FitsExtension, flags: bool) -> fits.CompImageHDU:
+    header = fits.Header([("INHERIT", True, "primary keywords apply"), ("BUNIT", ext.bunit, "pixel unit")])
+    if flags:
         for flag in Flag:
             header[f"MASKB{flag.bit_length() - 1}"] = (flag.name.lower(), f"bit value {int(flag)}")
-    options = {"quantize_level": 0.0} if np.dtype(dtype).kind == "f" else {}
-    return fits.CompImageHDU(np.asarray(values, dtype), header=header, name=name,
-                             compression_type=compression, **options)  # fmt: skip
+    options = {"quantize_level": 0.0} if np.dtype(ext.dtype).kind == "f" else {}
+    return fits.CompImageHDU(np.asarray(values, ext.dtype), header=header, name=ext.extname,
+                             compression_type=ext.compression, **options)  # fmt: skip
 
 
 def export_session(store: Path | str, key: str, out: Path | str) -> Path:
@@ -68,9 +60,9 @@ def export_session(store: Path | str, key: str, out: Path | str) -> Path:
         raise ValueError(f"{store}: no complete session {key!r} (complete: {known})")
     dataset = xr.open_zarr(str(store), group=key, consolidated=False)
     hdus = [fits.PrimaryHDU(header=global_header(dataset.attrs))]
-    for variable, (name, dtype, compression, bunit) in EXTENSIONS.items():
-        if variable in dataset:
-            hdus.append(_extension(dataset[variable].values, name, dtype, compression, bunit))
+    for variable in VARIABLES:
+        if variable.fits and variable.name in dataset:
+            hdus.append(_extension(dataset[variable.name].values, variable.fits, variable.flags))
     out = Path(out)
     fits.HDUList(hdus).writeto(out, overwrite=True)
     return out

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from ..io.contract import Presence, named
 from ..io.store import index, splits
 from ..steps.masks import Flag
 
@@ -88,7 +89,7 @@ def parse_variable(spec: str) -> tuple[str, int | None]:
 
 
 # Variables that only sessions with e91 frames hold (the store contract).
-STACK_VARIABLES = ("e91", "e91_mask", "shift", "mean", "count", "std", "source_mask")
+STACK_VARIABLES = named(Presence.E91)
 
 
 def _needs_frames(spec: str) -> int:

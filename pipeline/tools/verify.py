@@ -12,28 +12,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from ..io.contract import CONTRACT, Presence, named
 from ..io.store import array_files_sha256, index
-
-# variable: (dimension names, dtype) of the store contract v1
-CONTRACT = {
-    "os": (("y", "x"), np.float32),
-    "calib": (("y", "x"), np.float32),
-    "variance": (("y", "x"), np.float32),
-    "mask": (("y", "x"), np.uint16),
-    "e91": (("frame", "y", "x"), np.float32),
-    "e91_mask": (("frame", "y", "x"), np.uint16),
-    "shift": (("frame", "axis"), np.float32),
-    "mean": (("y", "x"), np.float32),
-    "count": (("y", "x"), np.uint16),
-    "std": (("y", "x"), np.float32),
-    "source_mask": (("y", "x"), np.uint8),
-    "ref_os": (("y", "x"), np.float32),
-    "ref_calib": (("y", "x"), np.float32),
-    "ref_mean": (("y", "x"), np.float32),
-    "ref_mask": (("y", "x"), np.uint8),
-}
-REQUIRED = ("os", "calib", "mask")
-STACK = ("e91", "e91_mask", "shift", "mean", "count", "std", "source_mask")
 
 
 def array_sha256(store: Path | str, key: str) -> dict[str, str]:
@@ -46,7 +26,7 @@ def array_sha256(store: Path | str, key: str) -> dict[str, str]:
 
 
 def _shape_problems(name: str, array: zarr.Array, record: dict) -> list[str]:
-    dims, dtype = CONTRACT[name]
+    dims, dtype = CONTRACT[name].dims, CONTRACT[name].dtype
     problems = []
     found_dims = tuple(array.metadata.dimension_names or ())
     if found_dims != dims:
@@ -67,7 +47,7 @@ def check_session(store: Path | str, key: str, record: dict) -> list[str]:
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         return ["indexed complete but its group is missing"]
     names = set(group.array_keys())
-    required = REQUIRED + (STACK if record.get("n_frames", 0) else ())
+    required = named(Presence.ALWAYS) + (named(Presence.E91) if record.get("n_frames", 0) else ())
     problems = [f"{name}: missing" for name in required if name not in names]
     for name in sorted(names & set(CONTRACT)):
         problems += _shape_problems(name, group[name], record)

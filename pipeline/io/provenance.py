@@ -1,0 +1,99 @@
+"""What a session's computation found, as it is recorded when the session is marked complete:
+input files with their SHA-256, registration records, agreement with the archive's products,
+the arrays' checksums and the configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..steps.register import Offset
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """An input file: its path, size (bytes) and SHA-256 (hex)."""
+
+    path: str
+    bytes: int
+    sha256: str
+
+
+def input_file(path: str) -> InputFile:
+    """Hash ``path`` (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return InputFile(path, Path(path).stat().st_size, digest.hexdigest())
+
+
+def input_files(paths: list[str]) -> list[InputFile]:
+    """:func:`input_file` of every path, in order."""
+    return [input_file(path) for path in paths]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One e91 frame's registration record: measured offset (pixels) and the decision."""
+
+    file: str
+    dy: float
+    dx: float
+    quality: float
+    ok: bool
+    reason: str
+    method: str
+    note: str
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """A session's provenance: the session attributes added when it is marked complete.
+
+    ``reference_check``: per product (``os``, ``calib``), ``{median, robust_std, n}`` of the
+    difference from the archive's product (ADU); ``array_sha256``: per array, the SHA-256 of its
+    files; ``config``: the configuration as a dict."""
+
+    registration: list[Registration]
+    inputs: list[InputFile]
+    array_sha256: dict[str, str]
+    reference_check: dict[str, dict[str, Any]]
+    config: dict[str, Any]
+
+    def attrs(self) -> dict[str, Any]:
+        """The session attributes, ending with ``complete = true``."""
+        return {
+            "registration": [dataclasses.asdict(r) for r in self.registration],
+            "inputs": [dataclasses.asdict(f) for f in self.inputs],
+            "array_sha256": self.array_sha256,
+            "reference_check": self.reference_check,
+            "config": self.config,
+            "complete": True,
+        }
+
+    def index_fields(self) -> dict[str, Any]:
+        """What the root index records of it, besides the session's identity."""
+        return {
+            "registration_failures": sum(not r.ok for r in self.registration),
+            "reference_check": self.reference_check,
+        }
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """The small results computed with a session's arrays: the e91 frames' offsets, the input
+    files and the agreement with the archive's products (per product, ``robust_difference``)."""
+
+    offsets: list[Offset]
+    inputs: list[InputFile]
+    reference_check: dict[str, dict[str, Any]]
+
+    def provenance(self, files: list[str], array_sha256: dict[str, str], config: dict[str, Any]) -> Provenance:
+        """The provenance, with the e91 ``files`` (names, in frame order), the written arrays'
+        SHA-256 and the configuration."""
+        registration = [Registration(name, **dataclasses.asdict(o)) for name, o in zip(files, self.offsets)]
+        return Provenance(registration, self.inputs, array_sha256, self.reference_check, config)
