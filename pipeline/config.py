@@ -21,6 +21,7 @@ from .steps.overscan import OverscanParams
 from .steps.register import RegisterParams
 from .steps.sources import SourceParams
 from .steps.stack import ClipParams
+from .steps.synthesize import SynthesisParams
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Config:
     stack: ClipParams = ClipParams()
     sources: SourceParams = SourceParams()
     chunks: ChunkParams = ChunkParams()
+    synthesis: SynthesisParams = SynthesisParams()
     write_variance: bool = True
     instrument: str | None = None
 

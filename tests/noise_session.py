@@ -114,21 +114,19 @@ def fit_model(obs: Observed) -> NoiseModel:
         read = noise_fit.fit_read_noise(overscan)
         y0, y1, x0, x1 = region
         window = (slice(None), slice(y0, y1), slice(x0, x1))
-        read_var = np.full(obs.mean_adu[y0:y1, x0:x1].shape, read.white_adu**2 + read.row_adu**2 + 1 / 12)
-        ptc = noise_fit.fit_gain_ptc(
+        pairs = noise_fit.ptc_samples(
             obs.e91_adu[window],
             obs.e91_ok[window],
             obs.mean_adu[y0:y1, x0:x1],
             s.flat[y0:y1, x0:x1],
             obs.background[y0:y1, x0:x1],
-            read_var,
-            [1.0] * s.frames,
             s.gain_e_per_adu / readout.gain_e_per_adu,
         )
+        read_var = read.white_adu**2 + read.row_adu**2 + noise_fit.QUANTISATION_VAR_ADU2
+        ptc = noise_fit.fit_gain_ptc([[p] for p in pairs], [1.0] * s.frames, read_var)
         amps.append(AmpModel(amp.name, region, readout.gain_e_per_adu, ptc, readout.overscan_adu, 62000.0, read))
     expected = expected_os_adu(obs.mean_adu, s.flat, s.dark_e_per_s, s.bias_e, s.gain_map, s.exptime_s)
-    ys, xs = np.nonzero(obs.cosmic_flags)
-    excess_e = (obs.os_adu - expected)[ys, xs] * s.gain_map[ys, xs]
-    searched = int((~s.bad_pixels).sum())
-    cosmic = noise_fit.fit_cosmic_rays(ys, xs, excess_e, obs.os_adu.shape, searched, s.exptime_s)
+    mask = np.where(s.bad_pixels, Flag.BAD_PIXEL.value, 0) | np.where(obs.cosmic_flags, Flag.COSMIC_RAY.value, 0)
+    pieces = [noise_fit.cosmic_pixels(mask.astype(np.uint16), obs.os_adu, expected, s.gain_map)]
+    cosmic = noise_fit.fit_cosmic_rays(pieces, obs.os_adu.shape, s.exptime_s)
     return NoiseModel(obs.os_adu.shape, s.exptime_s, s.exptime_s, tuple(amps), cosmic)

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..steps.noise_model import NoiseModel
 from ..steps.register import Offset
+from ..steps.synthesize import SynthesisParams
 
 
 @dataclass(frozen=True)
@@ -56,13 +58,16 @@ class Provenance:
 
     ``reference_check``: per product (``os``, ``calib``), ``{median, robust_std, n}`` of the
     difference from the archive's product (ADU); ``array_sha256``: per array, the SHA-256 of its
-    files; ``config``: the configuration as a dict."""
+    files; ``config``: the configuration as a dict; ``noise_model``: the fitted noise model
+    (``NoiseModel.to_attrs``) and ``syn`` how ``syn`` was drawn (sessions with e91 frames)."""
 
     registration: list[Registration]
     inputs: list[InputFile]
     array_sha256: dict[str, str]
     reference_check: dict[str, dict[str, Any]]
     config: dict[str, Any]
+    noise_model: dict[str, Any] | None = None
+    syn: dict[str, Any] | None = None
 
     def attrs(self) -> dict[str, Any]:
         """The session attributes, ending with ``complete = true``."""
@@ -71,6 +76,8 @@ class Provenance:
             "inputs": [dataclasses.asdict(f) for f in self.inputs],
             "array_sha256": self.array_sha256,
             "reference_check": self.reference_check,
+            **({"noise_model": self.noise_model} if self.noise_model is not None else {}),
+            **({"syn": self.syn} if self.syn is not None else {}),
             "config": self.config,
             "complete": True,
         }
@@ -86,14 +93,30 @@ class Provenance:
 @dataclass(frozen=True)
 class SessionSummary:
     """The small results computed with a session's arrays: the e91 frames' offsets, the input
-    files and the agreement with the archive's products (per product, ``robust_difference``)."""
+    files, the agreement with the archive's products (per product, ``robust_difference``) and,
+    with e91 frames, the noise model and the synthesis parameters ``syn`` was drawn with."""
 
     offsets: list[Offset]
     inputs: list[InputFile]
     reference_check: dict[str, dict[str, Any]]
+    noise_model: NoiseModel | None = None
+    synthesis: SynthesisParams | None = None
 
     def provenance(self, files: list[str], array_sha256: dict[str, str], config: dict[str, Any]) -> Provenance:
         """The provenance, with the e91 ``files`` (names, in frame order), the written arrays'
         SHA-256 and the configuration."""
         registration = [Registration(name, **dataclasses.asdict(o)) for name, o in zip(files, self.offsets)]
-        return Provenance(registration, self.inputs, array_sha256, self.reference_check, config)
+        model = None if self.noise_model is None else self.noise_model.to_attrs()
+        syn = None
+        if model is not None and self.synthesis is not None and self.synthesis.realizations:
+            syn = syn_record(self.synthesis)
+        return Provenance(registration, self.inputs, array_sha256, self.reference_check, config, model, syn)
+
+
+def syn_record(params: SynthesisParams) -> dict[str, Any]:
+    """The ``syn`` session attribute: how the stored realizations were drawn."""
+    return {
+        "realizations": params.realizations,
+        "seed": params.seed,
+        "subtract_base_noise": params.subtract_base_noise,
+    }

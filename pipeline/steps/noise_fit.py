@@ -23,6 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, stats
 
+from .amplifiers import Amplifier
+from .masks import Flag
+from .overscan import OverscanParams, overscan_level_adu
+
 QUANTISATION_VAR_ADU2 = 1.0 / 12.0  # variance of rounding to integer ADU
 QUANTILE_LEVELS = tuple(
     float(p) for p in np.concatenate([[1e-5, 1e-4, 1e-3], np.linspace(0.005, 0.995, 199), [0.999, 0.9999, 0.99999]])
@@ -177,6 +181,24 @@ def fit_read_noise(overscan_adu: np.ndarray) -> ReadNoise:
     )
 
 
+@dataclass(frozen=True)
+class AmpReadout:
+    """An amplifier's read noise and the overscan level (ADU) the pipeline subtracts from it."""
+
+    read: ReadNoise
+    overscan_adu: float
+
+
+def amp_read_noise(raw_adu: np.ndarray, amp: Amplifier, params: OverscanParams) -> AmpReadout:
+    """``fit_read_noise`` of the amplifier's ``BIASSEC`` and the mean level ``params`` subtracts."""
+    overscan = np.asarray(raw_adu)[amp.biassec.slices]
+    try:
+        read = fit_read_noise(overscan)
+    except ValueError as err:
+        raise ValueError(f"{amp.ref.label}: BIASSEC {amp.biassec}: {err}") from None
+    return AmpReadout(read, float(overscan_level_adu(overscan, params).mean()))
+
+
 def _psd_variance(freq: np.ndarray, power: np.ndarray, n: int) -> float:
     """Variance of ``n`` samples whose one-sided spectrum is ``power`` at ``freq``."""
     grid = np.fft.rfftfreq(n)
@@ -197,43 +219,58 @@ def bilinear_variance_factor(shift_px: Sequence[float]) -> float:
     return factor
 
 
-def fit_gain_ptc(
+@dataclass(frozen=True, eq=False)
+class PairSamples:
+    """One pair of registered frames on source-free pixels: the signal ``x = mean * flat``
+    and the difference ``d = (frame_a - frame_b) * flat``, both in the amplifier's raw ADU."""
+
+    x_adu: np.ndarray
+    d_adu: np.ndarray
+
+
+def ptc_samples(
     frames_adu: np.ndarray,
     frame_ok: np.ndarray,
     mean_adu: np.ndarray,
     flat: np.ndarray,
     background: np.ndarray,
-    read_var_adu2: np.ndarray,
-    variance_factors: Sequence[float],
     to_raw_adu: float = 1.0,
-) -> GainFit | None:
-    """Gain (e-/ADU) from a photon transfer curve of registered frames; ``None`` without enough pixels.
+) -> list[PairSamples]:
+    """The photon-transfer samples of frames paired (0, 1), (2, 3), ...
 
-    ``frames_adu`` (n, y, x): calibrated, registered frames, flat-fielded, in ADU; ``frame_ok``
-    the same shape, true where a value is usable; ``mean_adu`` their stack; ``flat`` the sky
-    flat; ``background`` true on source-free pixels; ``read_var_adu2`` the read variance of a
-    frame pixel (raw ADU^2, quantisation included); ``variance_factors`` per frame, how its
-    registration scaled white noise variance (``bilinear_variance_factor``); ``to_raw_adu`` what
-    turns frame ADU (the session's nominal gain) into the amplifier's raw ADU (nominal gain over
-    the amplifier's header gain), so the fitted gain is the amplifier's. Frames are paired
-    (0, 1), (2, 3), ...; a pair's difference cancels the sky and every fixed pattern, so per
-    pixel ``flat^2 * diff^2 / (c1 + c2) - read_var = mean * flat / gain``.
+    ``frames_adu`` (n, y, x): calibrated, registered frames (flat-fielded, ADU of the session's
+    nominal gain); ``frame_ok`` the same shape, true where a value is usable; ``mean_adu`` their
+    stack; ``flat`` the sky flat; ``background`` true on source-free pixels; ``to_raw_adu`` the
+    nominal gain over the amplifier's header gain (frame ADU to the amplifier's raw ADU). A
+    pair's difference cancels the sky and every fixed pattern (bias, dark, flat structure).
     """
-    n = frames_adu.shape[0]
-    xs, ys = [], []
-    for a in range(0, n - 1, 2):
-        b = a + 1
-        use = frame_ok[a] & frame_ok[b] & background & np.isfinite(mean_adu) & (flat > 0.2)
-        scale = flat[use] * to_raw_adu
-        pair_factor = math.sqrt(variance_factors[a] + variance_factors[b])
-        diff = (frames_adu[a][use] - frames_adu[b][use]) * scale / pair_factor
-        xs.append(mean_adu[use] * scale)
-        ys.append((diff, read_var_adu2[use]))
-    if not xs:
-        return None
-    x = np.concatenate(xs).astype(np.float64)
-    diff = np.concatenate([d for d, _ in ys]).astype(np.float64)
-    read = np.concatenate([r for _, r in ys]).astype(np.float64)
+    pairs = []
+    for a in range(0, frames_adu.shape[0] - 1, 2):
+        use = frame_ok[a] & frame_ok[a + 1] & background & np.isfinite(mean_adu) & (flat > 0.2)
+        scale = flat[use] * np.float32(to_raw_adu)
+        pairs.append(PairSamples(mean_adu[use] * scale, (frames_adu[a][use] - frames_adu[a + 1][use]) * scale))
+    return pairs
+
+
+def fit_gain_ptc(
+    pairs: Sequence[Sequence[PairSamples]], variance_factors: Sequence[float], read_var_adu2: float
+) -> GainFit | None:
+    """Gain (e-/ADU) from a photon transfer curve; ``None`` without enough pixels.
+
+    ``pairs``: per pair (0, 1), (2, 3), ... the samples of ``ptc_samples`` (one list per piece
+    of the frame, e.g. strips); ``variance_factors`` per frame, how its registration scaled
+    white noise variance (``bilinear_variance_factor``); ``read_var_adu2`` the read variance of
+    a raw pixel (ADU^2, quantisation included). In flux bins of ``x``, ``var(d) / (c_a + c_b) -
+    read_var = x / gain``: fitted through the origin, weighted by the bins' errors.
+    """
+    xs, ds = [], []
+    for k, pieces in enumerate(pairs):
+        factor = math.sqrt(variance_factors[2 * k] + variance_factors[2 * k + 1])
+        for piece in pieces:
+            xs.append(piece.x_adu)
+            ds.append(piece.d_adu / factor)
+    x = np.concatenate(xs).astype(np.float64) if xs else np.zeros(0)
+    diff = np.concatenate(ds).astype(np.float64) if ds else np.zeros(0)
     if x.size < MIN_PTC_PIXELS:
         return None
     edges = np.quantile(x, np.linspace(0.0, 1.0, PTC_BINS + 1))
@@ -245,7 +282,7 @@ def fit_gain_ptc(
             continue
         var = robust_variance(diff[chosen])
         signal.append(float(x[chosen].mean()))
-        variance.append(var - float(read[chosen].mean()))
+        variance.append(var - read_var_adu2)
         error.append(var * math.sqrt(2.0 / (chosen.sum() - 1)))
     sx, sy, se = (np.array(v) for v in (signal, variance, error))
     weights = 1.0 / se**2
@@ -276,22 +313,43 @@ def gain_disagreement(header_e_per_adu: float, ptc_e_per_adu: float | None) -> s
     )
 
 
-def fit_cosmic_rays(
-    ys: np.ndarray, xs: np.ndarray, excess_e: np.ndarray, shape: tuple[int, int], searched_px: int, exptime_s: float
-) -> CosmicFit:
-    """Rate and shapes of the cosmic-ray hits L.A.Cosmic flagged in one frame of ``shape``.
+@dataclass(frozen=True, eq=False)
+class CosmicPixels:
+    """The cosmic-ray pixels of a piece of a frame: session rows and columns, their charge (e-),
+    and how many pixels of the piece could hold a detection."""
 
-    ``ys``, ``xs``: the flagged pixels; ``excess_e``: their value minus the expected one, in
-    electrons (the hits' charge, clipped at 0); ``searched_px``: how many pixels could hold a
-    detection (not bad, saturated or without data). A hit is an 8-connected group of flagged pixels.
-    """
+    ys: np.ndarray
+    xs: np.ndarray
+    excess_e: np.ndarray
+    searched_px: int
+
+
+_UNSEARCHED = Flag.BAD_PIXEL | Flag.LOW_FLAT | Flag.NO_DATA | Flag.SATURATED
+
+
+def cosmic_pixels(
+    mask: np.ndarray, os_adu: np.ndarray, expected_adu: np.ndarray, gain_e_per_adu: np.ndarray, y0: int = 0
+) -> CosmicPixels:
+    """The pixels ``mask`` flags ``COSMIC_RAY`` in rows starting at session row ``y0``, with the
+    charge ``(os - expected) * gain`` (e-; 0 where the expectation is unknown)."""
+    ys, xs = np.nonzero((mask & Flag.COSMIC_RAY.value) != 0)
+    excess = np.nan_to_num((os_adu[ys, xs] - expected_adu[ys, xs]) * gain_e_per_adu[ys, xs])
+    searched = int(np.count_nonzero((mask & _UNSEARCHED.value) == 0))
+    return CosmicPixels(ys + y0, xs, excess.astype(np.float32), searched)
+
+
+def fit_cosmic_rays(pieces: Sequence[CosmicPixels], shape: tuple[int, int], exptime_s: float) -> CosmicFit:
+    """Rate and shapes of the cosmic-ray hits L.A.Cosmic flagged in one frame of ``shape``,
+    from its ``pieces`` (``cosmic_pixels``). A hit is an 8-connected group of flagged pixels;
+    its charge is clipped at 0."""
     if exptime_s <= 0:
         raise ValueError(f"exposure time {exptime_s} s: a cosmic-ray rate needs a positive one")
     flagged = np.zeros(shape, bool)
-    flagged[ys, xs] = True
     excess = np.zeros(shape, np.float32)
-    excess[ys, xs] = excess_e
-    area = int(searched_px)
+    for piece in pieces:
+        flagged[piece.ys, piece.xs] = True
+        excess[piece.ys, piece.xs] = piece.excess_e
+    area = sum(piece.searched_px for piece in pieces)
     labels, count = ndimage.label(flagged, structure=np.ones((3, 3), bool))
     start, dys, dxs, charges = [0], [], [], []
     for label, box in enumerate(ndimage.find_objects(labels), start=1):

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .noise_fit import CosmicFit, GainFit, ReadNoise
+from .amplifiers import Amplifier
+from .noise_fit import AmpReadout, CosmicFit, GainFit, ReadNoise, gain_disagreement
 
 MODEL_VERSION = 1
 MAX_GAIN_ERROR = 0.05  # relative 1-sigma error below which the measured gain is used
@@ -115,3 +117,27 @@ class NoiseModel:
 def _typed(cls, values: dict):
     """``cls(**values)`` with lists turned back into tuples."""
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def assemble(
+    amps: Sequence[Amplifier],
+    regions: Sequence[tuple[int, int, int, int]],
+    readouts: Sequence[AmpReadout],
+    ptcs: Sequence[GainFit | None],
+    cosmic: CosmicFit,
+    shape: tuple[int, int],
+    exptime_s: float,
+    darktime_s: float,
+) -> NoiseModel:
+    """The session's model from its amplifiers' fits, with a warning per amplifier whose
+    measured gain disagrees with its header's (``noise_fit.gain_disagreement``)."""
+    models, warnings = [], []
+    for amp, region, readout, ptc in zip(amps, regions, readouts, ptcs, strict=True):
+        name = amp.ref.name or amp.ref.label
+        models.append(
+            AmpModel(name, tuple(region), amp.gain_e_per_adu, ptc, readout.overscan_adu, amp.saturate_adu, readout.read)
+        )
+        found = gain_disagreement(amp.gain_e_per_adu, None if ptc is None else ptc.gain_e_per_adu)
+        if found:
+            warnings.append(f"{name}: {found}")
+    return NoiseModel(tuple(shape), float(exptime_s), float(darktime_s), tuple(models), cosmic, tuple(warnings))
