@@ -53,7 +53,7 @@ def check_session(store: Path | str, key: str, record: dict) -> list[str]:
     syn = group.attrs.get("syn")
     if syn is None and "syn" in names:
         problems.append("syn: written but not recorded (interrupted `skyprep synthesize`: run it again)")
-    elif syn is not None and "syn" not in names:
+    elif syn is not None and syn.get("realizations") and "syn" not in names:
         problems.append("syn: missing")
     realizations = int(syn["realizations"]) if syn else 0
     for name in sorted(names & set(CONTRACT)):
