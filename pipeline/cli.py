@@ -95,6 +95,20 @@ def _preview(args) -> int:
     return 0
 
 
+def _noise(args) -> int:
+    from .tools.noise_report import noise_report
+
+    try:
+        figures = noise_report(args.store, args.session, args.out, args.realization)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    bins = ", ".join(f"{100 * v:+.1f}%" for v in figures.variance_ratio_minus_1)
+    print(f"syn/os variance per flux bin - 1: {bins}")
+    print(f"syn/os row-noise power - 1: {100 * figures.row_power_ratio_minus_1:+.1f}% ({figures.pixels} pixels)")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _export(args) -> int:
     from .tools.export import export_session
 
@@ -208,6 +222,13 @@ def parser() -> argparse.ArgumentParser:
     pv.add_argument("session", help="'<instrument>_<band>/<obs_id>'")
     pv.add_argument("-o", "--out", type=Path, required=True, help="the PNG to write")
     pv.set_defaults(func=_preview)
+
+    nz = sub.add_parser("noise", help="compare a session's syn with its os: PTC, residual histograms, row noise (PNG)")
+    nz.add_argument("store", type=Path)
+    nz.add_argument("session", help="'<instrument>_<band>/<obs_id>'")
+    nz.add_argument("-o", "--out", type=Path, required=True, help="the PNG to write")
+    nz.add_argument("--realization", type=int, default=0)
+    nz.set_defaults(func=_noise)
 
     ex = sub.add_parser("export", help="write a session as one multi-extension FITS file (SCI, VAR, MASK, COUNT, MEAN)")
     ex.add_argument("store", type=Path)

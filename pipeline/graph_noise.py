@@ -93,10 +93,10 @@ def noise_model(
             windows, to_raw, dask_key_name=f"ptc-samples-{y0}-{base}"))  # fmt: skip
         cosmics.append(dask.delayed(_strip_cosmics, pure=True)(
             y0, strip["mask"], strip["os"], strip["mean"], strip["flat"], strip["dark"], strip["bias"], amps,
-            darktime_s, dask_key_name=f"cosmic-pixels-{y0}-{base}"))  # fmt: skip
+            darktime_s, gain_nominal, dask_key_name=f"cosmic-pixels-{y0}-{base}"))  # fmt: skip
     shifts = variables["shift"].to_delayed(optimize_graph=False).ravel()[0]
     return dask.delayed(_model, pure=True)(
-        amps, regions, readouts, samples, cosmics, shifts, subpixel, shape, exptime_s, darktime_s,
+        amps, regions, readouts, samples, cosmics, shifts, subpixel, shape, exptime_s, darktime_s, gain_nominal,
         dask_key_name=f"noise-model-{base}",
     )  # fmt: skip
 
@@ -170,15 +170,16 @@ def _strip_samples(y0: int, e91: np.ndarray, e91_mask: np.ndarray, mean: np.ndar
 
 
 def _strip_cosmics(y0: int, mask: np.ndarray, os_adu: np.ndarray, mean: np.ndarray, flat: np.ndarray,
-                   dark: np.ndarray, bias: np.ndarray, amps: list[Amplifier], darktime_s: float) -> CosmicPixels:  # fmt: skip
+                   dark: np.ndarray, bias: np.ndarray, amps: list[Amplifier], darktime_s: float,
+                   gain_nominal: float) -> CosmicPixels:  # fmt: skip
     gain = amp_value_map(amps, [a.gain_e_per_adu for a in amps], y0, y0 + mask.shape[0])
-    expected = expected_os_adu(mean, flat, dark, bias, gain, darktime_s)
+    expected = expected_os_adu(mean, flat, dark, bias, gain, darktime_s, gain_nominal)
     return cosmic_pixels(mask, os_adu, expected, gain, y0)
 
 
 def _model(amps: list[Amplifier], regions: list[Region], readouts: list[AmpReadout],
            samples: list[list[list[PairSamples]]], cosmics: list[CosmicPixels], shifts: np.ndarray, subpixel: bool,
-           shape: tuple[int, int], exptime_s: float, darktime_s: float) -> NoiseModel:  # fmt: skip
+           shape: tuple[int, int], exptime_s: float, darktime_s: float, gain_nominal: float) -> NoiseModel:  # fmt: skip
     factors = [bilinear_variance_factor(s) if subpixel and np.all(np.isfinite(s)) else 1.0 for s in shifts]
     pairs = len(factors) // 2
     ptcs = []
@@ -187,7 +188,7 @@ def _model(amps: list[Amplifier], regions: list[Region], readouts: list[AmpReado
         per_pair = [[strip[index][k] for strip in samples if strip[index]] for k in range(pairs)]
         ptcs.append(fit_gain_ptc(per_pair, factors, read_var))
     cosmic = fit_cosmic_rays(cosmics, shape, exptime_s)
-    return assemble(amps, regions, readouts, ptcs, cosmic, shape, exptime_s, darktime_s)
+    return assemble(amps, regions, readouts, ptcs, cosmic, shape, exptime_s, darktime_s, gain_nominal)
 
 
 def _syn_strip(model: NoiseModel, y0: int, mean: np.ndarray, flat: np.ndarray, dark: np.ndarray, bias: np.ndarray,

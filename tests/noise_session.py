@@ -125,8 +125,8 @@ def fit_model(obs: Observed) -> NoiseModel:
         read_var = read.white_adu**2 + read.row_adu**2 + noise_fit.QUANTISATION_VAR_ADU2
         ptc = noise_fit.fit_gain_ptc([[p] for p in pairs], [1.0] * s.frames, read_var)
         amps.append(AmpModel(amp.name, region, readout.gain_e_per_adu, ptc, readout.overscan_adu, 62000.0, read))
-    expected = expected_os_adu(obs.mean_adu, s.flat, s.dark_e_per_s, s.bias_e, s.gain_map, s.exptime_s)
+    expected = expected_os_adu(obs.mean_adu, s.flat, s.dark_e_per_s, s.bias_e, s.gain_map, s.exptime_s, obs.gain)
     mask = np.where(s.bad_pixels, Flag.BAD_PIXEL.value, 0) | np.where(obs.cosmic_flags, Flag.COSMIC_RAY.value, 0)
     pieces = [noise_fit.cosmic_pixels(mask.astype(np.uint16), obs.os_adu, expected, s.gain_map)]
     cosmic = noise_fit.fit_cosmic_rays(pieces, obs.os_adu.shape, s.exptime_s)
-    return NoiseModel(obs.os_adu.shape, s.exptime_s, s.exptime_s, tuple(amps), cosmic)
+    return NoiseModel(obs.os_adu.shape, s.exptime_s, s.exptime_s, obs.gain, tuple(amps), cosmic)

@@ -202,12 +202,15 @@ def test_realism_without_truth_uses_the_stacks_own_noise(one_amp):
     obs, model = one_amp
     s = obs.session
     use = obs.background & np.isfinite(obs.mean_adu) & (obs.count >= 2)
-    expected = realism.expected_os_adu(obs.mean_adu, s.flat, s.dark_e_per_s, s.bias_e, s.gain_map, s.exptime_s)
+    expected = realism.expected_os_adu(
+        obs.mean_adu, s.flat, s.dark_e_per_s, s.bias_e, s.gain_map, s.exptime_s, s.gain_e_per_adu
+    )
     base = realism.base_variance_adu2(obs.std_adu, obs.count, s.flat)
-    edges = realism.flux_bin_edges(expected, use, 6)
-    os_var = realism.binned_variance(obs.os_adu - expected, expected, use, edges, -base).variance_adu2
+    signal = realism.smooth_signal_adu(expected, use)
+    edges = realism.flux_bin_edges(signal, use, 6)
+    os_var = realism.binned_variance(obs.os_adu - expected, signal, use, edges, -base).variance_adu2
     syn = synthesize_patch(obs.patch(), model, SynthKey(4, "s", (0,)))
-    syn_var = realism.binned_variance(syn - expected, expected, use, edges, base).variance_adu2
+    syn_var = realism.binned_variance(syn - expected, signal, use, edges, base).variance_adu2
     assert np.max(np.abs(syn_var / os_var - 1)) < 0.05
 
 
@@ -222,7 +225,7 @@ def test_synthesis_is_deterministic_and_local(one_amp):
     _, model = one_amp
     size = 192
     patch = _small_patch(size)
-    small = NoiseModel((size, size), model.exptime_s * 50, model.darktime_s, tuple(
+    small = NoiseModel((size, size), model.exptime_s * 50, model.darktime_s, model.gain_nominal_e_per_adu, tuple(
         type(a)(a.name, (0, size, 0, size), a.gain_e_per_adu, a.gain_ptc, a.overscan_adu, a.saturate_adu, a.read)
         for a in model.amps[:1]), model.cosmic)  # fmt: skip
     key = SynthKey(7, "session-a", (0,))

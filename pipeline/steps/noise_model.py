@@ -56,6 +56,7 @@ class NoiseModel:
     shape: tuple[int, int]  # (ny, nx) of the session grid
     exptime_s: float
     darktime_s: float
+    gain_nominal_e_per_adu: float  # the ADU of the stack (calibrated products)
     amps: tuple[AmpModel, ...]
     cosmic: CosmicFit
     warnings: tuple[str, ...] = ()
@@ -83,6 +84,7 @@ class NoiseModel:
             "shape": list(self.shape),
             "exptime_s": self.exptime_s,
             "darktime_s": self.darktime_s,
+            "gain_nominal_e_per_adu": self.gain_nominal_e_per_adu,
             "amps": [dataclasses.asdict(a) for a in self.amps],
             "cosmic": dataclasses.asdict(self.cosmic),
         }
@@ -108,6 +110,7 @@ class NoiseModel:
             shape=tuple(attrs["shape"]),
             exptime_s=float(attrs["exptime_s"]),
             darktime_s=float(attrs["darktime_s"]),
+            gain_nominal_e_per_adu=float(attrs["gain_nominal_e_per_adu"]),
             amps=amps,
             cosmic=_typed(CosmicFit, attrs["cosmic"]),
             warnings=tuple(attrs["warnings"]),
@@ -128,6 +131,7 @@ def assemble(
     shape: tuple[int, int],
     exptime_s: float,
     darktime_s: float,
+    gain_nominal_e_per_adu: float,
 ) -> NoiseModel:
     """The session's model from its amplifiers' fits, with a warning per amplifier whose
     measured gain disagrees with its header's (``noise_fit.gain_disagreement``)."""
@@ -140,4 +144,5 @@ def assemble(
         found = gain_disagreement(amp.gain_e_per_adu, None if ptc is None else ptc.gain_e_per_adu)
         if found:
             warnings.append(f"{name}: {found}")
-    return NoiseModel(tuple(shape), float(exptime_s), float(darktime_s), tuple(models), cosmic, tuple(warnings))
+    return NoiseModel(tuple(shape), float(exptime_s), float(darktime_s), float(gain_nominal_e_per_adu), tuple(models),
+                      cosmic, tuple(warnings))  # fmt: skip

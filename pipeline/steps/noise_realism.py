@@ -1,7 +1,8 @@
 """How realistic a synthetic frame is: statistics compared between ``os`` and ``syn`` (ADU).
 
 Pure functions on arrays. ``use`` selects background pixels (no source, no mask bit). The
-expected value of an overscan-corrected frame is ``(g * mean * flat + dark * DARKTIME + bias) / g``;
+expected value of an overscan-corrected frame is ``(g_nom * mean * flat + dark * DARKTIME +
+bias) / g`` (``mean`` in ADU of the nominal gain ``g_nom``, ``os`` in its amplifier's, gain ``g``);
 both ``os`` and ``syn`` are compared about it. Against real data that expectation carries the
 stack's own noise (``base_variance_adu2``), which adds to ``os``'s scatter about it and is
 already part of ``syn``'s scatter about the truth, so ``matched_variances`` corrects both.
@@ -13,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from .noise_fit import CLIP_SIGMAS, robust_variance, smoothed_periodogram
 
@@ -43,9 +45,11 @@ def expected_os_adu(
     bias_e: np.ndarray,
     gain_e_per_adu: np.ndarray | float,
     darktime_s: float,
+    gain_nominal_e_per_adu: float,
 ) -> np.ndarray:
-    """Expected overscan-corrected frame (ADU, float64) of a clean stack ``mean_adu``."""
-    return mean_adu * flat + (dark_e_per_s * darktime_s + bias_e) / gain_e_per_adu
+    """Expected overscan-corrected frame (its amplifiers' ADU, float64; ``gain_e_per_adu`` their
+    header gains) of a clean stack ``mean_adu`` (ADU of the nominal gain)."""
+    return (gain_nominal_e_per_adu * mean_adu * flat + dark_e_per_s * darktime_s + bias_e) / gain_e_per_adu
 
 
 def base_variance_adu2(std_adu: np.ndarray, count: np.ndarray, flat: np.ndarray) -> np.ndarray:
@@ -54,6 +58,16 @@ def base_variance_adu2(std_adu: np.ndarray, count: np.ndarray, flat: np.ndarray)
     count = np.asarray(count, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(count >= 2, flat**2 * np.square(std_adu, dtype=np.float64) / (count - 1), np.nan)
+
+
+def smooth_signal_adu(expected_adu: np.ndarray, use: np.ndarray, size_px: int = 15) -> np.ndarray:
+    """The box mean (``size_px``) of ``expected_adu`` over ``use`` pixels: a binning variable whose
+    own noise is negligible. Binning on the noisy expectation itself would select on its noise,
+    which ``os - expected`` shares and ``syn - expected`` does not."""
+    weights = ndimage.uniform_filter(use.astype(np.float64), size_px, mode="nearest")
+    values = ndimage.uniform_filter(np.where(use, np.nan_to_num(expected_adu), 0.0), size_px, mode="nearest")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weights > 0, values / weights, np.nan)
 
 
 def flux_bin_edges(signal_adu: np.ndarray, use: np.ndarray, bins: int) -> np.ndarray:
@@ -84,7 +98,8 @@ def row_power(residual_adu: np.ndarray, use: np.ndarray, min_pixels: int = 16) -
     use = use & inliers(residual_adu, use)
     data = np.where(use, residual_adu, np.nan)
     counts = use.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rows without a usable pixel
         means = np.nanmean(data, axis=1)
         floors = np.nanvar(data, axis=1, ddof=1) / counts
     good = counts >= min_pixels

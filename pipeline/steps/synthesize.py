@@ -1,12 +1,16 @@
 """Drawing synthetic noisy frames (``syn``, ADU) from a clean stack with a session's noise model.
 
-Per amplifier, in electrons, for a pixel of the stack ``mean`` (ADU) with the session's
-``flat``, ``dark`` (e-/s) and ``bias`` (e-) masters and the model's gain ``g`` (e-/ADU)::
+Per amplifier, in electrons, for a pixel of the stack ``mean`` (ADU of the nominal gain
+``g_nom``) with the session's ``flat``, ``dark`` (e-/s) and ``bias`` (e-) masters, the
+amplifier's header gain ``g_h`` (the masters' and the cosmic-ray shapes' electrons are the
+header's, like the calibration's) and the model's gain ``g`` (e-/ADU; ``c = g / g_h``)::
 
-    expected = g * mean * flat + dark * DARKTIME
-    syn_raw  = min(rint(L + (expected + s * (Poisson(expected) - expected) + bias + cosmic rays) / g
+    expected = c * (g_nom * mean * flat + dark * DARKTIME)
+    syn_raw  = min(rint(L + (expected + s * (Poisson(expected) - expected) + c * (bias + cosmic rays)) / g
                          + s * (white + row offset)), SATURATE)
     syn      = syn_raw - L
+
+so the expected ``syn`` in ADU is the data's whatever ``g`` is; ``g`` sets the shot noise.
 
 ``L`` is the overscan level the pipeline subtracted, so ``syn`` is quantised like ``os``. White
 read noise (ADU) is Gaussian or, where the overscan showed otherwise, drawn from its measured
@@ -191,15 +195,17 @@ def _draw(patch: Patch, window, amp: AmpModel, model: NoiseModel, rng: np.random
           rows_adu: np.ndarray, cosmic_e: np.ndarray, subtract_base_noise: bool) -> np.ndarray:  # fmt: skip
     """One tile of ``synthesize_patch`` for one amplifier."""
     gain = amp.synthesis_gain_e_per_adu
+    true_e = gain / amp.gain_e_per_adu  # the masters' and hits' electrons are the header gain's
     mean = patch.mean_adu[window].astype(np.float64)
     count = patch.count[window]
     valid = np.isfinite(mean) & (count > 0)
-    expected = gain * np.where(valid, mean, 0.0) * patch.flat[window] + patch.dark_e_per_s[window] * model.darktime_s
+    signal_e = model.gain_nominal_e_per_adu * np.where(valid, mean, 0.0) * patch.flat[window]
+    expected = true_e * (signal_e + patch.dark_e_per_s[window] * model.darktime_s)
     expected = np.clip(np.nan_to_num(expected), 0.0, None)
     shot = rng.poisson(expected) - expected
     white = white_noise_adu(amp.read, expected.shape, rng)
     scale = np.sqrt(np.clip(1.0 - 1.0 / np.maximum(count, 1), 0.0, 1.0)) if subtract_base_noise else 1.0
-    electrons = expected + scale * shot + patch.bias_e[window] + cosmic_e
+    electrons = expected + scale * shot + true_e * (patch.bias_e[window] + cosmic_e)
     raw = np.rint(amp.overscan_adu + electrons / gain + scale * (white + rows_adu[:, None]))
     raw = np.clip(raw, 0.0, amp.saturate_adu)
     return np.where(valid, raw - amp.overscan_adu, np.nan).astype(np.float32)
