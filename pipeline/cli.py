@@ -110,10 +110,13 @@ def _noise(args) -> int:
 
 
 def _export(args) -> int:
-    from .tools.export import export_session
+    from .tools.export import export_session, export_syn
 
     try:
-        print(f"wrote {export_session(args.store, args.session, args.out)}")
+        if args.syn:
+            print(f"wrote {export_syn(args.store, args.session, args.out, args.realization)}")
+        else:
+            print(f"wrote {export_session(args.store, args.session, args.out)}")
     except ValueError as err:
         raise UsageError(str(err)) from None
     return 0
@@ -233,7 +236,13 @@ def parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write a session as one multi-extension FITS file (SCI, VAR, MASK, COUNT, MEAN)")
     ex.add_argument("store", type=Path)
     ex.add_argument("session", help="'<instrument>_<band>/<obs_id>'")
-    ex.add_argument("out", type=Path, help="the FITS file to write (e.g. OUT.fits.fz)")
+    ex.add_argument("out", type=Path, help="the FITS file to write (e.g. OUT.fits.fz); with --syn, the archive root")
+    ex.add_argument(
+        "--syn",
+        action="store_true",
+        help="write syn as OUT/<instrument>_<band>/<obs_id>/data/<obs_id>_syn.fits.fz (the archive's layout)",
+    )
+    ex.add_argument("--realization", type=int, default=0, help="with --syn: which realization")
     ex.set_defaults(func=_export)
 
     sp = sub.add_parser("split", help="record a reproducible train/test split of the sessions in the store")
