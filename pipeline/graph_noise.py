@@ -92,7 +92,7 @@ def noise_model(
             y0, strip["e91"], strip["e91_mask"], strip["mean"], strip["flat"], strip["source_mask"], strip["mask"],
             windows, to_raw, dask_key_name=f"ptc-samples-{y0}-{base}"))  # fmt: skip
         cosmics.append(dask.delayed(_strip_cosmics, pure=True)(
-            y0, strip["mask"], strip["os"], strip["mean"], strip["flat"], strip["dark"], strip["bias"], amps,
+            y0, strip["mask"], strip["os"], strip["mean"], strip["flat"], strip["dark"], strip["bias"], strip["source_mask"], amps,
             darktime_s, gain_nominal, dask_key_name=f"cosmic-pixels-{y0}-{base}"))  # fmt: skip
     shifts = variables["shift"].to_delayed(optimize_graph=False).ravel()[0]
     return dask.delayed(_model, pure=True)(
@@ -170,11 +170,13 @@ def _strip_samples(y0: int, e91: np.ndarray, e91_mask: np.ndarray, mean: np.ndar
 
 
 def _strip_cosmics(y0: int, mask: np.ndarray, os_adu: np.ndarray, mean: np.ndarray, flat: np.ndarray,
-                   dark: np.ndarray, bias: np.ndarray, amps: list[Amplifier], darktime_s: float,
+                   dark: np.ndarray, bias: np.ndarray, source: np.ndarray, amps: list[Amplifier], darktime_s: float,
                    gain_nominal: float) -> CosmicPixels:  # fmt: skip
-    gain = amp_value_map(amps, [a.gain_e_per_adu for a in amps], y0, y0 + mask.shape[0])
+    y1 = y0 + mask.shape[0]
+    gain = amp_value_map(amps, [a.gain_e_per_adu for a in amps], y0, y1)
+    rdnoise = amp_value_map(amps, [a.rdnoise_e for a in amps], y0, y1)
     expected = expected_os_adu(mean, flat, dark, bias, gain, darktime_s, gain_nominal)
-    return cosmic_pixels(mask, os_adu, expected, gain, y0)
+    return cosmic_pixels(mask, os_adu, expected, gain, rdnoise, source == 1, y0)
 
 
 def _model(amps: list[Amplifier], regions: list[Region], readouts: list[AmpReadout],

@@ -40,6 +40,7 @@ class Observed:
     std_adu: np.ndarray
     count: np.ndarray
     background: np.ndarray  # no source, not bad, not hot, not a cosmic ray of the raw frame
+    source_free: np.ndarray  # no star light (truth)
     cosmic_flags: np.ndarray  # L.A.Cosmic on the calibrated raw frame
     expected_os_adu: np.ndarray  # truth: E[os]
     truth_variance_adu2: np.ndarray  # truth: Var[os] (shot, dark shot, read, row, rounding)
@@ -84,8 +85,9 @@ def observe(spec: SynthSpec, index: int = 0) -> Observed:
     expected = (scene * session.flat + dark_e + session.bias_e) / gain
     read_e2 = session.rdnoise_map**2 + session.row_noise_e**2
     truth_var = (scene * session.flat + dark_e + read_e2) / gain**2 + noise_fit.QUANTISATION_VAR_ADU2
+    source_free = ~source_mask(stars, sky)
     background = (
-        ~source_mask(stars, sky)
+        source_free
         & ~session.bad_pixels
         & ~session.hot_pixels
         & ~session.low_flat
@@ -94,7 +96,19 @@ def observe(spec: SynthSpec, index: int = 0) -> Observed:
         & ~raw.saturated
     )
     return Observed(
-        session, os_adu, overscans, e91, ok, mean, std, count, background, flags, expected, truth_var.astype(np.float64)
+        session,
+        os_adu,
+        overscans,
+        e91,
+        ok,
+        mean,
+        std,
+        count,
+        background,
+        source_free,
+        flags,
+        expected,
+        truth_var.astype(np.float64),
     )
 
 
@@ -127,6 +141,10 @@ def fit_model(obs: Observed) -> NoiseModel:
         amps.append(AmpModel(amp.name, region, readout.gain_e_per_adu, ptc, readout.overscan_adu, 62000.0, read))
     expected = expected_os_adu(obs.mean_adu, s.flat, s.dark_e_per_s, s.bias_e, s.gain_map, s.exptime_s, obs.gain)
     mask = np.where(s.bad_pixels, Flag.BAD_PIXEL.value, 0) | np.where(obs.cosmic_flags, Flag.COSMIC_RAY.value, 0)
-    pieces = [noise_fit.cosmic_pixels(mask.astype(np.uint16), obs.os_adu, expected, s.gain_map)]
+    pieces = [
+        noise_fit.cosmic_pixels(
+            mask.astype(np.uint16), obs.os_adu, expected, s.gain_map, s.rdnoise_map, obs.source_free
+        )
+    ]
     cosmic = noise_fit.fit_cosmic_rays(pieces, obs.os_adu.shape, s.exptime_s)
     return NoiseModel(obs.os_adu.shape, s.exptime_s, s.exptime_s, obs.gain, tuple(amps), cosmic)

@@ -37,6 +37,7 @@ PTC_BINS = 12
 MIN_PTC_PIXELS = 2000
 MAX_HIT_EXTENT_PX = 32  # cosmic-ray shapes larger than this (a star's residue, a satellite) are not kept
 MAX_HIT_SHAPES = 400
+MIN_HIT_SIGMA = 10.0
 MIN_PSD_BINS = 8
 GAIN_DISAGREEMENT = 0.10  # |PTC / header - 1| above this is warned about
 
@@ -321,6 +322,7 @@ class CosmicPixels:
     ys: np.ndarray
     xs: np.ndarray
     excess_e: np.ndarray
+    significance: np.ndarray  # excess over the pixel's expected noise (sigma)
     searched_px: int
 
 
@@ -328,33 +330,51 @@ _UNSEARCHED = Flag.BAD_PIXEL | Flag.LOW_FLAT | Flag.NO_DATA | Flag.SATURATED
 
 
 def cosmic_pixels(
-    mask: np.ndarray, os_adu: np.ndarray, expected_adu: np.ndarray, gain_e_per_adu: np.ndarray, y0: int = 0
+    mask: np.ndarray,
+    os_adu: np.ndarray,
+    expected_adu: np.ndarray,
+    gain_e_per_adu: np.ndarray,
+    rdnoise_e: np.ndarray,
+    background: np.ndarray,
+    y0: int = 0,
 ) -> CosmicPixels:
     """The pixels ``mask`` flags ``COSMIC_RAY`` in rows starting at session row ``y0``, with the
-    charge ``(os - expected) * gain`` (e-; 0 where the expectation is unknown)."""
-    ys, xs = np.nonzero((mask & Flag.COSMIC_RAY.value) != 0)
-    excess = np.nan_to_num((os_adu[ys, xs] - expected_adu[ys, xs]) * gain_e_per_adu[ys, xs])
-    searched = int(np.count_nonzero((mask & _UNSEARCHED.value) == 0))
-    return CosmicPixels(ys + y0, xs, excess.astype(np.float32), searched)
+    charge ``(os - expected) * gain`` (e-; 0 where the expectation is unknown) and its
+    significance against the pixel's shot and read noise (``rdnoise_e``).
+
+    Only source-free pixels (``background``) count, for the hits and for the searched area: on
+    stars L.A.Cosmic's false detections (cores, residuals) would pass for hits and shapes."""
+    ys, xs = np.nonzero(((mask & Flag.COSMIC_RAY.value) != 0) & background)
+    gain = gain_e_per_adu[ys, xs]
+    excess = np.nan_to_num((os_adu[ys, xs] - expected_adu[ys, xs]) * gain)
+    sigma = np.sqrt(np.abs(np.nan_to_num(expected_adu[ys, xs] * gain)) + rdnoise_e[ys, xs] ** 2)
+    searched = int(np.count_nonzero(((mask & _UNSEARCHED.value) == 0) & background))
+    return CosmicPixels(ys + y0, xs, excess.astype(np.float32), (excess / sigma).astype(np.float32), searched)
 
 
 def fit_cosmic_rays(pieces: Sequence[CosmicPixels], shape: tuple[int, int], exptime_s: float) -> CosmicFit:
     """Rate and shapes of the cosmic-ray hits L.A.Cosmic flagged in one frame of ``shape``,
-    from its ``pieces`` (``cosmic_pixels``). A hit is an 8-connected group of flagged pixels;
-    its charge is clipped at 0."""
+    from its ``pieces`` (``cosmic_pixels``). A hit is an 8-connected group of flagged pixels
+    whose brightest pixel stands ``MIN_HIT_SIGMA`` above the noise (fainter groups are mostly
+    L.A.Cosmic's noise detections; real hits are hundreds of sigma); its charge is clipped at 0."""
     if exptime_s <= 0:
         raise ValueError(f"exposure time {exptime_s} s: a cosmic-ray rate needs a positive one")
     flagged = np.zeros(shape, bool)
     excess = np.zeros(shape, np.float32)
+    significance = np.zeros(shape, np.float32)
     for piece in pieces:
         flagged[piece.ys, piece.xs] = True
         excess[piece.ys, piece.xs] = piece.excess_e
+        significance[piece.ys, piece.xs] = piece.significance
     area = sum(piece.searched_px for piece in pieces)
-    labels, count = ndimage.label(flagged, structure=np.ones((3, 3), bool))
+    labels, groups = ndimage.label(flagged, structure=np.ones((3, 3), bool))
+    peaks = ndimage.maximum(significance, labels, np.arange(1, groups + 1)) if groups else np.zeros(0)
+    real = np.flatnonzero(np.asarray(peaks) >= MIN_HIT_SIGMA) + 1
+    count = int(real.size)
+    boxes = ndimage.find_objects(labels)
     start, dys, dxs, charges = [0], [], [], []
-    for label, box in enumerate(ndimage.find_objects(labels), start=1):
-        if len(start) > MAX_HIT_SHAPES:
-            break
+    for label in real[:MAX_HIT_SHAPES]:
+        box = boxes[label - 1]
         if any(axis.stop - axis.start > MAX_HIT_EXTENT_PX for axis in box):
             continue
         mine = labels[box] == label
