@@ -82,6 +82,7 @@ def loader_rows(frames: np.ndarray, root: Path, n: int) -> list[dict]:
     from astropy.io import fits
 
     from pipeline.config import ChunkParams
+    from pipeline.io.provenance import Provenance
     from pipeline.io.store import index, mark_complete, write_session
     from pipeline.tools.loader import LoaderParams, PatchDataset
 
@@ -92,7 +93,8 @@ def loader_rows(frames: np.ndarray, root: Path, n: int) -> list[dict]:
         ds = xr.Dataset({name: (("y", "x"), image) for name in ("os", "calib")} |
                         {"mask": (("y", "x"), da.zeros((size, size), dtype=np.uint16, chunks=size))})  # fmt: skip
         dask.compute(write_session(ds, store, f"bench_x/obs{k}", ChunkParams().store_chunk_px))  # the default layout
-        mark_complete(store, f"bench_x/obs{k}", {"instrument": "bench", "band": "x", "obs_id": f"obs{k}"}, {})
+        mark_complete(store, f"bench_x/obs{k}", {"instrument": "bench", "band": "x", "obs_id": f"obs{k}"},
+                      Provenance([], [], {}, {}, {}))  # fmt: skip
     assert len(index(store)) == len(frames)
     params = LoaderParams(input="os", target="calib", patch_px=PATCH, patches_per_epoch=n, with_variance=False)
     dataset = PatchDataset(store, params)

@@ -1,5 +1,6 @@
 import pytest
 
+from pipeline.errors import InputError
 from pipeline.io.discover import SessionError, find_sessions, load_session
 
 
@@ -35,8 +36,11 @@ def test_glob_selects_sessions(archive):
 def test_unusable_sessions_are_reported_with_the_reason(archive_copy, damage, reason):
     directory = archive_copy / "muscat3_g" / "20240315_000_000"
     damage(directory)
-    with pytest.raises(SessionError, match=reason):
+    with pytest.raises(SessionError, match=reason) as raised:
         load_session(directory)
+    assert isinstance(raised.value, InputError)  # the file (or folder) at fault and the reason
+    assert str(raised.value) == f"{raised.value.path}: {raised.value.reason}"
+    assert raised.value.path.startswith(str(directory)) and not raised.value.reason.startswith(str(directory))
     sessions, problems = find_sessions(archive_copy)
     assert len(sessions) == 2 and problems[0][0] == directory and reason in problems[0][1]
 

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from pipeline.io.provenance import Provenance
 from pipeline.io.store import index, mark_complete, record_split, splits, write_session
 from pipeline.steps.masks import Flag
 from pipeline.tools.loader import LoaderParams, PatchDataset, tile_origins
 from pipeline.tools.splits import assign, from_json, to_json
+
+NO_PROVENANCE = Provenance(registration=[], inputs=[], array_sha256={}, reference_check={}, config={})
 
 CHUNK = 64
 SESSIONS = {  # key: (shape, e91 frames)
@@ -44,7 +47,7 @@ def _write(path, key, arrays):
     dask.compute(write_session(xr.Dataset(data), path, key, CHUNK))
     inst_band, obs_id = key.split("/")
     instrument, band = inst_band.split("_")
-    mark_complete(path, key, {"instrument": instrument, "band": band, "obs_id": obs_id}, {})
+    mark_complete(path, key, {"instrument": instrument, "band": band, "obs_id": obs_id}, NO_PROVENANCE)
 
 
 @pytest.fixture(scope="module")

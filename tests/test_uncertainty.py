@@ -5,7 +5,7 @@ import pytest
 from distributed import Client
 
 from pipeline.config import Config
-from pipeline.errors import InputError
+from pipeline.errors import InputError, SkyprepError
 from pipeline.io.store import open_store
 from pipeline.runner import run
 from pipeline.steps.calibrate import Masters, variance_e2
@@ -61,3 +61,11 @@ def test_model_refuses_a_changed_master(store, archive, archive_copy):
     ds.attrs["session_dir"] = ds.attrs["session_dir"].replace(str(archive), str(archive_copy))
     with pytest.raises(InputError, match=master.name):
         variance_from_model(ds).compute()
+
+
+def test_model_needs_the_recorded_session_folder(store):
+    ds = open_store(store)["mosaic_g/20240315_001_000"].to_dataset()
+    assert ds.attrs["session_dir"].endswith("mosaic_g/20240315_001_000")
+    del ds.attrs["session_dir"]
+    with pytest.raises(SkyprepError, match="session_dir"):
+        variance_from_model(ds)

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 from astropy.io.fits import Header
@@ -23,8 +23,16 @@ from .register import Offset, RegisterParams, celestial_wcs, measure_offsets, wc
 from .resample import bpm_flags, shift_rows
 from .stack import ClipParams, sigma_clip_stack
 
-RowReader = Callable[[Any, int, int], np.ndarray]  # (image, y0, y1) -> rows [y0, y1)
-CutoutReader = Callable[[Any, int, int, int, int], np.ndarray]  # (image, y0, y1, x0, x1) -> cutout
+
+class Image(Protocol):
+    """A handle on a 2-D image that a reader can read (an ``ImageRef``, or a numpy array)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+
+RowReader = Callable[[Image, int, int], np.ndarray]  # (image, y0, y1) -> rows [y0, y1)
+CutoutReader = Callable[[Image, int, int, int, int], np.ndarray]  # (image, y0, y1, x0, x1) -> cutout
 
 
 @dataclass(frozen=True)
@@ -32,9 +40,9 @@ class Frame:
     """An e91 exposure's images (handles with a ``shape``) and the factors that bring its values
     (and ERR) to ADU."""
 
-    sci: Any
-    bpm: Any | None
-    err: Any | None
+    sci: Image
+    bpm: Image | None
+    err: Image | None
     factor: float
     err_factor: float
 
@@ -135,7 +143,7 @@ def stack_strip(
     Each frame's rows are read here: those the offset (rounded unless ``subpixel``) brings onto
     the strip. A frame that failed registration is left in place and flagged NOT_REGISTERED."""
 
-    def read(image: Any, a: int, b: int, factor: float = 1.0) -> np.ndarray:
+    def read(image: Image, a: int, b: int, factor: float = 1.0) -> np.ndarray:
         values = read_rows(image, a, b)
         return values if factor == 1.0 else values * np.float32(factor)
 
