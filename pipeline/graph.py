@@ -22,7 +22,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 
 from .config import Config
-from .graph_noise import noise_model, syn_array
+from .graph_noise import noise_products
 from .io.contract import CONTRACT
 from .io.discover import Session
 from .io.fits_reader import lazy_image, read_cutout, read_image, read_rows, strip_bounds
@@ -76,20 +76,14 @@ def build_session(session: Session, config: Config) -> SessionGraph:
     variables = {"os": os_adu, **products}
     if not config.write_variance:
         del variables["variance"]
-    variables.update(
-        {name: array.astype(CONTRACT[name].dtype) for name, array in
-         (("bias", lazy_masters.bias_e), ("dark", lazy_masters.dark_e_per_s), ("flat", lazy_masters.flat))}
-    )  # fmt: skip
+    variables |= {n: a.astype(CONTRACT[n].dtype) for n, a in zip(("bias", "dark", "flat"), lazy_masters.arrays())}
     offsets: list[Offset] | Delayed = []
     model: Delayed | None = None
     if session.e91:
         stacked, offsets = _e91_stack(session, products["calib"], calibration_mask, raw, config, base)
         variables.update(stacked)
-        model = noise_model(raw.amps, raw.shape, variables, attrs.exptime, attrs.darktime, attrs.gain, config.overscan,
-                            config.synthesis, config.register.subpixel, base)  # fmt: skip
-        if config.synthesis.realizations:
-            clean = {name: variables[name] for name in ("mean", "flat", "dark", "bias", "count")}
-            variables["syn"] = syn_array(model, clean, session.key, config.synthesis, base)
+        model, syn = noise_products(raw, variables, config, session.key, base)
+        variables |= {"syn": syn} if syn is not None else {}
     for product, path in session.references.items():
         name = f"ref_{product}"
         ref = lazy_image(reference_image(path, raw.shape), strip, f"ref-{product}-{base}")

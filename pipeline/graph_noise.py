@@ -16,8 +16,10 @@ import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
 
+from .config import Config
 from .io.contract import CONTRACT
 from .io.fits_reader import read_image
+from .io.inputs import Layout
 from .steps.amplifiers import Amplifier, amp_value_map, detector_shape
 from .steps.masks import Flag
 from .steps.noise_fit import (
@@ -59,6 +61,20 @@ def central_windows(regions: list[Region], side_px: int) -> list[Region]:
         top, left = y0 + (y1 - y0 - h) // 2, x0 + (x1 - x0 - w) // 2
         windows.append((top, top + h, left, left + w))
     return windows
+
+
+def noise_products(
+    raw: Layout, variables: dict[str, da.Array], config: Config, session_key: str, base: str
+) -> tuple[Delayed, da.Array | None]:
+    """The Delayed noise model of a session with e91 frames and its ``syn`` (``None`` when
+    ``synthesis.realizations`` is 0); ``variables`` are the graph's."""
+    attrs = raw.attrs
+    model = noise_model(raw.amps, raw.shape, variables, attrs.exptime, attrs.darktime, attrs.gain, config.overscan,
+                        config.synthesis, config.register.subpixel, base)  # fmt: skip
+    if not config.synthesis.realizations:
+        return model, None
+    clean = {name: variables[name] for name in ("mean", "flat", "dark", "bias", "count")}
+    return model, syn_array(model, clean, session_key, config.synthesis, base)
 
 
 def noise_model(
