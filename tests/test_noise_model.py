@@ -12,7 +12,7 @@ from scipy import stats
 from pipeline.steps import noise_fit
 from pipeline.steps import noise_realism as realism
 from pipeline.steps.noise_model import NoiseModel
-from pipeline.steps.synthesize import TILE_PX, Patch, SynthKey, synthesize_patch
+from pipeline.steps.synthesize import Patch, SynthKey, synthesize_patch
 from pipeline.synth import SynthSpec, ccd
 
 from .noise_baselines import authors_model, gaussian_poisson_model
@@ -97,9 +97,19 @@ def test_non_gaussian_read_noise_is_detected_and_reproduced():
     assert not read.gaussian
     assert read.excess_kurtosis == pytest.approx(3.0, abs=0.5)
     assert read.white_adu == pytest.approx(6.0, rel=0.03)
-    from pipeline.steps.synthesize import white_noise_adu
+    # drawn through the synthesis: no signal, no row noise, so syn is the white noise, rounded
+    from dataclasses import replace
 
-    drawn = white_noise_adu(read, (512, 512), np.random.default_rng(1))
+    from pipeline.steps.noise_fit import CosmicFit
+    from pipeline.steps.noise_model import AmpModel
+
+    shape = (512, 512)
+    quiet = replace(read, row_adu=0.0)
+    amp = AmpModel("SCI", (0, 512, 0, 512), 1.8, None, 1000.25, 65535.0, quiet)
+    model = NoiseModel(shape, 60.0, 60.0, 1.8, (amp,), CosmicFit(0.0, 0.0, 0, 1, 60.0, (0,), (), (), ()))
+    zeros = np.zeros(shape, np.float32)
+    patch = Patch(0, 0, zeros, np.ones(shape, np.float32), zeros, zeros, np.full(shape, 1000, np.uint16))
+    drawn = synthesize_patch(patch, model, SynthKey(1, "s", (0,)))
     assert stats.kurtosis(drawn.ravel()) == pytest.approx(read.excess_kurtosis, abs=0.5)
     assert drawn.std() == pytest.approx(6.0, rel=0.03)
 
@@ -234,16 +244,42 @@ def test_synthesis_is_deterministic_and_local(one_amp):
     assert not np.array_equal(whole, synthesize_patch(patch, small, SynthKey(7, "session-a", (1,))))
     assert not np.array_equal(whole, synthesize_patch(patch, small, SynthKey(7, "session-b", (0,))))
     assert not np.array_equal(whole, synthesize_patch(patch, small, SynthKey(8, "session-a", (0,))))
-    # strips of whole tiles, each drawn alone, are the crop of the whole frame
+    # strips (and patches), each drawn alone, are the crop of the whole frame
     strips = []
-    for y0 in range(0, size, TILE_PX):
-        rows = slice(y0, y0 + TILE_PX)
+    for y0 in range(0, size, 48):
+        rows = slice(y0, y0 + 48)
         strip = Patch(y0, 0, patch.mean_adu[rows], patch.flat[rows], patch.dark_e_per_s[rows], patch.bias_e[rows],
                       patch.count[rows])  # fmt: skip
         strips.append(synthesize_patch(strip, small, key))
     np.testing.assert_array_equal(np.concatenate(strips), whole)
+    window = (slice(37, 101), slice(50, 170))
+    inner = Patch(37, 50, *(getattr(patch, f)[window] for f in ("mean_adu", "flat", "dark_e_per_s", "bias_e", "count")))
+    np.testing.assert_array_equal(synthesize_patch(inner, small, key), whole[window])
     # quantised like the raw frame: integer ADU before the overscan level is removed
     raw = whole + small.amps[0].overscan_adu
     assert np.allclose(raw, np.rint(raw), atol=1e-3)
     # cosmic rays arrived (exposure scaled up 50x so a small frame has several)
     assert (whole - patch.mean_adu > 500).sum() >= 3
+
+
+@pytest.mark.parametrize("lam", [3.0, 25.0, 400.0, 5000.0])
+def test_shot_noise_has_the_poisson_moments(lam):
+    """No read noise, gain 1: ``syn`` is the shot noise (exact below 30 e-, Cornish-Fisher above)."""
+    from dataclasses import replace
+
+    from pipeline.steps.noise_fit import CosmicFit, fit_read_noise
+    from pipeline.steps.noise_model import AmpModel
+
+    read = replace(fit_read_noise(np.random.default_rng(0).normal(1000, 3, (64, 16))), white_adu=0.0, row_adu=0.0)
+    shape = (400, 400)
+    amp = AmpModel("SCI", (0, 400, 0, 400), 1.0, None, 0.0, 1e9, read)
+    model = NoiseModel(shape, 1.0, 1.0, 1.0, (amp,), CosmicFit(0.0, 0.0, 0, 1, 1.0, (0,), (), (), ()))
+    zeros = np.zeros(shape, np.float32)
+    patch = Patch(0, 0, np.full(shape, lam, np.float32), np.ones(shape, np.float32), zeros, zeros,
+                  np.full(shape, 10, np.uint16))  # fmt: skip
+    drawn = synthesize_patch(patch, model, SynthKey(2, "s", (0,)), subtract_base_noise=False).ravel().astype(float)
+    n = drawn.size
+    assert np.all(drawn == np.rint(drawn))
+    assert abs(drawn.mean() - lam) < 5 * math.sqrt(lam / n)
+    assert abs(drawn.var() / lam - 1) < 5 * math.sqrt(2 / n) + 0.5 / lam
+    assert abs(stats.skew(drawn) - 1 / math.sqrt(lam)) < 5 * math.sqrt(6 / n) + 0.05 / math.sqrt(lam)
