@@ -98,8 +98,8 @@ def noise_model(
         for i, amp in enumerate(amps)
     ]
     names = ("os", "mask", "e91", "e91_mask", "mean", "source_mask", "bias", "dark", "flat")
-    bounds = _bounds({name: variables[name] for name in names})
-    blocks = {name: _strip_blocks(variables[name]) for name in names}
+    aligned, bounds = _aligned({name: variables[name] for name in names})
+    blocks = {name: _strip_blocks(array) for name, array in aligned.items()}
     to_raw = [gain_nominal / a.gain_e_per_adu for a in amps]
     samples, cosmics = [], []
     for k, (y0, _) in enumerate(bounds):
@@ -127,8 +127,8 @@ def syn_array(
     """``syn`` (realization, y, x), float32 ADU: one task per realization and strip of ``arrays``
     (``mean``, ``flat``, ``dark``, ``bias``, ``count``, all chunked by the same strips)."""
     nx = arrays["mean"].shape[1]
-    bounds = _bounds(arrays)
-    blocks = {name: _strip_blocks(array) for name, array in arrays.items()}
+    aligned, bounds = _aligned(arrays)
+    blocks = {name: _strip_blocks(array) for name, array in aligned.items()}
     dtype = CONTRACT["syn"].dtype
     realizations = []
     for r in range(params.realizations):
@@ -146,15 +146,17 @@ def syn_array(
     return da.concatenate(realizations, axis=0)
 
 
-def _bounds(arrays: dict[str, da.Array]) -> list[tuple[int, int]]:
-    """The row strips ``(y0, y1)`` the ``arrays`` share; ``ValueError`` when they do not."""
-    chunks = {name: array.chunks[-2] for name, array in arrays.items()}
-    first = next(iter(chunks.values()))
-    differ = [name for name, found in chunks.items() if found != first or len(arrays[name].chunks[-1]) != 1]
-    if differ:
-        raise ValueError(f"{', '.join(differ)}: not chunked in the same full-width strips as the others")
+def _aligned(arrays: dict[str, da.Array]) -> tuple[dict[str, da.Array], list[tuple[int, int]]]:
+    """``arrays`` in the full-width row strips of the first one (rechunked where they differ, e.g.
+    after an overlap wider than a strip) and those strips ``(y0, y1)``."""
+    first = next(iter(arrays.values())).chunks[-2]
+    aligned = {
+        name: array if array.chunks[-2] == first and len(array.chunks[-1]) == 1
+        else array.rechunk({array.ndim - 2: first, array.ndim - 1: -1})
+        for name, array in arrays.items()
+    }  # fmt: skip
     edges = np.cumsum((0, *first))
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return aligned, [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def _strip_blocks(array: da.Array) -> list[Delayed]:
