@@ -283,3 +283,27 @@ def test_shot_noise_has_the_poisson_moments(lam):
     assert abs(drawn.mean() - lam) < 5 * math.sqrt(lam / n)
     assert abs(drawn.var() / lam - 1) < 5 * math.sqrt(2 / n) + 0.5 / lam
     assert abs(stats.skew(drawn) - 1 / math.sqrt(lam)) < 5 * math.sqrt(6 / n) + 0.05 / math.sqrt(lam)
+
+
+def test_a_gain_far_from_the_header_is_warned_about(one_amp):
+    from dataclasses import replace
+
+    from pipeline.io.provenance import Provenance
+    from pipeline.steps.noise_model import assemble
+
+    _, model = one_amp
+    amp = model.amps[0]
+    off = replace(amp.gain_ptc, gain_e_per_adu=amp.gain_e_per_adu * 1.12)
+
+    class _Amp:  # what assemble reads of a pipeline Amplifier
+        gain_e_per_adu, saturate_adu = amp.gain_e_per_adu, amp.saturate_adu
+        ref = type("Ref", (), {"name": "SCI", "label": "raw.fits[SCI]"})()
+
+    readout = noise_fit.AmpReadout(amp.read, amp.overscan_adu)
+    warned = assemble([_Amp()], [amp.region], [readout], [off], model.cosmic, model.shape, 60.0, 60.0, 1.8)
+    assert len(warned.warnings) == 1 and "+12.0%" in warned.warnings[0]
+    assert assemble([_Amp()], [amp.region], [readout], [amp.gain_ptc], model.cosmic, model.shape, 60.0, 60.0,
+                    1.8).warnings == ()  # fmt: skip
+    provenance = Provenance([], [], {}, {}, {}, warned.to_attrs())
+    assert provenance.warnings() == list(warned.warnings)
+    assert warned.to_attrs()["warnings"] == list(warned.warnings)

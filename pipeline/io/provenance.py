@@ -82,6 +82,10 @@ class Provenance:
             "complete": True,
         }
 
+    def warnings(self) -> list[str]:
+        """What the user should know about a session that completed (the noise model's warnings)."""
+        return list((self.noise_model or {}).get("warnings", []))
+
     def index_fields(self) -> dict[str, Any]:
         """What the root index records of it, besides the session's identity."""
         return {
