@@ -67,7 +67,7 @@ class SynthesisParams:
     realizations: int = 1
     seed: int = 0
     subtract_base_noise: bool = True
-    ptc_cutout_px: int = 512
+    ptc_cutout_px: int = 256
 
     def __post_init__(self) -> None:
         if self.realizations < 0:
