@@ -11,6 +11,8 @@ takes the graph's own blocks, so nothing upstream runs twice, and none holds mor
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import dask
 import dask.array as da
 import numpy as np
@@ -32,7 +34,9 @@ from .steps.noise_fit import (
     cosmic_pixels,
     fit_cosmic_rays,
     fit_gain_ptc,
+    on_background,
     ptc_samples,
+    searchable,
 )
 from .steps.noise_model import NoiseModel, assemble
 from .steps.noise_realism import expected_os_adu
@@ -104,12 +108,18 @@ def noise_model(
     samples, cosmics = [], []
     for k, (y0, _) in enumerate(bounds):
         strip = {name: found[k] for name, found in blocks.items()}
+        # what is needed of the strip is taken as soon as it is stacked; the source mask (a
+        # whole-frame task) is applied later, so the e91 strips need not wait for it
+        cuts = dask.delayed(_strip_windows, pure=True)(
+            y0, strip["e91"], strip["e91_mask"], strip["mean"], strip["flat"], strip["mask"], windows,
+            dask_key_name=f"ptc-windows-{y0}-{base}")  # fmt: skip
         samples.append(dask.delayed(_strip_samples, pure=True)(
-            y0, strip["e91"], strip["e91_mask"], strip["mean"], strip["flat"], strip["source_mask"], strip["mask"],
-            windows, to_raw, dask_key_name=f"ptc-samples-{y0}-{base}"))  # fmt: skip
-        cosmics.append(dask.delayed(_strip_cosmics, pure=True)(
-            y0, strip["mask"], strip["os"], strip["mean"], strip["flat"], strip["dark"], strip["bias"], strip["source_mask"], amps,
-            darktime_s, gain_nominal, dask_key_name=f"cosmic-pixels-{y0}-{base}"))  # fmt: skip
+            y0, cuts, strip["source_mask"], windows, to_raw, dask_key_name=f"ptc-samples-{y0}-{base}"))  # fmt: skip
+        found = dask.delayed(_strip_cosmics, pure=True, nout=2)(
+            y0, strip["mask"], strip["os"], strip["mean"], strip["flat"], strip["dark"], strip["bias"], amps,
+            darktime_s, gain_nominal, dask_key_name=f"cosmic-pixels-{y0}-{base}")  # fmt: skip
+        cosmics.append(dask.delayed(_cosmics_on_background, pure=True)(
+            found[0], found[1], strip["source_mask"], y0, dask_key_name=f"cosmic-background-{y0}-{base}"))  # fmt: skip
     shifts = variables["shift"].to_delayed(optimize_graph=False).ravel()[0]
     return dask.delayed(_model, pure=True)(
         amps, regions, readouts, samples, cosmics, shifts, subpixel, shape, exptime_s, darktime_s, gain_nominal,
@@ -169,32 +179,61 @@ def _amp_readout(amp: Amplifier, params: OverscanParams) -> AmpReadout:
     return amp_read_noise(read_image(amp.ref), amp, params)
 
 
-def _strip_samples(y0: int, e91: np.ndarray, e91_mask: np.ndarray, mean: np.ndarray, flat: np.ndarray,
-                   source: np.ndarray, mask: np.ndarray, windows: list[Region],
-                   to_raw: list[float]) -> list[list[PairSamples]]:  # fmt: skip
-    """Per amplifier, the photon-transfer samples of the strip's rows inside its window."""
+@dataclass(frozen=True, eq=False)
+class _Cut:
+    """A strip's rows of one amplifier's PTC window: frames (n, r, w) ADU and their usable
+    values, the stack, the flat and the calibrated frame's usable pixels."""
+
+    frames: np.ndarray
+    ok: np.ndarray
+    mean: np.ndarray
+    flat: np.ndarray
+    calib_ok: np.ndarray
+
+
+def _strip_windows(y0: int, e91: np.ndarray, e91_mask: np.ndarray, mean: np.ndarray, flat: np.ndarray,
+                   mask: np.ndarray, windows: list[Region]) -> list[_Cut | None]:  # fmt: skip
     y1 = y0 + mean.shape[0]
-    found = []
-    for (wy0, wy1, wx0, wx1), factor in zip(windows, to_raw, strict=True):
+    cuts: list[_Cut | None] = []
+    for wy0, wy1, wx0, wx1 in windows:
         a, b = max(wy0, y0), min(wy1, y1)
         if a >= b:
-            found.append([])
+            cuts.append(None)
             continue
         rows, cols = slice(a - y0, b - y0), slice(wx0, wx1)
-        background = (source[rows, cols] == 1) & ((mask[rows, cols] & _UNUSABLE_CALIB.value) == 0)
         ok = (e91_mask[:, rows, cols] & _UNUSABLE_FRAME_PIXEL) == 0
-        found.append(ptc_samples(e91[:, rows, cols], ok, mean[rows, cols], flat[rows, cols], background, factor))
+        calib_ok = (mask[rows, cols] & _UNUSABLE_CALIB.value) == 0
+        cuts.append(_Cut(e91[:, rows, cols].copy(), ok, mean[rows, cols].copy(), flat[rows, cols].copy(), calib_ok))
+    return cuts
+
+
+def _strip_samples(y0: int, cuts: list[_Cut | None], source: np.ndarray, windows: list[Region],
+                   to_raw: list[float]) -> list[list[PairSamples]]:  # fmt: skip
+    """Per amplifier, the photon-transfer samples of the strip's rows inside its window."""
+    found = []
+    for cut, (wy0, _, wx0, wx1), factor in zip(cuts, windows, to_raw, strict=True):
+        if cut is None:
+            found.append([])
+            continue
+        a = max(wy0, y0)
+        background = (source[a - y0 : a - y0 + cut.mean.shape[0], wx0:wx1] == 1) & cut.calib_ok
+        found.append(ptc_samples(cut.frames, cut.ok, cut.mean, cut.flat, background, factor))
     return found
 
 
 def _strip_cosmics(y0: int, mask: np.ndarray, os_adu: np.ndarray, mean: np.ndarray, flat: np.ndarray,
-                   dark: np.ndarray, bias: np.ndarray, source: np.ndarray, amps: list[Amplifier], darktime_s: float,
-                   gain_nominal: float) -> CosmicPixels:  # fmt: skip
+                   dark: np.ndarray, bias: np.ndarray, amps: list[Amplifier], darktime_s: float,
+                   gain_nominal: float) -> tuple[CosmicPixels, np.ndarray]:  # fmt: skip
+    """The strip's cosmic-ray pixels (every pixel counted as background) and its searchable map."""
     y1 = y0 + mask.shape[0]
     gain = amp_value_map(amps, [a.gain_e_per_adu for a in amps], y0, y1)
     rdnoise = amp_value_map(amps, [a.rdnoise_e for a in amps], y0, y1)
     expected = expected_os_adu(mean, flat, dark, bias, gain, darktime_s, gain_nominal)
-    return cosmic_pixels(mask, os_adu, expected, gain, rdnoise, source == 1, y0)
+    return cosmic_pixels(mask, os_adu, expected, gain, rdnoise, np.ones(mask.shape, bool), y0), searchable(mask)
+
+
+def _cosmics_on_background(pixels: CosmicPixels, searched: np.ndarray, source: np.ndarray, y0: int) -> CosmicPixels:
+    return on_background(pixels, searched, source == 1, y0)
 
 
 def _model(amps: list[Amplifier], regions: list[Region], readouts: list[AmpReadout],

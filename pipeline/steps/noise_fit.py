@@ -348,8 +348,21 @@ def cosmic_pixels(
     gain = gain_e_per_adu[ys, xs]
     excess = np.nan_to_num((os_adu[ys, xs] - expected_adu[ys, xs]) * gain)
     sigma = np.sqrt(np.abs(np.nan_to_num(expected_adu[ys, xs] * gain)) + rdnoise_e[ys, xs] ** 2)
-    searched = int(np.count_nonzero(((mask & _UNSEARCHED.value) == 0) & background))
+    searched = int(np.count_nonzero(searchable(mask) & background))
     return CosmicPixels(ys + y0, xs, excess.astype(np.float32), (excess / sigma).astype(np.float32), searched)
+
+
+def searchable(mask: np.ndarray) -> np.ndarray:
+    """Pixels where L.A.Cosmic could find a hit (not bad, low flat, saturated or without data)."""
+    return (mask & _UNSEARCHED.value) == 0
+
+
+def on_background(pixels: CosmicPixels, searched: np.ndarray, background: np.ndarray, y0: int = 0) -> CosmicPixels:
+    """``pixels`` (found with every pixel as background) restricted to ``background``; ``searched``
+    the rows' ``searchable`` map, rows starting at session row ``y0``."""
+    keep = background[pixels.ys - y0, pixels.xs]
+    return CosmicPixels(pixels.ys[keep], pixels.xs[keep], pixels.excess_e[keep], pixels.significance[keep],
+                        int(np.count_nonzero(searched & background)))  # fmt: skip
 
 
 def fit_cosmic_rays(pieces: Sequence[CosmicPixels], shape: tuple[int, int], exptime_s: float) -> CosmicFit:
