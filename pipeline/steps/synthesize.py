@@ -49,7 +49,7 @@ from scipy import stats
 from .noise_fit import MAX_HIT_EXTENT_PX, QUANTILE_LEVELS, ReadNoise
 from .noise_model import NoiseModel
 
-COSMIC_TILE_PX = 256  # cosmic-ray arrivals: one random stream per tile
+COSMIC_TILE_PX = 512  # cosmic-ray arrivals: one random stream per tile
 POISSON_EXACT_BELOW_E = 30.0  # expected electrons below which shot noise is drawn exactly
 
 
@@ -158,8 +158,9 @@ def cosmic_rays_e(model: NoiseModel, key: SynthKey, y0: int, y1: int, x0: int, x
         return out
     ny, nx = model.shape
     start, dy, dx = np.asarray(cosmic.start), np.asarray(cosmic.dy), np.asarray(cosmic.dx)
-    charge = np.asarray(cosmic.charge_e)
+    charge = np.asarray(cosmic.charge_e, np.float32)
     reach = MAX_HIT_EXTENT_PX
+    rows, cols, values = [], [], []
     for ty in range(max(0, (y0 - reach) // COSMIC_TILE_PX), min(ny - 1, y1 - 1) // COSMIC_TILE_PX + 1):
         for tx in range(max(0, (x0 - reach) // COSMIC_TILE_PX), min(nx - 1, x1 - 1) // COSMIC_TILE_PX + 1):
             ty0, tx0 = ty * COSMIC_TILE_PX, tx * COSMIC_TILE_PX
@@ -170,11 +171,17 @@ def cosmic_rays_e(model: NoiseModel, key: SynthKey, y0: int, y1: int, x0: int, x
                 continue
             ay = ty0 + rng.integers(0, th, hits)
             ax = tx0 + rng.integers(0, tw, hits)
-            for hy, hx, k in zip(ay, ax, rng.integers(0, shapes, hits)):
-                pixels = slice(start[k], start[k + 1])
-                py, px = hy + dy[pixels] - y0, hx + dx[pixels] - x0
-                inside = (py >= 0) & (py < y1 - y0) & (px >= 0) & (px < x1 - x0) & (py + y0 < ny) & (px + x0 < nx)
-                np.add.at(out, (py[inside], px[inside]), charge[pixels][inside])
+            shape = rng.integers(0, shapes, hits)
+            lengths = start[shape + 1] - start[shape]
+            first = np.repeat(start[shape] - (np.cumsum(lengths) - lengths), lengths)
+            pixel = first + np.arange(lengths.sum())  # index into dy, dx, charge of every hit pixel
+            rows.append(np.repeat(ay, lengths) + dy[pixel])
+            cols.append(np.repeat(ax, lengths) + dx[pixel])
+            values.append(charge[pixel])
+    if rows:
+        py, px, v = np.concatenate(rows) - y0, np.concatenate(cols) - x0, np.concatenate(values)
+        inside = (py >= 0) & (py < y1 - y0) & (px >= 0) & (px < x1 - x0) & (py + y0 < ny) & (px + x0 < nx)
+        np.add.at(out, (py[inside], px[inside]), v[inside])
     return out
 
 
