@@ -125,3 +125,49 @@ def test_export_syn_in_the_archive_layout(store, archive, tmp_path):
         assert np.median(np.abs(hdul[1].data[finite] - stored[0][finite])) > 5
     with pytest.raises(ValueError, match="realization 5"):
         export_syn(store, key, tmp_path, realization=5)
+
+
+def _zarr_reader(store):
+    def read(session, name, lead, y, x, out):
+        array = zarr.open_array(str(store), path=f"{session}/{name}", mode="r", zarr_format=3)
+        p, q = out.shape
+        out[...] = array[(*lead, slice(y, y + p), slice(x, x + q))]
+
+    return read
+
+
+def _fresh_in_a_process(store, session, y, x, p, seed, epoch, index):
+    from pipeline.tools.syn_patches import SynPatches
+
+    out = np.empty((p, p), np.float32)
+    SynPatches(store).fresh(session, y, x, out, seed, epoch, index, _zarr_reader(store))
+    return out
+
+
+def test_loader_patches_stored_and_on_the_fly(store):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipeline.steps.noise_model import NoiseModel
+    from pipeline.steps.synthesize import Patch, SynthKey, synthesize_patch
+    from pipeline.tools.syn_patches import SynPatches, realization_of
+
+    key = sorted(complete_sessions(store))[0]
+    source, read = SynPatches(store), _zarr_reader(store)
+    y, x, p = 37, 61, 96
+    out = np.empty((p, p), np.float32)
+    source.stored(key, y, x, out, 0, 1, 5, read)
+    r = realization_of(0, 1, 5, 2)
+    np.testing.assert_array_equal(out, _open(store, key)["syn"].values[r, y : y + p, x : x + p])
+    assert {realization_of(0, 1, i, 2) for i in range(20)} == {0, 1}
+
+    fresh = _fresh_in_a_process(store, key, y, x, p, 3, 1, 5)
+    ds = _open(store, key)
+    whole = synthesize_patch(Patch(0, 0, *(ds[n].values for n in ("mean", "flat", "dark", "bias", "count"))),
+                             NoiseModel.from_attrs(ds.attrs["noise_model"]), SynthKey(3, key, (1, 5)))  # fmt: skip
+    np.testing.assert_array_equal(fresh, whole[y : y + p, x : x + p])  # the right windows, the frame's draw
+    assert not np.array_equal(fresh, _fresh_in_a_process(store, key, y, x, p, 3, 1, 6), equal_nan=True)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        again = list(pool.map(_fresh_in_a_process, *zip(*[(store, key, y, x, p, 3, 1, 5)] * 2)))
+    for other in again:  # the same sample in every worker process
+        np.testing.assert_array_equal(other, fresh)
