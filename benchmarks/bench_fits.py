@@ -48,7 +48,9 @@ from astropy.io import fits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.io.fits_reader import close_open_files, image, lazy_image, read_cutout  # noqa: E402
+from pipeline.io.fits_files import close_open_files  # noqa: E402
+from pipeline.io.fits_headers import image  # noqa: E402
+from pipeline.io.fits_reader import lazy_image, read_cutout  # noqa: E402
 
 TILINGS = {  # name: (tile_shape or None for one-row tiles, pixels)
     "one_row": (None, "raw"),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from pipeline.io.fits_reader import ImageRef
+from pipeline.io.fits_headers import ImageRef
 from pipeline.io.keywords import MissingKeyword, profiles
 from pipeline.steps.amplifiers import Amplifier, amp_value_map, mosaic, reduce_amp
 from pipeline.steps.masks import Flag

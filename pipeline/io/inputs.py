@@ -18,7 +18,8 @@ from ..steps.amplifiers import Amplifier, detector_shape
 from ..steps.calibrate import Masters
 from ..steps.e91 import Frame
 from .discover import Session, SessionError
-from .fits_reader import ImageRef, lazy_image, list_images
+from .fits_headers import ImageRef, list_images
+from .fits_reader import lazy_image
 from .keywords import Profile, select_profile
 from .metadata import SessionAttrs, session_attrs
 from .units import header_factor, header_unit

@@ -11,7 +11,7 @@ import numpy as np
 from .. import __version__
 from ..steps.amplifiers import Amplifier
 from .discover import Session
-from .fits_reader import primary_header
+from .fits_headers import primary_header
 from .keywords import MissingKeyword, Profile, amp_elements, lookup, records, resolve, session_elements
 
 

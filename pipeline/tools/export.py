@@ -23,7 +23,7 @@ from astropy.io import fits
 
 from .. import __version__
 from ..io.contract import VARIABLES, FitsExtension
-from ..io.fits_reader import STRUCTURAL_KEYWORDS
+from ..io.fits_headers import STRUCTURAL_KEYWORDS
 from ..io.store import index
 from ..steps.masks import Flag
 
