@@ -171,3 +171,13 @@ def test_loader_patches_stored_and_on_the_fly(store):
         again = list(pool.map(_fresh_in_a_process, *zip(*[(store, key, y, x, p, 3, 1, 5)] * 2)))
     for other in again:  # the same sample in every worker process
         np.testing.assert_array_equal(other, fresh)
+
+
+def test_info_shows_the_noise_models(store):
+    from pipeline.tools.info import describe
+
+    text = describe(store)
+    assert "noise model" in text
+    for key in complete_sessions(store):
+        noise = zarr.open_group(str(store), mode="r", zarr_format=3).attrs["skyprep"]["sessions"][key]["noise"]
+        assert f"{noise['gain_e_per_adu']:.3f} / {noise['gain_ptc_e_per_adu']:.3f}" in text

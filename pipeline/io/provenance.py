@@ -52,6 +52,9 @@ class Registration:
     note: str
 
 
+NOISE_SUMMARY = ("gain_e_per_adu", "gain_ptc_e_per_adu", "read_noise_e", "row_noise_e", "cosmic_rate_per_px_s")
+
+
 @dataclass(frozen=True)
 class Provenance:
     """A session's provenance: the session attributes added when it is marked complete.
@@ -88,10 +91,13 @@ class Provenance:
 
     def index_fields(self) -> dict[str, Any]:
         """What the root index records of it, besides the session's identity."""
-        return {
+        found = {
             "registration_failures": sum(not r.ok for r in self.registration),
             "reference_check": self.reference_check,
         }
+        if self.noise_model is not None:
+            found["noise"] = {key: self.noise_model[key] for key in NOISE_SUMMARY}
+        return found
 
 
 @dataclass(frozen=True)
