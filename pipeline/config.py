@@ -24,6 +24,7 @@ from .steps.params import (
     RegisterParams,
     SanityParams,
     SourceParams,
+    SynthesisParams,
 )
 
 
@@ -78,6 +79,7 @@ class Config:
     stack: ClipParams = ClipParams()
     sources: SourceParams = SourceParams()
     chunks: ChunkParams = ChunkParams()
+    synthesis: SynthesisParams = SynthesisParams()
     write_variance: bool = True
     instrument: str | None = None
 

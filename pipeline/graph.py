@@ -22,6 +22,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 
 from .config import Config
+from .graph_noise import noise_products
 from .io.contract import CONTRACT
 from .io.discover import Session
 from .io.fits_reader import lazy_image, read_cutout, read_image, read_rows, strip_bounds
@@ -78,10 +79,14 @@ def build_session(session: Session, config: Config) -> SessionGraph:
     variables = {"os": os_adu, **products}
     if not config.write_variance:
         del variables["variance"]
+    variables |= {n: a.astype(CONTRACT[n].dtype) for n, a in zip(("bias", "dark", "flat"), lazy_masters.arrays())}
     offsets: list[Offset] | Delayed = []
+    model: Delayed | None = None
     if session.e91:
         stacked, offsets = _e91_stack(session, products["calib"], calibration_mask, raw, config, base)
         variables.update(stacked)
+        model, syn = noise_products(raw, variables, config, session.key, base)
+        variables |= {"syn": syn} if syn is not None else {}
     for product, path in session.references.items():
         name = f"ref_{product}"
         ref = lazy_image(reference_image(path, raw.shape), strip, f"ref-{product}-{base}")
@@ -112,7 +117,9 @@ def build_session(session: Session, config: Config) -> SessionGraph:
         coords={"y": np.arange(raw.shape[0]), "x": np.arange(raw.shape[1])},
         attrs=attrs.to_dict(),
     )
-    summary = dask.delayed(SessionSummary, pure=True)(offsets, inputs, reference_check, sanity_warnings)
+    summary = dask.delayed(SessionSummary, pure=True)(
+        offsets, inputs, reference_check, model, config.synthesis, sanity_warnings
+    )
     return SessionGraph(session, dataset, summary)
 
 

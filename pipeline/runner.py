@@ -171,8 +171,10 @@ def run(
         session, attrs, t0 = inflight.pop(future)
         finished += 1
         try:
-            mark_complete(store, session.key, attrs, future.result())
-            result = SessionResult(session.key, "ok", "", time.perf_counter() - t0, len(session.e91))
+            provenance = future.result()
+            mark_complete(store, session.key, attrs, provenance)
+            notes = "; ".join(provenance.warnings())  # e.g. a measured gain far from the header's
+            result = SessionResult(session.key, "ok", notes, time.perf_counter() - t0, len(session.e91))
         except Exception as err:
             result = SessionResult(session.key, "failed", _reason(err), time.perf_counter() - t0, len(session.e91))
         finally:

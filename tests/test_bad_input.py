@@ -223,7 +223,9 @@ def test_session_without_e91_frames_has_no_stack_variables(damaged, client, tmp_
     assert report.exit_code == 0, report.table()
     ds = _session(out)
     assert not STACK_VARIABLES & set(ds.data_vars)
-    assert {"os", "calib", "mask"} <= set(ds.data_vars)
+    assert {"os", "calib", "mask", "bias", "dark", "flat"} <= set(ds.data_vars)
+    assert "syn" not in ds and "noise_model" not in ds.attrs  # no stack, so no noise model and no syn
+    assert "syn" in _session(out, HEALTHY) and "noise_model" in _session(out, HEALTHY).attrs
 
 
 def test_session_with_one_e91_frame_is_a_stack_of_one(damaged, client, tmp_path):

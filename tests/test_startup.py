@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import zarr
 
-from pipeline.io.index import mark_complete
+from pipeline.io.index import mark_complete, open_index
 from pipeline.io.provenance import Provenance
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,6 +44,7 @@ def test_help_and_config_import_nothing_heavy(argv):
 def _small_store(tmp_path: Path) -> Path:
     """A store whose index records one complete session (arrays of 64 x 64 px, 3 e91 frames)."""
     store, key = tmp_path / "s.zarr", "muscat3_g/20240315_000_000"
+    open_index(store)  # a skyprep store: its index exists before any group
     group = zarr.open_group(str(store), path=key, mode="w", zarr_format=3)
     group.create_array("calib", shape=(64, 64), dtype="float32")
     group.create_array("e91", shape=(3, 64, 64), dtype="float32")

@@ -198,7 +198,7 @@ def test_raw_is_lossless_row_tiled_rice_and_bit_exact(muscat):
     model = draw_session(spec, 1)
     raw_rng = rng(spec.seed, Stream.RAW, 1)
     sky, stars = scene_e(model)
-    expected = raw_amplifiers(model, expose(model, sky + stars, raw_rng).adu, raw_rng)
+    expected = raw_amplifiers(model, expose(model, sky + stars, raw_rng), raw_rng)
     with fits.open(raw_path(session)) as hdul:
         np.testing.assert_array_equal(hdul[1].data, expected[0])
 

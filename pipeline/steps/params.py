@@ -155,3 +155,28 @@ class SanityParams:
     flat_dead_fraction: float = 0.1
     dark_negative_sigma: float = 5.0
     warn_only: tuple[Check, ...] = ()
+
+
+@dataclass(frozen=True)
+class SynthesisParams:
+    """Synthetic ``syn`` frames (docs/synthesis.md).
+
+    ``realizations``: frames drawn per session with e91 frames (0: none, the noise model is
+    still fitted). ``seed``: with the session's name and the realization, what determines each
+    frame. ``subtract_base_noise``: scale the drawn noise by ``sqrt(1 - 1/count)`` so the
+    stack's own noise is not counted twice. ``ptc_cutout_px``: side of the central window of
+    each amplifier whose registered e91 frames give the photon transfer curve.
+    """
+
+    realizations: int = 1
+    seed: int = 0
+    subtract_base_noise: bool = True
+    ptc_cutout_px: int = 256
+
+    def __post_init__(self) -> None:
+        if self.realizations < 0:
+            raise ValueError(f"synthesis.realizations must be >= 0, got {self.realizations}")
+        if self.seed < 0:
+            raise ValueError(f"synthesis.seed must be >= 0, got {self.seed}")
+        if self.ptc_cutout_px < 16:
+            raise ValueError(f"synthesis.ptc_cutout_px must be >= 16, got {self.ptc_cutout_px}")

@@ -6,6 +6,11 @@ multi-amplifier camera, else its one image header, less the per-amplifier sectio
 (:mod:`pipeline.io.contract`: ``SCI`` calib, ``VAR`` variance, ``MASK`` the bit mask in
 ``PLIO_1``, ``COUNT``, ``MEAN``), each with its ``BUNIT``. Floats are compressed losslessly (``GZIP_2`` without quantisation), so the file
 holds exactly the store's values.
+
+``export_syn`` writes one realization of ``syn`` as the archive writes its ``_os`` frame:
+``<out>/<instrument>_<band>/<obs_id>/data/<obs_id>_syn.fits.fz``, an empty primary and one
+fpack image (``RICE_1``, float quantisation level 64 with subtractive dithering, as the
+observatory compresses its floats) whose header holds the raw exposure's global keywords.
 """
 
 from __future__ import annotations
@@ -59,8 +64,44 @@ def _extension(values: np.ndarray, ext: FitsExtension, flags: bool) -> fits.Comp
                              compression_type=ext.compression, **options)  # fmt: skip
 
 
+SYN_QUANTIZE_LEVEL = 64
+
+
+def export_syn(store: Path | str, key: str, out_root: Path | str, realization: int = 0) -> Path:
+    """Write realization ``realization`` of session ``key``'s ``syn`` in the archive's layout below
+    ``out_root``; return the file's path."""
+    dataset = _complete(store, key)
+    if "syn" not in dataset:
+        raise ValueError(f"{store}: session {key!r} has no syn (no e91 frames, or synthesis.realizations 0)")
+    if not 0 <= realization < dataset.sizes["realization"]:
+        raise ValueError(f"realization {realization}: session {key!r} holds {dataset.sizes['realization']}")
+    attrs = dataset.attrs
+    header = global_header(attrs)
+    del header["INHERIT"]
+    header["BUNIT"] = ("adu", "pixel unit")
+    header["SYNREAL"] = (realization, "skyprep syn realization")
+    header["SYNSEED"] = (attrs.get("syn", {}).get("seed", -1), "skyprep synthesis seed")
+    values = np.asarray(dataset["syn"][realization].values, np.float32)
+    hdu = fits.CompImageHDU(values, header=header, compression_type="RICE_1", quantize_level=SYN_QUANTIZE_LEVEL,
+                            quantize_method=1, dither_seed=1 + realization, tile_shape=(1, values.shape[1]))  # fmt: skip
+    out = Path(out_root) / key / "data" / f"{attrs['obs_id']}_syn.fits.fz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
+    tmp.replace(out)
+    return out
+
+
 class UnknownSession(SkyprepError, LookupError):
     """The store has no complete session of that name."""
+
+
+def _complete(store: Path | str, key: str) -> xr.Dataset:
+    complete = complete_sessions(store)
+    if key not in complete:
+        known = ", ".join(sorted(complete)) or "none"
+        raise UnknownSession(f"{store}: no complete session {key!r} (complete: {known})")
+    return xr.open_zarr(str(store), group=key, consolidated=False)
 
 
 def export_session(store: Path | str, key: str, out: Path | str) -> Path:
@@ -68,12 +109,7 @@ def export_session(store: Path | str, key: str, out: Path | str) -> Path:
 
     Raise :class:`UnknownSession` when the store has no such complete session and
     :class:`~pipeline.errors.InputError` naming ``out`` when it cannot be written."""
-    complete = complete_sessions(store)
-    if key not in complete:
-        raise UnknownSession(
-            f"{store}: no complete session {key!r} (complete: {', '.join(sorted(complete)) or 'none'})"
-        )
-    dataset = xr.open_zarr(str(store), group=key, consolidated=False)
+    dataset = _complete(store, key)
     hdus = [fits.PrimaryHDU(header=global_header(dataset.attrs))]
     for variable in VARIABLES:
         if variable.fits and variable.name in dataset:

@@ -26,7 +26,7 @@ def describe(store: Path | str) -> str:
             f"{record.get('registration_failures', 0):>12}  {record.get('split') or '-':>5}  "
             f"{'yes' if record.get('complete') else 'no'}"
         )
-    return "\n".join(lines + _reference_lines(sessions, width))
+    return "\n".join(lines + _reference_lines(sessions, width) + _noise_lines(sessions, width))
 
 
 def _reference_lines(sessions: dict, width: int) -> list[str]:
@@ -42,6 +42,21 @@ def _reference_lines(sessions: dict, width: int) -> list[str]:
     for key, check in checked.items():
         cells = [_median_spread(check.get(product)) for product in ("os", "calib")]
         lines.append(f"{key:<{width}}  {cells[0]:>19}  {cells[1]:>19}")
+    return lines
+
+
+def _noise_lines(sessions: dict, width: int) -> list[str]:
+    """The fitted noise models' summaries (docs/synthesis.md)."""
+    fitted = {key: r["noise"] for key, r in sessions.items() if r.get("noise")}
+    if not fitted:
+        return []
+    lines = ["", "noise model (gain e-/ADU: header / photon transfer curve; noise e-; cosmic rays per px per s):",
+             f"{'session':<{width}}  {'gain':>13}  {'read':>6}  {'row':>6}  {'cosmic rate':>11}"]  # fmt: skip
+    for key, noise in fitted.items():
+        ptc = noise.get("gain_ptc_e_per_adu")
+        gain = f"{noise['gain_e_per_adu']:.3f} / " + (f"{ptc:.3f}" if ptc is not None else "-")
+        lines.append(f"{key:<{width}}  {gain:>13}  {noise['read_noise_e']:>6.2f}  {noise['row_noise_e']:>6.2f}  "
+                     f"{noise['cosmic_rate_per_px_s']:>11.3g}")  # fmt: skip
     return lines
 
 
