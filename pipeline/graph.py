@@ -5,7 +5,7 @@ Keys carry the session's name. Frames are full-width row strips (tile-aligned); 
 whole-frame tasks are the amplifier reduction and the source detection on the stack. The e91
 work is one registration task per session and one task per strip that reads, moves and stacks
 the rows of every frame it needs (:mod:`pipeline.steps.e91`: every e91 row decoded once). Tasks
-that need rows of an array take the graph's own blocks (``_row_blocks``): nothing runs twice.
+that need rows of an array take the graph's own blocks (``blocks.row_blocks``): nothing runs twice.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import xarray as xr
 from dask.base import tokenize
 from dask.delayed import Delayed
 
+from .blocks import RowBlocks, row_blocks, rows_of, split
 from .config import Config
 from .graph_noise import noise_products
 from .io.contract import CONTRACT
@@ -39,8 +40,6 @@ from .steps.register import Offset, RegisterParams
 from .steps.sanity import header_problems, master_warnings, triage
 from .steps.sources import SourceParams, source_mask
 from .steps.stack import ClipParams, sigma_clip_stack
-
-RowBlocks = tuple[list[Delayed], int, slice]  # a ``_row_blocks`` triple
 
 
 @dataclass(frozen=True)
@@ -94,15 +93,15 @@ def build_session(session: Session, config: Config) -> SessionGraph:
     every_row = slice(0, raw.shape[0])
     reference_check = {
         product: dask.delayed(_reference_difference, pure=True)(
-            _row_blocks(variables[product], every_row), _row_blocks(variables[f"ref_{product}"], every_row),
-            _row_blocks(products["mask"], every_row) if product == "calib" else None,
+            row_blocks(variables[product], every_row), row_blocks(variables[f"ref_{product}"], every_row),
+            row_blocks(products["mask"], every_row) if product == "calib" else None,
             dask_key_name=f"ref-diff-{product}-{base}")
         for product in ("os", "calib") if f"ref_{product}" in variables
     }  # fmt: skip
     sanity_warnings = dask.delayed(_master_sanity, pure=True)(
         header_warnings,
-        _row_blocks(lazy_masters.flat, every_row),
-        _row_blocks(lazy_masters.dark_e_per_s, every_row),
+        row_blocks(lazy_masters.flat, every_row),
+        row_blocks(lazy_masters.dark_e_per_s, every_row),
         str(session.masters["SKYFLAT"]),
         str(session.masters["DARK"]),
         config.calibration.low_flat,
@@ -124,7 +123,7 @@ def build_session(session: Session, config: Config) -> SessionGraph:
 
 
 def _master_sanity(header_warnings: list[str], flat: RowBlocks, dark: RowBlocks, *args: object) -> list[str]:
-    return master_warnings(header_warnings, _rows(flat), _rows(dark), *args)
+    return master_warnings(header_warnings, rows_of(flat), rows_of(dark), *args)
 
 
 def load_kernels() -> None:
@@ -134,20 +133,6 @@ def load_kernels() -> None:
     mask = np.zeros((2, 9, 9), MASK_DTYPE)
     sigma_clip_stack(np.zeros(mask.shape, np.float32), mask, None, ClipParams(), parallel=False)
     cosmic_rays(np.zeros((9, 9), np.float32), np.ones((9, 9), np.float32), mask[0], 1.0, CosmicParams())
-
-
-def split(packed: da.Array, dtypes: dict[str, type[np.generic]], base: str) -> dict[str, da.Array]:
-    """Arrays of the named entries of a blockwise dict-valued array, named ``<name>-<base>``
-    (each block of ``packed`` computed once)."""
-    return {
-        name: da.map_blocks(_getitem, packed, name, dtype=dtype, meta=np.empty((0,) * packed.ndim, dtype),
-                            name=f"{name}-{base}")
-        for name, dtype in dtypes.items()
-    }  # fmt: skip
-
-
-def _getitem(block: dict[str, np.ndarray], key: str) -> np.ndarray:
-    return block[key]
 
 
 def _reduced_raw(raw: Layout, strip: int, params: OverscanParams, base: str) -> tuple[da.Array, da.Array]:
@@ -212,7 +197,7 @@ def _e91_stack(session: Session, calib: da.Array, calib_mask: da.Array, raw: Lay
     # task would make Dask traverse and hash it once per task on the client
     handles = dask.delayed(frames, name=f"e91-frames-{base}", traverse=False)
     if offsets is None:
-        offsets = dask.delayed(_measure, pure=True)(_row_blocks(calib, cy), _row_blocks(calib_mask, cy), handles, cy, cx,
+        offsets = dask.delayed(_measure, pure=True)(row_blocks(calib, cy), row_blocks(calib_mask, cy), handles, cy, cx,
                                                     config.register.params, note, dask_key_name=f"register-{base}")  # fmt: skip
     bounds, subpixel = strip_bounds(ny, config.chunks.strip_rows), config.register.subpixel
     packed = [dask.delayed(stack_strip, pure=True)(handles, offsets, y0, y1, subpixel, config.stack, read_rows,
@@ -225,7 +210,7 @@ def _e91_stack(session: Session, calib: da.Array, calib_mask: da.Array, raw: Lay
                                for p, (y0, y1) in zip(packed, bounds)], axis=len(lead))  # fmt: skip
 
     mean, count = part("mean"), part("count")
-    sources = dask.delayed(_source_mask, pure=True)(_row_blocks(mean, slice(0, ny)), _row_blocks(count, slice(0, ny)),
+    sources = dask.delayed(_source_mask, pure=True)(row_blocks(mean, slice(0, ny)), row_blocks(count, slice(0, ny)),
                                                     config.sources, dask_key_name=f"sources-{base}")  # fmt: skip
     shifts = dask.delayed(applied_shifts, pure=True)(offsets, subpixel, dask_key_name=f"shifts-{base}")
     n = len(frames)
@@ -238,35 +223,17 @@ def _e91_stack(session: Session, calib: da.Array, calib_mask: da.Array, raw: Lay
     }, offsets  # fmt: skip
 
 
-def _row_blocks(array: da.Array, rows: slice) -> RowBlocks:
-    """The Delayed full-width row blocks of ``array`` holding ``rows``, their first row and ``rows``.
-
-    The blocks keep the keys of the session graph: a task taking them shares the graph's
-    computation (a Dask array passed to ``dask.delayed`` would be optimised into a renamed copy
-    and everything upstream of it computed again)."""
-    starts = np.concatenate([[0], np.cumsum(array.chunks[0])])
-    first = int(np.searchsorted(starts, rows.start, side="right")) - 1
-    last = int(np.searchsorted(starts, rows.stop, side="left"))
-    return list(array.to_delayed(optimize_graph=False).ravel()[first:last]), int(starts[first]), rows
-
-
-def _rows(blocks_start_rows: RowBlocks) -> np.ndarray:
-    """The rows of a ``_row_blocks`` triple, computed."""
-    blocks, start, rows = blocks_start_rows
-    return np.concatenate(blocks)[rows.start - start : rows.stop - start]
-
-
 def _measure(reference: RowBlocks, reference_mask: RowBlocks, frames: list[Frame], rows: slice, cols: slice,
              params: RegisterParams, note: str) -> list[Offset]:  # fmt: skip
-    return measure(_rows(reference)[:, cols], _rows(reference_mask)[:, cols] != 0, frames, rows, cols, params, note,
+    return measure(rows_of(reference)[:, cols], rows_of(reference_mask)[:, cols] != 0, frames, rows, cols, params, note,
                    read_cutout)  # fmt: skip
 
 
 def _reference_difference(
     ours: RowBlocks, reference: RowBlocks, mask: RowBlocks | None
 ) -> dict[str, float | int | None]:
-    return robust_difference(_rows(ours), _rows(reference), None if mask is None else _rows(mask) == 0)
+    return robust_difference(rows_of(ours), rows_of(reference), None if mask is None else rows_of(mask) == 0)
 
 
 def _source_mask(mean: RowBlocks, count: RowBlocks, params: SourceParams) -> np.ndarray:
-    return source_mask(_rows(mean), None, _rows(count) == 0, params)
+    return source_mask(rows_of(mean), None, rows_of(count) == 0, params)
