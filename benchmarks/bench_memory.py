@@ -10,8 +10,8 @@ drift (``pipeline.synth``), so registration uses ``method: wcs`` and every frame
 
 The whole job runs (``pipeline.runner.run``: reading, calibration, registration, sigma-clip
 stack, source mask, Zarr writes) on a ``LocalCluster`` of one single-threaded worker process.
-The worker's resident set size is sampled every 20 ms (psutil); the target is a peak below
-1.5 GB although the e91 cube alone is ``frames * size**2 * 4`` bytes (2.5 GiB). The Dask task
+The worker's resident set size is sampled by ``common.PeakRSS`` (psutil); the target is a peak
+below ``TARGET_MB`` although the e91 cube alone is ``frames * size**2 * 4`` bytes. The Dask task
 stream shows that every e91 strip is read once: one task per strip reads the rows of every
 frame it needs, shifts and stacks them (``pipeline.steps.e91.stack_strip``), and none runs twice.
 """
@@ -65,13 +65,21 @@ def write_session(root: Path, size: int, frames: int, seed: int = 5) -> Path:
         frame += SKY_ADU
         frame[stars_y + dy, stars_x + dx] += 20000.0
         header_cards = session.cards(session.date_obs(k), rlevel=91, shift=(dy, dx))
-        write_images(out / "e91" / f"{session.ident.site}-ep04-{k:04d}-e91.fits.fz",
-                     [("SCI", frame.astype(np.uint16), fits.Header(header_cards))])  # fmt: skip
+        write_images(
+            out / "e91" / f"{session.ident.site}-ep04-{k:04d}-e91.fits.fz",
+            [("SCI", frame.astype(np.uint16), fits.Header(header_cards))],
+        )
     return out
 
 
-def run_benchmark(workdir: Path, size: int = 4096, frames: int = 40, strip_rows: int = 256,
-                  memory_limit: str = "4GB", verbose: bool = True) -> dict:  # fmt: skip
+def run_benchmark(
+    workdir: Path,
+    size: int = 4096,
+    frames: int = 40,
+    strip_rows: int = 256,
+    memory_limit: str = "4GB",
+    verbose: bool = True,
+) -> dict:
     log = print if verbose else (lambda *a, **k: None)
     archive = workdir / f"memory-archive-{size}-{frames}"
     t0 = time.perf_counter()
@@ -112,13 +120,15 @@ def run_benchmark(workdir: Path, size: int = 4096, frames: int = 40, strip_rows:
 
 
 def format_table(r: dict) -> str:
-    return "\n".join([
-        f"memory: skyprep run, 1 session of {r['frames']} e91 frames of {r['size']} x {r['size']} "
-        f"({r['cube_gb']:.1f} GB float32 cube), 1 worker, strips of {r['strip_rows']} rows",
-        f"  worker peak RSS {r['worker_peak_rss_mb']:.0f} MB (idle worker {r['worker_baseline_rss_mb']:.0f} MB), "
-        f"target < {r['target_mb']:.0f} MB; {r['seconds']:.0f} s; "
-        f"e91 strips read {r['e91_strip_reads']} times for {r['e91_strips']} strips (all frames per strip)",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"memory: skyprep run, 1 session of {r['frames']} e91 frames of {r['size']} x {r['size']} "
+            f"({r['cube_gb']:.1f} GB float32 cube), 1 worker, strips of {r['strip_rows']} rows",
+            f"  worker peak RSS {r['worker_peak_rss_mb']:.0f} MB (idle worker {r['worker_baseline_rss_mb']:.0f} MB), "
+            f"target < {r['target_mb']:.0f} MB; {r['seconds']:.0f} s; "
+            f"e91 strips read {r['e91_strip_reads']} times for {r['e91_strips']} strips (all frames per strip)",
+        ]
+    )
 
 
 def main(argv=None) -> dict:

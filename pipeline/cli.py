@@ -1,4 +1,5 @@
-"""Command line: ``skyprep synth | run | info | verify | split | preview | export | config | compile | demo`` (also ``python -m pipeline``).
+"""Command line: ``skyprep synth | run | synthesize | noise | info | verify | split | preview | export | config | compile | demo``
+(also ``python -m pipeline``).
 
 Exit status: 0 success, 1 when any session failed (the others still complete), 2 usage errors.
 """
@@ -20,7 +21,8 @@ def _synth(args) -> int:
     from .synth import SynthSpec, write_archive
 
     try:
-        spec = SynthSpec(sessions=args.sessions, size=args.size, frames=args.frames, amps=args.amps, seed=args.seed)
+        spec = SynthSpec(sessions=args.sessions, size=args.size, frames=args.frames, amps=args.amps, seed=args.seed,
+                         row_noise_e=args.row_noise_e)  # fmt: skip
     except ValueError as err:
         raise UsageError(str(err)) from None
     out_root = _where(args.out_root)
@@ -40,11 +42,12 @@ def _run(args) -> int:
     if isinstance(root, Path) and not root.is_dir():
         raise UsageError(f"input archive {root} is not a directory")
     in_memory = any(isinstance(w, ObjectPath) and w.scheme == "memory" for w in (root, out))
-    if in_memory and (args.scheduler or args.scheduler_file):
-        raise UsageError("memory:// exists in this process only: its workers cannot be elsewhere (no --scheduler)")
+    if in_memory and (args.scheduler or args.scheduler_file or args.processes):
+        raise UsageError("memory:// exists in this process only: its workers cannot be elsewhere "
+                         "(no --scheduler, --scheduler-file or --processes)")  # fmt: skip
     try:
         with store_lock(out), make_client(args.scheduler, args.workers, args.scheduler_file,
-                                          processes=not in_memory) as client:  # fmt: skip
+                                          args.processes) as client:  # fmt: skip
             report = run(root, out, config, client, pattern=args.sessions)
     except StoreError as err:
         print(f"skyprep run: {err}", file=sys.stderr)
@@ -54,6 +57,28 @@ def _run(args) -> int:
     print(report.table())
     print(f"report: {path}")
     return report.exit_code
+
+
+def _synthesize(args) -> int:
+    from .runner import make_client
+    from .steps.params import SynthesisParams
+    from .tools.synthesize import synthesize_store
+
+    if not (Path(args.store) / "zarr.json").is_file():
+        raise UsageError(f"{args.store}: not a skyprep store")
+    try:
+        params = SynthesisParams(realizations=args.realizations, seed=args.seed)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    try:
+        with store_lock(args.store), make_client(args.scheduler, args.workers, args.scheduler_file):
+            results = synthesize_store(args.store, params, args.sessions)
+    except StoreError as err:
+        print(f"skyprep synthesize: {err}", file=sys.stderr)
+        return 1
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
+    print(f"{args.store}: {counts['ok']} drawn, {counts['skipped']} skipped, {counts['failed']} failed")
+    return 1 if counts["failed"] else 0
 
 
 def _verify(args) -> int:
@@ -83,18 +108,35 @@ def _preview(args) -> int:
     return 0
 
 
-def _export(args) -> int:
-    from .tools.export import export_session
+def _noise(args) -> int:
+    from .tools.noise_report import noise_report
 
     try:
-        print(f"wrote {export_session(_where(args.store), args.session, _where(args.out))}")
+        figures = noise_report(args.store, args.session, args.out, args.realization)
     except ValueError as err:
+        raise UsageError(str(err)) from None
+    bins = ", ".join(f"{100 * v:+.1f}%" for v in figures.variance_ratio_minus_1)
+    print(f"syn/os variance per flux bin - 1: {bins}")
+    print(f"syn/os row-noise power - 1: {100 * figures.row_power_ratio_minus_1:+.1f}% ({figures.pixels} pixels)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _export(args) -> int:
+    from .tools.export import UnknownSession, export_session, export_syn
+
+    try:
+        if args.syn:
+            print(f"wrote {export_syn(_where(args.store), args.session, _where(args.out), args.realization)}")
+        else:
+            print(f"wrote {export_session(_where(args.store), args.session, _where(args.out))}")
+    except (UnknownSession, ValueError) as err:
         raise UsageError(str(err)) from None
     return 0
 
 
 def _split(args) -> int:
-    from .io.store import index, record_split
+    from .io.index import index, record_split
     from .tools import splits
 
     store = _where(args.store)
@@ -175,6 +217,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=int, default=8, help="e91 frames per session")
     s.add_argument("--amps", type=int, default=1, choices=(1, 2, 4, 8))
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--row-noise-e", type=float, default=0.0, help="RMS per-row readout offset (banding), e-")
     s.set_defaults(func=_synth)
 
     r = sub.add_parser("run", help="process an archive into a Zarr store")
@@ -183,10 +226,23 @@ def parser() -> argparse.ArgumentParser:
     where = r.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
     where.add_argument("--scheduler-file", type=Path, help="scheduler file of a running Dask cluster (JSON)")
-    where.add_argument("--workers", type=int, help="workers of the local cluster (default: cores, at most 4)")
+    where.add_argument("--workers", type=int, help="threads of the local cluster (default: cores, at most 4)")
+    r.add_argument("--processes", action="store_true",
+                   help="run the local cluster's workers as separate single-threaded processes instead of threads")  # fmt: skip
     r.add_argument("--config", type=Path, help="YAML configuration (see `skyprep config`)")
     r.add_argument("--sessions", help="glob on '<instrument>_<band>/<obs_id>' selecting sessions")
     r.set_defaults(func=_run)
+
+    sy = sub.add_parser("synthesize", help="(re)draw the synthetic frames syn from the store (no archive needed)")
+    sy.add_argument("store", type=Path)
+    sy.add_argument("--realizations", type=int, default=1, help="frames per session (0 removes syn)")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--sessions", help="glob on '<instrument>_<band>/<obs_id>' selecting sessions")
+    where = sy.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
+    where.add_argument("--scheduler-file", type=Path, help="scheduler file of a running Dask cluster (JSON)")
+    where.add_argument("--workers", type=int, help="workers of the local cluster (default: cores, at most 4)")
+    sy.set_defaults(func=_synthesize)
 
     i = sub.add_parser("info", help="summarise a store")
     i.add_argument("store", help="a store folder or URL")
@@ -202,10 +258,25 @@ def parser() -> argparse.ArgumentParser:
     pv.add_argument("-o", "--out", required=True, help="the PNG to write (a path or URL)")
     pv.set_defaults(func=_preview)
 
+    nz = sub.add_parser("noise", help="compare a session's syn with its os: PTC, residual histograms, row noise (PNG)")
+    nz.add_argument("store", type=Path)
+    nz.add_argument("session", help="'<instrument>_<band>/<obs_id>'")
+    nz.add_argument("-o", "--out", type=Path, required=True, help="the PNG to write")
+    nz.add_argument("--realization", type=int, default=0)
+    nz.set_defaults(func=_noise)
+
     ex = sub.add_parser("export", help="write a session as one multi-extension FITS file (SCI, VAR, MASK, COUNT, MEAN)")
     ex.add_argument("store", help="a store folder or URL")
     ex.add_argument("session", help="'<instrument>_<band>/<obs_id>'")
-    ex.add_argument("out", help="the FITS file to write (e.g. OUT.fits.fz; a path or URL)")
+    ex.add_argument(
+        "out", help="the FITS file to write (e.g. OUT.fits.fz; a path or URL); with --syn, the archive root"
+    )
+    ex.add_argument(
+        "--syn",
+        action="store_true",
+        help="write syn as OUT/<instrument>_<band>/<obs_id>/data/<obs_id>_syn.fits.fz (the archive's layout)",
+    )
+    ex.add_argument("--realization", type=int, default=0, help="with --syn: which realization")
     ex.set_defaults(func=_export)
 
     sp = sub.add_parser("split", help="record a reproducible train/test split of the sessions in the store")
@@ -247,3 +318,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError, FileNotFoundError) as err:
         print(f"skyprep {args.command}: {err}", file=sys.stderr)
         return 2
+    except SkyprepError as err:
+        print(f"skyprep {args.command}: {err}", file=sys.stderr)
+        return 1

@@ -5,7 +5,7 @@ Keys carry the session's name. Frames are full-width row strips (tile-aligned); 
 whole-frame tasks are the amplifier reduction and the source detection on the stack. The e91
 work is one registration task per session and one task per strip that reads, moves and stacks
 the rows of every frame it needs (:mod:`pipeline.steps.e91`: every e91 row decoded once). Tasks
-that need rows of an array take the graph's own blocks (``_row_blocks``): nothing runs twice.
+that need rows of an array take the graph's own blocks (``blocks.row_blocks``): nothing runs twice.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import xarray as xr
 from dask.base import tokenize
 from dask.delayed import Delayed
 
+from .blocks import RowBlocks, row_blocks, rows_of, split
 from .config import Config
+from .graph_noise import noise_products
 from .io.contract import CONTRACT
 from .io.discover import Session
 from .io.fits_reader import lazy_image, read_cutout, read_image, read_rows, strip_bounds
@@ -34,10 +36,9 @@ from .steps.masks import MASK_DTYPE, Flag
 from .steps.overscan import OverscanParams
 from .steps.reference import robust_difference
 from .steps.register import Offset, RegisterParams
+from .steps.sanity import header_problems, master_warnings, triage
 from .steps.sources import SourceParams, source_mask
 from .steps.stack import ClipParams, sigma_clip_stack
-
-RowBlocks = tuple[list[Delayed], int, slice]  # a ``_row_blocks`` triple
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ def build_session(session: Session, config: Config) -> SessionGraph:
     """Build the lazy graph of ``session``; raise a ``SkyprepError`` (naming the file) on bad input."""
     base, raw = key_base(session, config), layout(session, config.instrument)
     strip, attrs = config.chunks.strip_rows, raw.attrs
+    gains = [(str(session.raw), attrs.gain)] + [(a.ref.label, a.gain_e_per_adu) for a in raw.amps]
+    header_warnings = triage(header_problems(str(session.raw), gains, attrs.exptime, attrs.darktime), config.sanity)
     os_adu, raw_flags = _reduced_raw(raw, strip, config.overscan, base)
     lazy_masters = masters(session, raw.shape, strip, base, raw.profile, attrs.gain)
     products = split(
@@ -74,10 +77,14 @@ def build_session(session: Session, config: Config) -> SessionGraph:
     variables = {"os": os_adu, **products}
     if not config.write_variance:
         del variables["variance"]
+    variables |= {n: a.astype(CONTRACT[n].dtype) for n, a in zip(("bias", "dark", "flat"), lazy_masters.arrays())}
     offsets: list[Offset] | Delayed = []
+    model: Delayed | None = None
     if session.e91:
         stacked, offsets = _e91_stack(session, products["calib"], calibration_mask, raw, config, base)
         variables.update(stacked)
+        model, syn = noise_products(raw, variables, config, session.key, base)
+        variables |= {"syn": syn} if syn is not None else {}
     for product, path in session.references.items():
         name = f"ref_{product}"
         ref = lazy_image(reference_image(path, raw.shape), strip, f"ref-{product}-{base}")
@@ -85,18 +92,35 @@ def build_session(session: Session, config: Config) -> SessionGraph:
     every_row = slice(0, raw.shape[0])
     reference_check = {
         product: dask.delayed(_reference_difference, pure=True)(
-            _row_blocks(variables[product], every_row), _row_blocks(variables[f"ref_{product}"], every_row),
-            _row_blocks(products["mask"], every_row) if product == "calib" else None,
+            row_blocks(variables[product], every_row), row_blocks(variables[f"ref_{product}"], every_row),
+            row_blocks(products["mask"], every_row) if product == "calib" else None,
             dask_key_name=f"ref-diff-{product}-{base}")
         for product in ("os", "calib") if f"ref_{product}" in variables
     }  # fmt: skip
+    sanity_warnings = dask.delayed(_master_sanity, pure=True)(
+        header_warnings,
+        row_blocks(lazy_masters.flat, every_row),
+        row_blocks(lazy_masters.dark_e_per_s, every_row),
+        str(session.masters["SKYFLAT"]),
+        str(session.masters["DARK"]),
+        config.calibration.low_flat,
+        config.sanity,
+        dask_key_name=f"sanity-{base}",
+    )
     inputs = dask.delayed(input_files, pure=True)(list(session.inputs), dask_key_name=f"sha256-inputs-{base}")
     dataset = xr.Dataset(
         {name: (CONTRACT[name].dims, array, CONTRACT[name].attributes()) for name, array in variables.items()},
         coords={"y": np.arange(raw.shape[0]), "x": np.arange(raw.shape[1])},
         attrs=attrs.to_dict(),
     )
-    return SessionGraph(session, dataset, dask.delayed(SessionSummary, pure=True)(offsets, inputs, reference_check))
+    summary = dask.delayed(SessionSummary, pure=True)(
+        offsets, inputs, reference_check, model, config.synthesis, sanity_warnings
+    )
+    return SessionGraph(session, dataset, summary)
+
+
+def _master_sanity(header_warnings: list[str], flat: RowBlocks, dark: RowBlocks, *args: object) -> list[str]:
+    return master_warnings(header_warnings, rows_of(flat), rows_of(dark), *args)
 
 
 def load_kernels() -> None:
@@ -106,20 +130,6 @@ def load_kernels() -> None:
     mask = np.zeros((2, 9, 9), MASK_DTYPE)
     sigma_clip_stack(np.zeros(mask.shape, np.float32), mask, None, ClipParams(), parallel=False)
     cosmic_rays(np.zeros((9, 9), np.float32), np.ones((9, 9), np.float32), mask[0], 1.0, CosmicParams())
-
-
-def split(packed: da.Array, dtypes: dict[str, type[np.generic]], base: str) -> dict[str, da.Array]:
-    """Arrays of the named entries of a blockwise dict-valued array, named ``<name>-<base>``
-    (each block of ``packed`` computed once)."""
-    return {
-        name: da.map_blocks(_getitem, packed, name, dtype=dtype, meta=np.empty((0,) * packed.ndim, dtype),
-                            name=f"{name}-{base}")
-        for name, dtype in dtypes.items()
-    }  # fmt: skip
-
-
-def _getitem(block: dict[str, np.ndarray], key: str) -> np.ndarray:
-    return block[key]
 
 
 def _reduced_raw(raw: Layout, strip: int, params: OverscanParams, base: str) -> tuple[da.Array, da.Array]:
@@ -152,13 +162,17 @@ def _calibrate_strip(os_adu: np.ndarray, raw_flags: np.ndarray, *masters: np.nda
 
 def _with_cosmic_rays(products: dict[str, da.Array], gain_e_per_adu: float, params: CosmicParams,
                       base: str) -> da.Array:  # fmt: skip
-    """The calibration mask with COSMIC_RAY set, strip by strip with ``params.margin_px()`` rows of overlap."""
+    """The calibration mask with COSMIC_RAY set, strip by strip with ``params.margin_px()`` rows of overlap.
+
+    ``map_overlap`` merges a last strip shorter than the margin into its neighbour; the result is
+    cut back to the frame's strips, which the store's chunks require."""
     margin = min(params.margin_px(), products["calib"].shape[0] - 1)
-    return da.map_overlap(
+    flagged = da.map_overlap(
         _flag_cosmic_rays, products["calib"], products["variance"], products["mask"],
         depth={0: margin, 1: 0}, boundary="none", align_arrays=False, trim=True, dtype=MASK_DTYPE,
         meta=np.empty((0, 0), MASK_DTYPE), name=f"cosmics-{base}", gain_e_per_adu=gain_e_per_adu, params=params,
     )  # fmt: skip
+    return flagged.rechunk(products["mask"].chunks)
 
 
 def _flag_cosmic_rays(calib: np.ndarray, variance: np.ndarray, mask: np.ndarray, *, gain_e_per_adu: float,
@@ -176,11 +190,14 @@ def _e91_stack(session: Session, calib: da.Array, calib_mask: da.Array, raw: Lay
     frames = [e91_frame(path, raw.shape, config.stack.weighted, raw.profile, raw.attrs.gain) for path in session.e91]
     headers = [(path.name, f.sci.header) for path, f in zip(session.e91, frames)]
     offsets, note = wcs_offsets(raw.raw[0].header, headers, raw.shape, config.register.method, config.register.params)
+    # one node holding the frames' handles (headers included): passing the list itself to every
+    # task would make Dask traverse and hash it once per task on the client
+    handles = dask.delayed(frames, name=f"e91-frames-{base}", traverse=False)
     if offsets is None:
-        offsets = dask.delayed(_measure, pure=True)(_row_blocks(calib, cy), _row_blocks(calib_mask, cy), frames, cy, cx,
+        offsets = dask.delayed(_measure, pure=True)(row_blocks(calib, cy), row_blocks(calib_mask, cy), handles, cy, cx,
                                                     config.register.params, note, dask_key_name=f"register-{base}")  # fmt: skip
     bounds, subpixel = strip_bounds(ny, config.chunks.strip_rows), config.register.subpixel
-    packed = [dask.delayed(stack_strip, pure=True)(frames, offsets, y0, y1, subpixel, config.stack, read_rows,
+    packed = [dask.delayed(stack_strip, pure=True)(handles, offsets, y0, y1, subpixel, config.stack, read_rows,
                                                    dask_key_name=f"stack-{y0}-{base}")
               for y0, y1 in bounds]  # fmt: skip
 
@@ -190,7 +207,7 @@ def _e91_stack(session: Session, calib: da.Array, calib_mask: da.Array, raw: Lay
                                for p, (y0, y1) in zip(packed, bounds)], axis=len(lead))  # fmt: skip
 
     mean, count = part("mean"), part("count")
-    sources = dask.delayed(_source_mask, pure=True)(_row_blocks(mean, slice(0, ny)), _row_blocks(count, slice(0, ny)),
+    sources = dask.delayed(_source_mask, pure=True)(row_blocks(mean, slice(0, ny)), row_blocks(count, slice(0, ny)),
                                                     config.sources, dask_key_name=f"sources-{base}")  # fmt: skip
     shifts = dask.delayed(applied_shifts, pure=True)(offsets, subpixel, dask_key_name=f"shifts-{base}")
     n = len(frames)
@@ -203,35 +220,17 @@ def _e91_stack(session: Session, calib: da.Array, calib_mask: da.Array, raw: Lay
     }, offsets  # fmt: skip
 
 
-def _row_blocks(array: da.Array, rows: slice) -> RowBlocks:
-    """The Delayed full-width row blocks of ``array`` holding ``rows``, their first row and ``rows``.
-
-    The blocks keep the keys of the session graph: a task taking them shares the graph's
-    computation (a Dask array passed to ``dask.delayed`` would be optimised into a renamed copy
-    and everything upstream of it computed again)."""
-    starts = np.concatenate([[0], np.cumsum(array.chunks[0])])
-    first = int(np.searchsorted(starts, rows.start, side="right")) - 1
-    last = int(np.searchsorted(starts, rows.stop, side="left"))
-    return list(array.to_delayed(optimize_graph=False).ravel()[first:last]), int(starts[first]), rows
-
-
-def _rows(blocks_start_rows: RowBlocks) -> np.ndarray:
-    """The rows of a ``_row_blocks`` triple, computed."""
-    blocks, start, rows = blocks_start_rows
-    return np.concatenate(blocks)[rows.start - start : rows.stop - start]
-
-
 def _measure(reference: RowBlocks, reference_mask: RowBlocks, frames: list[Frame], rows: slice, cols: slice,
              params: RegisterParams, note: str) -> list[Offset]:  # fmt: skip
-    return measure(_rows(reference)[:, cols], _rows(reference_mask)[:, cols] != 0, frames, rows, cols, params, note,
+    return measure(rows_of(reference)[:, cols], rows_of(reference_mask)[:, cols] != 0, frames, rows, cols, params, note,
                    read_cutout)  # fmt: skip
 
 
 def _reference_difference(
     ours: RowBlocks, reference: RowBlocks, mask: RowBlocks | None
 ) -> dict[str, float | int | None]:
-    return robust_difference(_rows(ours), _rows(reference), None if mask is None else _rows(mask) == 0)
+    return robust_difference(rows_of(ours), rows_of(reference), None if mask is None else rows_of(mask) == 0)
 
 
 def _source_mask(mean: RowBlocks, count: RowBlocks, params: SourceParams) -> np.ndarray:
-    return source_mask(_rows(mean), None, _rows(count) == 0, params)
+    return source_mask(rows_of(mean), None, rows_of(count) == 0, params)

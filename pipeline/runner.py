@@ -26,9 +26,10 @@ from .config import Config
 from .errors import SkyprepError
 from .graph import build_session, load_kernels
 from .io.discover import Session, find_sessions
+from .io.index import complete_sessions, consolidate, mark_complete
 from .io.objects import ObjectPath, location
 from .io.provenance import Provenance, SessionSummary
-from .io.store import complete_sessions, consolidate, mark_complete, write_session
+from .io.store import write_session
 
 DASK_YAML = Path(__file__).with_name("dask.yaml")  # worker settings (allocator), as Dask defaults
 dask.config.update_defaults(yaml.safe_load(DASK_YAML.read_text()))
@@ -128,11 +129,16 @@ def make_client(
     scheduler: str | None = None,
     workers: int | None = None,
     scheduler_file: str | None = None,
-    processes: bool = True,
+    processes: bool = False,
 ) -> Iterator[Client]:
     """A client of ``scheduler``, of the cluster a ``scheduler_file`` describes, or of Dask's configured
-    ``scheduler-address`` (``DASK_SCHEDULER_ADDRESS``); else of a new LocalCluster shut down on exit
-    (its workers are threads of this process when not ``processes``: for ``memory://`` stores)."""
+    ``scheduler-address`` (``DASK_SCHEDULER_ADDRESS``); else of a new LocalCluster shut down on exit.
+
+    The LocalCluster runs ``workers`` (default: cores, at most 4) threads in this process, or with
+    ``processes`` as many single-threaded worker processes. Threads are the default: the steps'
+    heavy work releases the GIL (numpy, the numba kernels, the decoders, the codecs), and a worker
+    process costs the job seconds of CPU on a laptop (its own imports and kernel loading, the
+    tasks' data pickled between processes); benchmarks/README.md has the figures."""
     if scheduler_file:
         with Client(scheduler_file=str(scheduler_file)) as client:
             yield client
@@ -142,8 +148,9 @@ def make_client(
         with Client(address) as client:
             yield client
         return
-    with LocalCluster(n_workers=workers or min(os.cpu_count() or 1, 4), threads_per_worker=1, processes=processes,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+    n = workers or min(os.cpu_count() or 1, 4)
+    shape = {"n_workers": n, "threads_per_worker": 1} if processes else {"n_workers": 1, "threads_per_worker": n}
+    with LocalCluster(processes=processes, dashboard_address=":0", **shape) as cluster, Client(cluster) as client:
         yield client
 
 
@@ -171,7 +178,7 @@ def run(
     workers = list(client.scheduler_info().get("workers", {}))
     for worker in workers if todo else ():  # while the first graphs are built
         fire_and_forget(client.submit(load_kernels, workers=[worker], pure=False, priority=10))
-    window = window or 2 * max(1, len(workers))
+    window = window or 2 * max(1, sum(client.nthreads().values()))
     echo(f"{len(todo)} session(s) to process, {len(done & {s.key for s in sessions})} already complete, "
          f"{len(problems)} unusable; dashboard: {report.dashboard}")  # fmt: skip
     pending = list(reversed(todo))
@@ -199,8 +206,10 @@ def run(
         session, attrs, t0 = inflight.pop(future)
         finished += 1
         try:
-            mark_complete(store, session.key, attrs, future.result())
-            result = SessionResult(session.key, "ok", "", time.perf_counter() - t0, len(session.e91))
+            provenance = future.result()
+            mark_complete(store, session.key, attrs, provenance)
+            notes = "; ".join(provenance.warnings())  # e.g. a measured gain far from the header's
+            result = SessionResult(session.key, "ok", notes, time.perf_counter() - t0, len(session.e91))
         except Exception as err:
             result = SessionResult(session.key, "failed", _reason(err), time.perf_counter() - t0, len(session.e91))
         finally:

@@ -9,12 +9,14 @@ import pytest
 from distributed import Client
 
 from pipeline.config import Config
+from pipeline.io.index import complete_sessions
 from pipeline.runner import run
 from pipeline.synth import SynthSpec, write_archive
 from tests.s3_server import S3Server
 
 SIZE, FRAMES = 256, 6
 TINY = SynthSpec(sessions=3, size=128, frames=3, amps=1, seed=5)  # the cluster, SLURM and object-storage runs
+SESSION_KEYS = ("mosaic_g/20240315_001_000", "muscat3_g/20240315_000_000", "muscat4_r/20240315_000_001")
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +25,7 @@ def archive(tmp_path_factory):
     root = tmp_path_factory.mktemp("archive")
     write_archive(root, SynthSpec(sessions=2, size=SIZE, frames=FRAMES, amps=1, seed=0))
     write_archive(root, SynthSpec(sessions=1, size=SIZE, frames=FRAMES, amps=4, seed=1))
+    assert sorted(p.relative_to(root).as_posix() for p in root.glob("*/*") if p.is_dir()) == list(SESSION_KEYS)
     return root
 
 
@@ -40,6 +43,7 @@ def local_store(tiny_archive, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-local") / "local.zarr"
     with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
         assert run(tiny_archive, out, Config(), client, echo=lambda line: None).exit_code == 0
+    assert len(complete_sessions(out)) == TINY.sessions
     return out
 
 

@@ -143,8 +143,11 @@ def test_daskjob_manifest_follows_the_operator_crd(daskjob, daskjob_schema):
     assert job["command"] == ["skyprep"] and _skyprep_args(job["args"]).command == "run"
     cluster = daskjob["spec"]["cluster"]["spec"]
     assert cluster["scheduler"]["service"]["selector"]["dask.org/cluster-name"] == daskjob["metadata"]["name"]
-    images = {c["image"] for part in (daskjob["spec"]["job"], cluster["worker"], cluster["scheduler"])
-              for c in part["spec"]["containers"]}  # fmt: skip
+    images = {
+        c["image"]
+        for part in (daskjob["spec"]["job"], cluster["worker"], cluster["scheduler"])
+        for c in part["spec"]["containers"]
+    }
     assert images == {job["image"]}
 
 

@@ -63,27 +63,48 @@ PLIO = {  # (values, tile_shape or None for one-row tiles)
     "uint8_mask_one_row": (np.where(RNG.random(SHAPE) < 0.02, 4, 0).astype(np.uint8), None),
     "uint8_mask_64x48": (RNG.integers(0, 255, SHAPE).astype(np.uint8), (64, 48)),
     "int16_37x53": (RNG.integers(0, 3000, SHAPE).astype(np.int16), (37, 53)),
-    "int32_runs_full_width_16_rows": (RNG.integers(0, 2**20, (300, 26)).repeat(10, axis=1).astype(np.int32),
-                                      (16, 260)),  # runs: astropy's PLIO coder overflows on noise-like int32
-}  # fmt: skip
+    "int32_runs_full_width_16_rows": (
+        RNG.integers(0, 2**20, (300, 26)).repeat(10, axis=1).astype(np.int32),
+        (16, 260),
+    ),  # runs: astropy's PLIO coder overflows on noise-like int32
+}
 NOT_RICE = {  # layouts the Rice and PLIO decoders must leave alone, with the decoder expected instead
-    "gzip2_quantized_float_2d": (lambda: fits.CompImageHDU(_floats(np.float32), compression_type="GZIP_2",
-                                                           tile_shape=(64, 48)), "astropy"),
-    "gzip1_quantized_float_one_row": (lambda: fits.CompImageHDU(_floats(np.float32), compression_type="GZIP_1"),
-                                      "cfitsio"),
-    "hcompress_quantized_float_2d": (lambda: fits.CompImageHDU(RNG.normal(1000, 20, SHAPE).astype(np.float32),
-                                                               compression_type="HCOMPRESS_1", tile_shape=(64, 48)),
-                                     "hcompress"),  # astropy's, one thread at a time (C statics)
-    "uint8_rice": (lambda: fits.CompImageHDU(RNG.integers(0, 255, SHAPE).astype(np.uint8), compression_type="RICE_1",
-                                             tile_shape=(64, 48)), "astropy"),
-    "gzip1_int16_2d": (lambda: fits.CompImageHDU(_counts(np.int16), compression_type="GZIP_1", tile_shape=(64, 48)),
-                       "astropy"),
+    "gzip2_quantized_float_2d": (
+        lambda: fits.CompImageHDU(_floats(np.float32), compression_type="GZIP_2", tile_shape=(64, 48)),
+        "astropy",
+    ),
+    "gzip1_quantized_float_one_row": (
+        lambda: fits.CompImageHDU(_floats(np.float32), compression_type="GZIP_1"),
+        "cfitsio",
+    ),
+    "hcompress_quantized_float_2d": (
+        lambda: fits.CompImageHDU(
+            RNG.normal(1000, 20, SHAPE).astype(np.float32), compression_type="HCOMPRESS_1", tile_shape=(64, 48)
+        ),
+        "hcompress",
+    ),  # astropy's, one thread at a time (C statics)
+    "uint8_rice": (
+        lambda: fits.CompImageHDU(
+            RNG.integers(0, 255, SHAPE).astype(np.uint8), compression_type="RICE_1", tile_shape=(64, 48)
+        ),
+        "astropy",
+    ),
+    "gzip1_int16_2d": (
+        lambda: fits.CompImageHDU(_counts(np.int16), compression_type="GZIP_1", tile_shape=(64, 48)),
+        "astropy",
+    ),
     "gzip1_int16_one_row": (lambda: fits.CompImageHDU(_counts(np.int16), compression_type="GZIP_1"), "cfitsio"),
-    "int16_blank": (lambda: _with_blank(fits.CompImageHDU(_counts(np.int16), compression_type="RICE_1",
-                                                          tile_shape=(64, 48))), "astropy"),
-    "uint8_plio_blank": (lambda: _with_blank(fits.CompImageHDU(PLIO["uint8_mask_64x48"][0], compression_type="PLIO_1",
-                                                               tile_shape=(64, 48)), 255), "astropy"),
-}  # fmt: skip
+    "int16_blank": (
+        lambda: _with_blank(fits.CompImageHDU(_counts(np.int16), compression_type="RICE_1", tile_shape=(64, 48))),
+        "astropy",
+    ),
+    "uint8_plio_blank": (
+        lambda: _with_blank(
+            fits.CompImageHDU(PLIO["uint8_mask_64x48"][0], compression_type="PLIO_1", tile_shape=(64, 48)), 255
+        ),
+        "astropy",
+    ),
+}
 
 
 def _with_blank(hdu, blank=-32768):
@@ -111,8 +132,16 @@ def _check_reads(path):
     expected = fits.getdata(path, 1)
     ref = image(path)
     _assert_bits_equal(read_image(ref), expected)
-    for y0, y1, x0, x1 in [(0, 1, 0, 1), (37, 181, 15, 200), (299, 300, 0, 260), (63, 65, 47, 49), (250, 300, 210, 260),
-                           (5, 5, 0, 260), (0, 300, 259, 260), (127, 211, 1, 259)]:  # fmt: skip
+    for y0, y1, x0, x1 in [
+        (0, 1, 0, 1),
+        (37, 181, 15, 200),
+        (299, 300, 0, 260),
+        (63, 65, 47, 49),
+        (250, 300, 210, 260),
+        (5, 5, 0, 260),
+        (0, 300, 259, 260),
+        (127, 211, 1, 259),
+    ]:
         got = read_cutout(ref, y0, y1, x0, x1)
         _assert_bits_equal(got, expected[y0:y1, x0:x1], err_msg=f"[{y0}:{y1}, {x0}:{x1}]")
         assert got.flags.c_contiguous and got.flags.writeable
@@ -128,8 +157,9 @@ def test_rice_decoder_is_bit_identical_to_astropy(tmp_path, layout):
     assert ref.decoder == "rice"
 
 
-@pytest.mark.parametrize("dtype,tile_dims", [(np.uint16, None), (np.uint16, [50, 40]), (np.int32, [64, 64]),
-                                             (np.int16, [1, 260])])  # fmt: skip
+@pytest.mark.parametrize(
+    "dtype,tile_dims", [(np.uint16, None), (np.uint16, [50, 40]), (np.int32, [64, 64]), (np.int16, [1, 260])]
+)
 def test_rice_decoder_reads_cfitsio_written_files(tmp_path, dtype, tile_dims):
     path = tmp_path / "cfitsio.fits.fz"
     with fitsio.FITS(path, "rw", clobber=True) as out:
@@ -174,10 +204,15 @@ def test_rice_decoder_reads_the_zblank_column(tmp_path):
     assert ref.decoder == "rice" and np.isnan(read_image(ref)).sum() == np.isnan(fits.getdata(source, 1)).sum() > 0
 
 
-@pytest.mark.parametrize("dtype,qmethod,tile_dims", [(np.float32, "SUBTRACTIVE_DITHER_1", None),
-                                                     (np.float32, "SUBTRACTIVE_DITHER_2", [50, 40]),
-                                                     (np.float32, "NO_DITHER", [1, 260]),
-                                                     (np.float64, "SUBTRACTIVE_DITHER_1", [64, 64])])  # fmt: skip
+@pytest.mark.parametrize(
+    "dtype,qmethod,tile_dims",
+    [
+        (np.float32, "SUBTRACTIVE_DITHER_1", None),
+        (np.float32, "SUBTRACTIVE_DITHER_2", [50, 40]),
+        (np.float32, "NO_DITHER", [1, 260]),
+        (np.float64, "SUBTRACTIVE_DITHER_1", [64, 64]),
+    ],
+)
 def test_rice_decoder_reads_cfitsio_quantized_files(tmp_path, dtype, qmethod, tile_dims):
     path = tmp_path / "cfitsio.fits.fz"
     with fitsio.FITS(path, "rw", clobber=True) as out:
@@ -203,13 +238,19 @@ def test_plio_decoder_reads_cfitsio_written_masks(tmp_path, tile_dims):
     assert _check_reads(path).decoder == "plio"
 
 
-@pytest.mark.parametrize("missing,make,decoder", [
-    ("unquantize_float_c", lambda: _quantized(_floats(np.float32), "SUBTRACTIVE_DITHER_1", (64, 48), 9), "astropy"),
-    ("unquantize_double_c", lambda: _quantized(_floats(np.float64), "SUBTRACTIVE_DITHER_2", None, 9), "cfitsio"),
-    ("decompress_rice_1_c", lambda: _quantized(_floats(np.float32), "NO_DITHER", None, None), "cfitsio"),
-    ("decompress_plio_1_c", lambda: fits.CompImageHDU(PLIO["uint8_mask_64x48"][0], compression_type="PLIO_1"),
-     "cfitsio"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "missing,make,decoder",
+    [
+        ("unquantize_float_c", lambda: _quantized(_floats(np.float32), "SUBTRACTIVE_DITHER_1", (64, 48), 9), "astropy"),
+        ("unquantize_double_c", lambda: _quantized(_floats(np.float64), "SUBTRACTIVE_DITHER_2", None, 9), "cfitsio"),
+        ("decompress_rice_1_c", lambda: _quantized(_floats(np.float32), "NO_DITHER", None, None), "cfitsio"),
+        (
+            "decompress_plio_1_c",
+            lambda: fits.CompImageHDU(PLIO["uint8_mask_64x48"][0], compression_type="PLIO_1"),
+            "cfitsio",
+        ),
+    ],
+)
 def test_layouts_fall_back_when_astropy_lacks_a_codec(tmp_path, monkeypatch, missing, make, decoder):
     monkeypatch.setattr(fits_decoders, missing, None)
     ref = _check_reads(_write(tmp_path / f"no_{missing}.fits.fz", make()))
@@ -220,9 +261,11 @@ def test_e91_like_frame_reads_sci_err_and_bpm_with_astropy_codecs(tmp_path):
     """A reduced frame as the synthetic archive writes it (pipeline.synth): float32 SCI and ERR
     quantized with SUBTRACTIVE_DITHER_1 and a seed, a uint8 PLIO_1 mask, one-row tiles."""
     science = _floats(np.float32)
-    hdus = [compressed_image(science, name="SCI", seed=dither_seed("frame-e91.fits.fz")),
-            compressed_image(np.where(np.isnan(science), 1, 0).astype(np.uint8), name="BPM"),
-            compressed_image(np.abs(science) ** 0.5, name="ERR", seed=17)]  # fmt: skip
+    hdus = [
+        compressed_image(science, name="SCI", seed=dither_seed("frame-e91.fits.fz")),
+        compressed_image(np.where(np.isnan(science), 1, 0).astype(np.uint8), name="BPM"),
+        compressed_image(np.abs(science) ** 0.5, name="ERR", seed=17),
+    ]
     path = write_fits(tmp_path / "frame-e91.fits.fz", hdus)
     for index, (name, decoder) in enumerate([("SCI", "rice"), ("BPM", "plio"), ("ERR", "rice")], start=1):
         ref = image(path, name)

@@ -47,6 +47,7 @@ def test_every_e91_row_is_decoded_once_and_cosmic_strips_computed_once(archive, 
     summary, built = _run_session(archive, tmp_path)
     assert len(cosmics) == 4  # one per strip (overlap rows are context, not extra runs)
     e91 = [str(p) for p in load_session(archive / KEY).e91]
+    assert e91, KEY
     rows = {}
     for ref, y0, y1 in reads:
         if str(ref.path) in e91:

@@ -100,3 +100,28 @@ def test_server_ignoring_conditional_writes_is_refused(s3_bucket, monkeypatch):
         with store_lock(store):
             pass
     assert not lock_path(store).exists()
+
+
+@pytest.mark.parametrize("content", ["", "{trunc", "[1, 2]"])
+def test_a_lock_file_without_a_record_is_replaced(tmp_path, content):
+    store = tmp_path / "out.zarr"
+    lock_path(store).write_text(content)
+    with store_lock(store) as path:
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert not lock_path(store).exists()
+
+
+def test_a_lock_naming_a_live_pid_that_started_at_another_time_is_stale(tmp_path):
+    # a container's entrypoint is pid 1 in every run: the lock of the previous run names our own pid
+    store = tmp_path / "out.zarr"
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "process_start": 1, "started": "x"}
+    lock_path(store).write_text(json.dumps(record))
+    with store_lock(store) as path:
+        assert json.loads(path.read_text())["process_start"] != 1
+
+
+def test_the_lock_is_never_seen_half_written(tmp_path):
+    store = tmp_path / "out.zarr"
+    with store_lock(store) as path:
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind

@@ -25,8 +25,8 @@ from pipeline.io import fits_files
 from pipeline.io.discover import find_sessions
 from pipeline.io.fits_headers import list_images
 from pipeline.io.fits_reader import read_rows
-from pipeline.io.objects import ObjectPath, location
-from pipeline.io.store import complete_sessions, index, zarr_store
+from pipeline.io.index import complete_sessions, index
+from pipeline.io.objects import ObjectPath, location, zarr_store
 from pipeline.runner import report_path, run
 from pipeline.tools.loader import LoaderParams, PatchDataset
 from pipeline.tools.verify import check_session, verify

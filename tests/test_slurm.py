@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.io.store import complete_sessions
+from pipeline.io.index import complete_sessions
 from tests import slurm_node
 from tests.conftest import TINY
 from tests.test_cluster import assert_same_store

@@ -18,11 +18,21 @@ def _environment():
 
 def test_local_cluster_workers_get_the_allocator_settings():
     wanted = yaml.safe_load(DASK_YAML.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
-    with make_client(workers=1) as client:
+    with make_client(workers=1, processes=True) as client:
         (found,) = client.run(_environment).values()
         assert client.submit(np.sum, np.ones(10)).result() == 10
     assert {k: found[k] for k in wanted} == {k: str(v) for k, v in wanted.items()}
     assert found["OMP_NUM_THREADS"] == "1"  # Dask's own defaults are kept
+
+
+def test_local_cluster_is_threads_in_this_process_by_default():
+    with make_client(workers=2) as client:
+        assert list(client.nthreads().values()) == [2]
+        (pid,) = client.run(os.getpid).values()
+    assert pid == os.getpid()
+    with make_client(workers=2, processes=True) as client:
+        assert sorted(client.nthreads().values()) == [1, 1]
+        assert os.getpid() not in client.run(os.getpid).values()
 
 
 def test_load_kernels_loads_what_the_session_tasks_call():

@@ -25,6 +25,7 @@ class Presence(Enum):
     VARIANCE = "when write_variance"
     E91 = "with e91 frames"
     REFERENCE = "when the archive has it"
+    SYN = "with e91 frames and synthesis.realizations > 0"
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,12 @@ VARIABLES: tuple[Variable, ...] = (
              FitsExtension("MEAN", np.float32, "GZIP_2", "adu"), note="NaN where `count == 0`"),
     Variable("std", _IMAGE, _F32, "adu", "standard deviation of the kept e91 values", _e91, note="ddof 0"),
     Variable("source_mask", _IMAGE, _U8, "", "source mask of the stack: 0 source, 1 background", _e91),
+    Variable("bias", _IMAGE, _F32, "electron", "master bias the session was calibrated with", _always,
+             note="after overscan; the session's pixel grid"),
+    Variable("dark", _IMAGE, _F32, "electron/s", "master dark current the session was calibrated with", _always),
+    Variable("flat", _IMAGE, _F32, "", "sky flat the session was calibrated with", _always, note="divide by it"),
+    Variable("syn", ("realization", "y", "x"), _F32, "adu", "frames synthesized from mean with the noise model",
+             Presence.SYN, note="imitate `os` (docs/synthesis.md); NaN where `count == 0`"),
     Variable("ref_os", _IMAGE, _F32, "adu", "archive's overscan-corrected raw frame", _ref),
     Variable("ref_calib", _IMAGE, _F32, "adu", "archive's calibrated frame", _ref),
     Variable("ref_mean", _IMAGE, _F32, "adu", "archive's stack of the e91 frames", _ref),

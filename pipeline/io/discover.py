@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +55,21 @@ class Session:
 
 
 def _files(directory: Where) -> dict[str, Where]:
-    """The files under a session folder by their names relative to it (``data/X_raw.fits.fz``)."""
+    """The files under a session folder by their names relative to it (``data/X_raw.fits.fz``);
+    raise :class:`SessionError` when a folder in it cannot be listed (a silent empty listing would
+    make a session without its frames look complete)."""
     if isinstance(directory, ObjectPath):
         return {name: directory / name for name, _ in directory.files()}
-    return {p.relative_to(directory).as_posix(): p for p in directory.rglob("*") if p.is_file()}
+
+    def refuse(err: OSError) -> None:
+        raise SessionError(Path(err.filename), f"cannot list the folder ({err.strerror or err})")
+
+    found = {}
+    for folder, _, names in os.walk(directory, onerror=refuse):
+        for name in names:
+            path = Path(folder) / name
+            found[path.relative_to(directory).as_posix()] = path
+    return found
 
 
 def _matching(files: dict[str, Where], folder: str, pattern: str, fits: bool = True) -> list[Where]:
@@ -114,6 +126,8 @@ def load_session(directory: Where | str, files: dict[str, Where] | None = None) 
                 json.loads(path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise SessionError(path, f"invalid JSON ({err})") from None
+            except OSError as err:
+                raise SessionError(path, f"cannot read ({err.strerror or err})") from None
             metadata[name] = path
     e91 = tuple(_matching(files, "e91", "*"))
     return Session(directory, instrument, band, obs_id, raw, masters, e91, references, metadata)

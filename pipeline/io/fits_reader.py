@@ -43,15 +43,19 @@ def read_image(ref: ImageRef) -> np.ndarray:
     return read_rows(ref, 0, ref.shape[0])
 
 
-def strip_bounds(n_rows: int, strip_rows: int, tile_rows: int = 1) -> list[tuple[int, int]]:
-    """Row strips ``[(y0, y1), ...]`` covering ``n_rows``, each a whole number of tiles."""
-    step = max(tile_rows, (strip_rows // tile_rows) * tile_rows)
-    return [(y0, min(y0 + step, n_rows)) for y0 in range(0, n_rows, step)]
+def strip_bounds(n_rows: int, strip_rows: int) -> list[tuple[int, int]]:
+    """Row strips ``[(y0, y1), ...]`` of ``strip_rows`` covering ``n_rows``.
+
+    Every image of a session is cut at the same rows, whatever its compression tiles (an
+    uncompressed image or one whose tiles do not divide the strip would otherwise give chunks
+    that neither match the frame's nor the store's); a tile across a strip edge is decoded by
+    both strips."""
+    return [(y0, min(y0 + strip_rows, n_rows)) for y0 in range(0, n_rows, strip_rows)]
 
 
 def lazy_image(ref: ImageRef, strip_rows: int, name: str) -> da.Array:
     """The image as a Dask array of full-width row strips, one task per strip named ``name``."""
-    bounds = strip_bounds(ref.shape[0], strip_rows, ref.tile_rows)
+    bounds = strip_bounds(ref.shape[0], strip_rows)
     chunks = (tuple(y1 - y0 for y0, y1 in bounds), (ref.shape[1],))
     return da.map_blocks(
         _read_block,

@@ -18,7 +18,7 @@ from ..steps.amplifiers import Amplifier, detector_shape
 from ..steps.calibrate import Masters
 from ..steps.e91 import Frame
 from .discover import Session, SessionError
-from .fits_headers import ImageRef, list_images
+from .fits_headers import ImageRef, list_images, primary_header
 from .fits_reader import lazy_image
 from .keywords import Profile, select_profile
 from .metadata import SessionAttrs, session_attrs
@@ -44,7 +44,8 @@ def layout(session: Session, instrument: str | None) -> Layout:
     """The raw frame's layout; ``instrument`` forces a profile (else it is detected)."""
     raw = list_images(session.raw)
     profile = select_profile(raw[0].header, session.instrument, instrument)
-    amps = [Amplifier.from_header(ref, profile) for ref in raw]
+    primary = primary_header(session.raw)
+    amps = [Amplifier.from_header(ref, profile, primary) for ref in raw]
     box_y, box_x = detector_shape(amps)
     shape = (box_y.stop - box_y.start, box_x.stop - box_x.start)
     return Layout(raw, profile, amps, session_attrs(session, amps, profile), shape)

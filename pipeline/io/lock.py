@@ -1,11 +1,16 @@
 """One run per store: a lock next to the store, ``<store>.lock``, holding the owner's pid and host.
 
 The lock is taken with an atomic create that fails when the lock exists, so two runs that start
-together cannot both get it: an exclusive file create (``O_EXCL``) on a filesystem, a conditional
-PUT (``If-None-Match: *``) of a lock object in an object store. A lock left by a run that died is
-stale: when it names this host and a pid that is no longer alive it is replaced (in an object
-store by a PUT conditional on the stale lock's ETag, so of two runs replacing it one wins); a
-lock from another host is never broken automatically (delete it once you know that run is gone).
+together cannot both get it. On a filesystem the record is written whole under a temporary name
+and hard-linked into place (an exclusive create: a lock file is never seen half written); in an
+object store it is a conditional PUT (``If-None-Match: *``) of a lock object.
+
+A lock left by a run that died is stale and replaced (in an object store by a PUT conditional on
+the stale lock's ETag, so of two runs replacing it one wins): when it names this host and a pid
+that is no longer alive, or alive but started at another time than the owner (pids are reused: a
+container's entrypoint is always pid 1), or when it holds no record at all (empty or not JSON: no
+skyprep run wrote it so). A lock from another host is never broken automatically (delete it once
+you know that run is gone).
 """
 
 from __future__ import annotations
@@ -43,68 +48,98 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _owner(text: str | None) -> dict:
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), ``None`` when unknown."""
     try:
-        owner = json.loads(text or "")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _owner(text: str | None) -> dict | None:
+    """The lock's record; ``None`` when it holds none (empty or not a JSON object)."""
+    try:
+        record = json.loads(text or "")
     except ValueError:
-        return {}
-    return owner if isinstance(owner, dict) else {}
+        return None
+    return record if isinstance(record, dict) else None
 
 
-def _is_stale(owner: dict) -> bool:
-    return owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int) and not _alive(owner["pid"])
+def _is_stale(owner: dict | None) -> bool:
+    if owner is None:
+        return True
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    if not _alive(pid):
+        return True
+    recorded, now = owner.get("process_start"), _process_start(pid)
+    return recorded is not None and now is not None and recorded != now
 
 
 def _record() -> bytes:
-    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex,
-                       "started": datetime.now(UTC).isoformat(timespec="seconds")}).encode()  # fmt: skip
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "process_start": _process_start(os.getpid()),
+        "token": uuid.uuid4().hex,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    return json.dumps(record).encode()
 
 
-def _refusal(store, path, owner: dict) -> StoreError:
+def _refusal(store, path, owner: dict | None) -> StoreError:
+    owner = owner or {}
     return StoreError(
         f"{store}: in use by another skyprep run (pid {owner.get('pid', '?')} on host "
         f"{owner.get('host', '?')} since {owner.get('started', '?')}); if that run is gone, delete {path}"
     )
 
 
-def _take_file(store: Path, path: Path) -> None:
-    def create() -> None:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(_record())
-
+def _create_file(path: Path, record: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(record)
     try:
-        create()
+        os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _take_file(store: Path, path: Path) -> bytes:
+    record = _record()
+    try:
+        _create_file(path, record)
     except FileExistsError:
-        try:
-            owner = _owner(path.read_text())
-        except OSError:
-            owner = {}
+        owner = _owner(_read(path))
         if not _is_stale(owner):
             raise _refusal(store, path, owner) from None
         path.unlink(missing_ok=True)
-        create()
+        _create_file(path, record)
     if store.exists():  # an existing store must take new files (a new one is created where the lock is)
         probe = store / f".skyprep-write-probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
+    return record
 
 
 def _take_object(store: ObjectPath, path: ObjectPath) -> bytes:
     record = _record()
     if not path.create(record):
         etag = path.etag()
-        owner = _owner(path.read_text()) if etag else {}
         if etag is None:  # released between the create and the look: try once more
             if path.create(record):
                 return record
-            raise _refusal(store, path, _owner(path.read_text()))
+            raise _refusal(store, path, _owner(_read(path)))
+        owner = _owner(_read(path))
         if not _is_stale(owner) or not path.replace(record, etag):
             raise _refusal(store, path, owner)
     if path.create(record):  # a server that ignores If-None-Match cannot keep runs apart: refuse it
         path.unlink(missing_ok=True)
-        raise StoreError(f"{store}: the object store does not honour conditional writes (If-None-Match), so one "
-                         "run per store cannot be guaranteed there")  # fmt: skip
+        raise StoreError(
+            f"{store}: the object store does not honour conditional writes (If-None-Match), so one "
+            "run per store cannot be guaranteed there"
+        )
     probe = store / f".skyprep-write-probe-{uuid.uuid4().hex}"  # credentials that may read but not write
     probe.write_bytes(b"")
     probe.unlink()
@@ -116,25 +151,19 @@ def store_lock(store: Path | ObjectPath | str) -> Iterator[Path | ObjectPath]:
     """Hold the store's lock for the duration of a run; raise :class:`StoreError` when it cannot be had."""
     store = location(store)
     path = lock_path(store)
-    mine = None
     try:
-        if isinstance(store, ObjectPath):
-            mine = _take_object(store, path)
-        else:
-            _take_file(store, path)
+        mine = _take_object(store, path) if isinstance(store, ObjectPath) else _take_file(store, path)
     except StoreError:
         raise
     except Exception as err:  # OSError on a filesystem; obstore's errors (permissions, network) on a bucket
-        if _owner(_read(path)).get("pid") == os.getpid():
+        if (_owner(_read(path)) or {}).get("pid") == os.getpid():
             path.unlink(missing_ok=True)
         reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0] or type(err).__name__
         raise StoreError(f"{store}: cannot write the store here ({reason})") from None
     try:
         yield path
     finally:
-        if mine is None:
-            path.unlink(missing_ok=True)
-        elif _read(path) == mine.decode():  # still ours: not broken by hand and retaken by another run
+        if _read(path) == mine.decode():  # still ours: not broken by hand and retaken by another run
             path.unlink(missing_ok=True)
 
 

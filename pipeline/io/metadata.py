@@ -52,22 +52,26 @@ def session_attrs(session: Session, amps: list[Amplifier], profile: Profile) -> 
     """The attributes of ``session`` from its raw frame's headers, through the keyword dictionary."""
     header, source = amps[0].ref.header, amps[0].ref.label
 
+    primary = primary_header(session.raw)
+
     def get(element: str, default: Any = None) -> Any:
         try:
-            return lookup(header, element, profile, source)
+            return lookup(header, element, profile, source, primary)
         except KeyError:
             if default is None:
                 raise
             return default
 
-    primary = primary_header(session.raw)
     try:
         nominal = resolve(primary, "Detector.gain", profile, f"{session.raw}[0]")
     except MissingKeyword:  # one-amplifier files: the nominal gain sits in the image's header
         nominal = resolve(header, "Detector.gain", profile, source)
-    logical = {**records(header, session_elements(), profile, source), "Detector.gain": nominal.record()}
+    logical = {
+        **records(header, session_elements(), profile, source, primary=primary),
+        "Detector.gain": nominal.record(),
+    }
     for n, amp in enumerate(amps, start=1):
-        logical.update(records(amp.ref.header, amp_elements(), profile, amp.ref.label, amp=n))
+        logical.update(records(amp.ref.header, amp_elements(), profile, amp.ref.label, amp=n, primary=primary))
     return SessionAttrs(
         metadata=logical,
         header_primary=primary.tostring(sep="\n", endcard=False, padding=False),

@@ -215,6 +215,13 @@ class ObjectPath:
         """Every object under this prefix: ``(relative key, size)`` in key order."""
         return sorted(self._keys())
 
+    def names(self) -> list[str]:
+        """The names directly under this prefix (objects and sub-prefixes), like ``os.listdir``."""
+        prefix = f"{self.key}/" if self.key else ""
+        found = _obstore().list_with_delimiter(self.store, prefix=prefix or None)
+        keys = [p.rstrip("/") for p in found["common_prefixes"]] + [meta["path"] for meta in found["objects"]]
+        return sorted(key[len(prefix) :] for key in keys)
+
 
 class _RangedReader(io.RawIOBase):
     """A read-only raw file over one object: every read is one ranged GET."""
@@ -265,6 +272,13 @@ def location(text: str | Path, options: Mapping[str, str | bool | int] | None = 
     if not parts.netloc:
         raise ValueError(f"{text}: no bucket (expected {scheme}://BUCKET/PATH)")
     return ObjectPath(scheme, parts.netloc, parts.path.strip("/"), tuple(sorted((options or {}).items())))
+
+
+def zarr_store(store: Path | ObjectPath | str):
+    """What zarr opens for ``store``: a local path as a string (zarr's own LocalStore), an
+    object-store prefix as zarr's ObjectStore."""
+    where = location(store)
+    return where.zarr_store() if isinstance(where, ObjectPath) else str(where)
 
 
 @contextmanager

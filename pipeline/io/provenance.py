@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..steps.noise_model import NoiseModel
+from ..steps.params import SynthesisParams
 from ..steps.register import Offset
 from .objects import ObjectPath, location
 
@@ -53,19 +55,26 @@ class Registration:
     note: str
 
 
+NOISE_SUMMARY = ("gain_e_per_adu", "gain_ptc_e_per_adu", "read_noise_e", "row_noise_e", "cosmic_rate_per_px_s")
+
+
 @dataclass(frozen=True)
 class Provenance:
     """A session's provenance: the session attributes added when it is marked complete.
 
     ``reference_check``: per product (``os``, ``calib``), ``{median, robust_std, n}`` of the
     difference from the archive's product (ADU); ``array_sha256``: per array, the SHA-256 of its
-    files; ``config``: the configuration as a dict."""
+    files; ``config``: the configuration as a dict; ``noise_model``: the fitted noise model
+    (``NoiseModel.to_attrs``) and ``syn`` how ``syn`` was drawn (sessions with e91 frames)."""
 
     registration: list[Registration]
     inputs: list[InputFile]
     array_sha256: dict[str, str]
     reference_check: dict[str, dict[str, Any]]
     config: dict[str, Any]
+    noise_model: dict[str, Any] | None = None
+    syn: dict[str, Any] | None = None
+    sanity_warnings: list[str] = dataclasses.field(default_factory=list)
 
     def attrs(self) -> dict[str, Any]:
         """The session attributes, ending with ``complete = true``."""
@@ -74,29 +83,65 @@ class Provenance:
             "inputs": [dataclasses.asdict(f) for f in self.inputs],
             "array_sha256": self.array_sha256,
             "reference_check": self.reference_check,
+            **({"noise_model": self.noise_model} if self.noise_model is not None else {}),
+            **({"syn": self.syn} if self.syn is not None else {}),
             "config": self.config,
+            "sanity_warnings": self.sanity_warnings,
             "complete": True,
         }
 
+    def warnings(self) -> list[str]:
+        """What the user should know about a session that completed (the noise model's warnings)."""
+        return list((self.noise_model or {}).get("warnings", []))
+
     def index_fields(self) -> dict[str, Any]:
         """What the root index records of it, besides the session's identity."""
-        return {
+        found = {
             "registration_failures": sum(not r.ok for r in self.registration),
             "reference_check": self.reference_check,
         }
+        if self.noise_model is not None:
+            found["noise"] = {key: self.noise_model[key] for key in NOISE_SUMMARY}
+        return found
 
 
 @dataclass(frozen=True)
 class SessionSummary:
     """The small results computed with a session's arrays: the e91 frames' offsets, the input
-    files and the agreement with the archive's products (per product, ``robust_difference``)."""
+    files, the agreement with the archive's products (per product, ``robust_difference``) and,
+    with e91 frames, the noise model and the synthesis parameters ``syn`` was drawn with."""
 
     offsets: list[Offset]
     inputs: list[InputFile]
     reference_check: dict[str, dict[str, Any]]
+    noise_model: NoiseModel | None = None
+    synthesis: SynthesisParams | None = None
+    sanity_warnings: list[str] = dataclasses.field(default_factory=list)  # checks downgraded by sanity.warn_only
 
     def provenance(self, files: list[str], array_sha256: dict[str, str], config: dict[str, Any]) -> Provenance:
         """The provenance, with the e91 ``files`` (names, in frame order), the written arrays'
         SHA-256 and the configuration."""
         registration = [Registration(name, **dataclasses.asdict(o)) for name, o in zip(files, self.offsets)]
-        return Provenance(registration, self.inputs, array_sha256, self.reference_check, config)
+        model = None if self.noise_model is None else self.noise_model.to_attrs()
+        syn = None
+        if model is not None and self.synthesis is not None and self.synthesis.realizations:
+            syn = syn_record(self.synthesis)
+        return Provenance(
+            registration,
+            self.inputs,
+            array_sha256,
+            self.reference_check,
+            config,
+            model,
+            syn,
+            self.sanity_warnings,
+        )
+
+
+def syn_record(params: SynthesisParams) -> dict[str, Any]:
+    """The ``syn`` session attribute: how the stored realizations were drawn."""
+    return {
+        "realizations": params.realizations,
+        "seed": params.seed,
+        "subtract_base_noise": params.subtract_base_noise,
+    }

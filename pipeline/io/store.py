@@ -1,4 +1,4 @@
-"""The Zarr edge: session writes (the contract: :mod:`pipeline.io.contract`) and the completeness index.
+"""The Zarr edge: session writes (the contract: :mod:`pipeline.io.contract`; the completeness index: :mod:`pipeline.io.index`).
 
 Layout: one group per session at ``/<instrument>_<band>/<obs_id>``. A session is written in
 two steps: its arrays (region writes aligned to whole chunks, computed once by Dask), then its
@@ -9,8 +9,6 @@ crash leaves at most an incomplete session, which the next run rewrites.
 from __future__ import annotations
 
 import hashlib
-import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dask
@@ -20,17 +18,12 @@ import zarr
 from dask.base import tokenize
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from .contract import STORE_VERSION
-from .objects import ObjectPath, location
-from .provenance import Provenance
+from .index import index_document, open_index, unmark
+from .objects import ObjectPath, location, zarr_store
 
-INDEX_KEY = "skyprep"
-
-
-# Codecs by dtype (docs/store-layout.md). Noisy float pixels: blosc-lz4 on shuffled bytes writes
-# 1.5-2x faster, reads 1.4-1.7x faster and is 8% smaller than zarr's default zstd (level 3). Bit
-# masks and counts: zstd at level 1, as fast as level 3 or faster and as small, 2-4x smaller
-# than blosc-lz4.
+# Codecs by dtype (measured in docs/store-layout.md). Noisy float pixels: blosc-lz4 on shuffled
+# bytes writes and reads faster and is smaller than zarr's default zstd (level 3). Bit masks and
+# counts: zstd at level 1, as fast as level 3 or faster and as small, much smaller than blosc-lz4.
 FLOAT_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 INTEGER_CODEC = ZstdCodec(level=1)
 
@@ -60,8 +53,10 @@ def write_session(dataset: xr.Dataset, store: Path | ObjectPath | str, key: str,
     Each array is hashed as soon as its own blocks are written.
     """
     _check_alignment(dataset, chunk_px)
-    _unmark(store, key)
-    where = _where(store)
+    if index_document(store) is None:  # a new store gets its (empty) index before any group
+        open_index(store)
+    unmark(store, key)
+    where = location(store)
     dataset.to_zarr(
         zarr_store(where),
         group=key,
@@ -124,121 +119,6 @@ def _check_alignment(dataset: xr.Dataset, chunk_px: int) -> None:
                 raise ValueError(f"{name}: Dask row chunks {variable.chunks[-2]} are not multiples of {chunk_px}")
 
 
-def _where(store: Path | ObjectPath | str) -> Path | ObjectPath:
-    """``store`` as a local path or an object-store prefix (``objects.location``)."""
-    return location(store)
-
-
-def zarr_store(store: Path | ObjectPath | str):
-    """What zarr opens for ``store``: a local path as a string (zarr's own LocalStore, as always),
-    an object-store prefix as zarr's ObjectStore."""
-    where = _where(store)
-    return where.zarr_store() if isinstance(where, ObjectPath) else str(where)
-
-
-def exists(store: Path | ObjectPath | str) -> bool:
-    """Whether there is a store (a local folder, or a root ``zarr.json`` in an object store)."""
-    where = _where(store)
-    return (where / "zarr.json").exists() if isinstance(where, ObjectPath) else where.exists()
-
-
-def _root(store: Path | ObjectPath | str, mode: str = "a") -> zarr.Group:
-    return zarr.open_group(zarr_store(store), mode=mode, zarr_format=3)
-
-
-def index(store: Path | ObjectPath | str) -> dict[str, dict]:
-    """The root's session index: ``{key: record}`` (empty for a new or missing store)."""
-    if not exists(store):
-        return {}
-    return dict(_root(store, "r").attrs.get(INDEX_KEY, {}).get("sessions", {}))
-
-
-def complete_sessions(store: Path | ObjectPath | str) -> set[str]:
-    """Keys of the sessions whose every array has been written."""
-    return {key for key, record in index(store).items() if record.get("complete")}
-
-
-def _update_index(store: Path | ObjectPath | str, key: str, record: dict | None) -> None:
-    root = _root(store)
-    meta = dict(root.attrs.get(INDEX_KEY, {"store_version": STORE_VERSION, "sessions": {}}))
-    sessions = dict(meta.get("sessions", {}))
-    if record is None:
-        sessions.pop(key, None)
-    else:
-        split = meta.get("split", {}).get("sessions", {}).get(key)
-        sessions[key] = {**record, "split": split} if split else record
-    meta["sessions"] = dict(sorted(sessions.items()))
-    root.attrs[INDEX_KEY] = meta
-
-
-def splits(store: Path | ObjectPath | str) -> dict[str, str]:
-    """The recorded train/test split, ``{key: 'train' | 'test'}`` (empty when none is recorded)."""
-    if not exists(store):
-        return {}
-    return dict(_root(store, "r").attrs.get(INDEX_KEY, {}).get("split", {}).get("sessions", {}))
-
-
-def record_split(store: Path | ObjectPath | str, assignment: dict[str, str], how: dict) -> None:
-    """Record a split (``{key: 'train' | 'test'}`` and how it was made) in the root index.
-
-    The split outlives rewrites of its sessions: ``_update_index`` copies it into each record.
-    """
-    root = _root(store)
-    meta = dict(root.attrs.get(INDEX_KEY, {"store_version": STORE_VERSION, "sessions": {}}))
-    meta["split"] = {**_jsonable(how), "sessions": dict(sorted(assignment.items()))}
-    meta["sessions"] = {
-        key: {**record, "split": assignment.get(key)} for key, record in meta.get("sessions", {}).items()
-    }
-    root.attrs[INDEX_KEY] = meta
-
-
-def _unmark(store: Path | ObjectPath | str, key: str) -> None:
-    if exists(store) and key in index(store):
-        _update_index(store, key, None)
-
-
-def mark_complete(store: Path | ObjectPath | str, key: str, attrs: dict, provenance: Provenance) -> None:
-    """Record the session's ``attrs`` and ``provenance`` in its group, then mark it complete in the root index."""
-    group = zarr.open_group(zarr_store(store), path=key, mode="r+", zarr_format=3)
-    group.attrs.update(_jsonable({**attrs, **provenance.attrs()}))
-    record = {
-        "complete": True,
-        "written": datetime.now(UTC).isoformat(timespec="seconds"),
-        "shape": list(group["calib"].shape),
-        "n_frames": int(group["e91"].shape[0]) if "e91" in group else 0,
-        "instrument": attrs.get("instrument"),
-        "band": attrs.get("band"),
-        "obs_id": attrs.get("obs_id"),
-    }
-    _update_index(store, key, _jsonable({**record, **provenance.index_fields()}))
-
-
-def consolidate(store: Path | ObjectPath | str) -> None:
-    """Consolidate metadata so ``xarray.open_datatree`` opens the store with one read.
-
-    Zarr warns that consolidated metadata is not yet part of the v3 specification; the store
-    stays valid without it (the index, not the consolidated copy, decides completeness).
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        zarr.consolidate_metadata(zarr_store(store))
-
-
 def open_store(store: Path | ObjectPath | str) -> xr.DataTree:
     """The whole store as a DataTree (lazy)."""
     return xr.open_datatree(zarr_store(store), engine="zarr", consolidated=None, chunks={})
-
-
-def _jsonable(value):
-    """Attributes as plain JSON types (numpy scalars and arrays converted, NaN as None)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value

@@ -32,8 +32,8 @@ import numpy as np
 import zarr
 
 from ..io.contract import Presence, named
-from ..io.objects import location
-from ..io.store import index, splits, zarr_store
+from ..io.index import index, splits
+from ..io.objects import location, zarr_store
 from ..steps.masks import Flag
 
 _VARIABLE = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)(\[(?P<frame>\d+)\])?$")

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ..io.objects import ObjectPath, location, writable_file
-from ..io.store import complete_sessions, zarr_store
+from ..io.index import complete_sessions
+from ..io.objects import ObjectPath, location, writable_file, zarr_store
 
 PANELS = ("os", "calib", "mean", "mask")
 PANEL_IN = 4.0  # width of one panel, inches
@@ -43,6 +43,9 @@ def preview(store: Path | ObjectPath | str, session: str, out: Path | ObjectPath
         if name == "mask":
             image = ax.imshow(data != 0, origin="lower", cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title("mask (any flag)")
+        elif not np.isfinite(data).any():
+            image = ax.imshow(np.zeros(data.shape), origin="lower", cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{name} (no finite pixel)")
         else:
             norm = ImageNormalize(data[np.isfinite(data)], interval=ZScaleInterval(), stretch=AsinhStretch())
             image = ax.imshow(data, origin="lower", cmap="gray", norm=norm, interpolation="nearest")

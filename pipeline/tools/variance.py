@@ -13,9 +13,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ..blocks import split
 from ..config import Config
 from ..errors import InputError, SkyprepError
-from ..graph import key_base, split
+from ..graph import key_base
 from ..io.discover import Session, load_session
 from ..io.inputs import layout, masters
 from ..io.objects import location

@@ -13,8 +13,9 @@ import numpy as np
 import zarr
 
 from ..io.contract import CONTRACT, Presence, named
-from ..io.objects import ObjectPath, location
-from ..io.store import array_files_sha256, index, zarr_store
+from ..io.index import index
+from ..io.objects import ObjectPath, location, zarr_store
+from ..io.store import array_files_sha256
 
 
 def array_sha256(store: Path | ObjectPath | str, key: str) -> dict[str, str]:
@@ -34,7 +35,7 @@ def array_sha256(store: Path | ObjectPath | str, key: str) -> dict[str, str]:
     return {name: array_files_sha256(group_dir / name) for name in names if name in CONTRACT}
 
 
-def _shape_problems(name: str, array: zarr.Array, record: dict) -> list[str]:
+def _shape_problems(name: str, array: zarr.Array, record: dict, realizations: int) -> list[str]:
     dims, dtype = CONTRACT[name].dims, CONTRACT[name].dtype
     problems = []
     found_dims = tuple(array.metadata.dimension_names or ())
@@ -42,7 +43,8 @@ def _shape_problems(name: str, array: zarr.Array, record: dict) -> list[str]:
         problems.append(f"{name}: dimensions {found_dims}, expected {dims}")
     if array.dtype != np.dtype(dtype):
         problems.append(f"{name}: dtype {array.dtype}, expected {np.dtype(dtype)}")
-    expected = {"y": record["shape"][0], "x": record["shape"][1], "frame": record.get("n_frames", 0), "axis": 2}
+    expected = {"y": record["shape"][0], "x": record["shape"][1], "frame": record.get("n_frames", 0), "axis": 2,
+                "realization": realizations}  # fmt: skip
     want = tuple(expected[d] for d in dims)
     if tuple(array.shape) != want:
         problems.append(f"{name}: shape {tuple(array.shape)}, expected {want}")
@@ -58,8 +60,14 @@ def check_session(store: Path | ObjectPath | str, key: str, record: dict) -> lis
     names = set(group.array_keys())
     required = named(Presence.ALWAYS) + (named(Presence.E91) if record.get("n_frames", 0) else ())
     problems = [f"{name}: missing" for name in required if name not in names]
+    syn = group.attrs.get("syn")
+    if syn is None and "syn" in names:
+        problems.append("syn: written but not recorded (interrupted `skyprep synthesize`: run it again)")
+    elif syn is not None and syn.get("realizations") and "syn" not in names:
+        problems.append("syn: missing")
+    realizations = int(syn["realizations"]) if syn else 0
     for name in sorted(names & set(CONTRACT)):
-        problems += _shape_problems(name, group[name], record)
+        problems += _shape_problems(name, group[name], record, realizations)
     recorded = group.attrs.get("array_sha256")
     if not recorded:
         return problems + ["no recorded checksums (array_sha256)"]
