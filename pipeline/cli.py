@@ -64,20 +64,21 @@ def _synthesize(args) -> int:
     from .steps.params import SynthesisParams
     from .tools.synthesize import synthesize_store
 
-    if not (Path(args.store) / "zarr.json").is_file():
-        raise UsageError(f"{args.store}: not a skyprep store")
+    store = _where(args.store)
+    if not (store / "zarr.json").exists():
+        raise UsageError(f"{store}: not a skyprep store")
     try:
         params = SynthesisParams(realizations=args.realizations, seed=args.seed)
     except ValueError as err:
         raise UsageError(str(err)) from None
     try:
-        with store_lock(args.store), make_client(args.scheduler, args.workers, args.scheduler_file):
-            results = synthesize_store(args.store, params, args.sessions)
+        with store_lock(store), make_client(args.scheduler, args.workers, args.scheduler_file):
+            results = synthesize_store(store, params, args.sessions)
     except StoreError as err:
         print(f"skyprep synthesize: {err}", file=sys.stderr)
         return 1
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
-    print(f"{args.store}: {counts['ok']} drawn, {counts['skipped']} skipped, {counts['failed']} failed")
+    print(f"{store}: {counts['ok']} drawn, {counts['skipped']} skipped, {counts['failed']} failed")
     return 1 if counts["failed"] else 0
 
 
@@ -112,7 +113,7 @@ def _noise(args) -> int:
     from .tools.noise_report import noise_report
 
     try:
-        figures = noise_report(args.store, args.session, args.out, args.realization)
+        figures = noise_report(_where(args.store), args.session, _where(args.out), args.realization)
     except ValueError as err:
         raise UsageError(str(err)) from None
     bins = ", ".join(f"{100 * v:+.1f}%" for v in figures.variance_ratio_minus_1)
@@ -234,7 +235,7 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_run)
 
     sy = sub.add_parser("synthesize", help="(re)draw the synthetic frames syn from the store (no archive needed)")
-    sy.add_argument("store", type=Path)
+    sy.add_argument("store", help="a store folder or URL")
     sy.add_argument("--realizations", type=int, default=1, help="frames per session (0 removes syn)")
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--sessions", help="glob on '<instrument>_<band>/<obs_id>' selecting sessions")
@@ -259,9 +260,9 @@ def parser() -> argparse.ArgumentParser:
     pv.set_defaults(func=_preview)
 
     nz = sub.add_parser("noise", help="compare a session's syn with its os: PTC, residual histograms, row noise (PNG)")
-    nz.add_argument("store", type=Path)
+    nz.add_argument("store", help="a store folder or URL")
     nz.add_argument("session", help="'<instrument>_<band>/<obs_id>'")
-    nz.add_argument("-o", "--out", type=Path, required=True, help="the PNG to write")
+    nz.add_argument("-o", "--out", required=True, help="the PNG to write (a path or URL)")
     nz.add_argument("--realization", type=int, default=0)
     nz.set_defaults(func=_noise)
 

@@ -9,6 +9,7 @@ be read by byte ranges, not whole-file downloads.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,6 +162,34 @@ def test_tools_accept_urls(s3_store, bucket, tmp_path):
     with fits.open(tmp_path / "session.fits.fz") as hdul:
         calib = zarr.open_group(zarr_store(s3_store), path=key, mode="r")["calib"][...]
         np.testing.assert_array_equal(hdul["SCI"].data, calib)
+
+
+def test_synthesize_noise_and_syn_export_accept_urls(s3_store, local_store, bucket, tmp_path):
+    """``skyprep synthesize`` redraws syn in the bucket as it does on disk (same seed, same frames);
+    ``noise`` and ``export --syn`` write their files into the bucket."""
+    remote, local = location(f"{bucket}/resynth.zarr"), tmp_path / "resynth.zarr"
+    for name, _ in s3_store.files():
+        (remote / name).write_bytes((s3_store / name).read_bytes())
+    shutil.copytree(local_store, local)
+    for store in (remote, local):
+        code, out, err = _finish(_skyprep("synthesize", store, "--realizations", 2, "--seed", 3))
+        assert code == 0 and "3 drawn" in out, err
+    key = sorted(complete_sessions(remote))[0]
+    syn = zarr.open_group(zarr_store(remote), path=key, mode="r")["syn"][...]
+    assert syn.shape[0] == 2 and np.isfinite(syn).mean() > 0.5  # NaN only where the stack has no frame
+    np.testing.assert_array_equal(syn, zarr.open_group(str(local), path=key, mode="r")["syn"][...])
+    assert verify(remote) and all(not problems for problems in verify(remote).values())
+    png = location(f"{bucket}/out/noise.png")
+    code, _, err = _finish(_skyprep("noise", remote, key, "-o", png))
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out, err = _finish(_skyprep("export", remote, key, f"{bucket}/synarchive", "--syn", "--realization", 1))
+    assert code == 0, err
+    exported = location(out.split("wrote ", 1)[1].strip())
+    assert str(exported).startswith(f"{bucket}/synarchive/{key}/data/") and exported.name.endswith("_syn.fits.fz")
+    (tmp_path / "syn.fits.fz").write_bytes(exported.read_bytes())
+    with fits.open(tmp_path / "syn.fits.fz") as hdul:
+        np.testing.assert_allclose(hdul[1].data, syn[1], atol=float(np.nanstd(syn[1])) / 8)
 
 
 def test_loader_reads_patches_from_the_bucket(s3_store, local_store):

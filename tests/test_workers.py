@@ -72,7 +72,7 @@ def _import_skyprep() -> float:
 
 def test_fresh_worker_with_the_built_cache_runs_its_first_task_without_compiling(numba_cache, monkeypatch):
     """Warm workers: a new worker process given the cache that ``skyprep compile`` built (the image's
-    NUMBA_CACHE_DIR) loads every kernel from it, compiling none, in well under the 20-30 s of a
+    NUMBA_CACHE_DIR) loads every kernel from it, compiling none, in far less time than a
     compile. CPU seconds are asserted (the shared machine's load stretches wall time); both shown."""
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(numba_cache))
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:

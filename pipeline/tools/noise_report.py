@@ -23,6 +23,7 @@ import numpy as np
 import zarr
 
 from ..io.index import complete_sessions
+from ..io.objects import ObjectPath, location, writable_file, zarr_store
 from ..steps import noise_realism as realism
 from ..steps.noise_fit import QUANTISATION_VAR_ADU2
 from ..steps.noise_model import NoiseModel
@@ -42,7 +43,9 @@ class NoiseFigures:
     pixels: int
 
 
-def noise_report(store: Path | str, session: str, out: Path | str, realization: int = 0) -> NoiseFigures:
+def noise_report(
+    store: Path | ObjectPath | str, session: str, out: Path | ObjectPath | str, realization: int = 0
+) -> NoiseFigures:
     """Write the report of ``session`` to ``out`` (PNG); return its figures."""
     import matplotlib
 
@@ -51,7 +54,7 @@ def noise_report(store: Path | str, session: str, out: Path | str, realization: 
 
     if session not in complete_sessions(store):
         raise FileNotFoundError(f"{store}: no complete session {session!r}")
-    group = zarr.open_group(str(store), path=session, mode="r", zarr_format=3)
+    group = zarr.open_group(zarr_store(store), path=session, mode="r", zarr_format=3)
     if "syn" not in group or "noise_model" not in group.attrs:
         raise FileNotFoundError(f"{store}: session {session!r} has no syn (no e91 frames, or realizations 0)")
     if not 0 <= realization < group["syn"].shape[0]:
@@ -115,8 +118,8 @@ def noise_report(store: Path | str, session: str, out: Path | str, realization: 
     ax.legend(fontsize=8)
     fig.suptitle(f"{session}: noise model vs real os (realization {realization})")
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out)
+    with writable_file(location(out)) as local:
+        fig.savefig(local, format="png")
     plt.close(fig)
     return NoiseFigures(
         tuple(float(v) for v in syn_var.variance_adu2 / os_var.variance_adu2 - 1),

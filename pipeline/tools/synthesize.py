@@ -24,6 +24,7 @@ import zarr
 from ..graph_noise import syn_array
 from ..io.contract import CONTRACT
 from ..io.index import complete_sessions, consolidate
+from ..io.objects import ObjectPath, location, zarr_store
 from ..io.provenance import syn_record
 from ..io.store import array_files_sha256, encoding
 from ..steps.noise_model import NoiseModel
@@ -43,7 +44,7 @@ class SynthResult:
 
 
 def synthesize_store(
-    store: Path | str,
+    store: Path | ObjectPath | str,
     params: SynthesisParams,
     pattern: str | None = None,
     echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
@@ -56,7 +57,7 @@ def synthesize_store(
     for n, key in enumerate(keys, start=1):
         started = time.perf_counter()
         try:
-            status, reason = _session(Path(store), key, params)
+            status, reason = _session(location(store), key, params)
         except (OSError, ValueError, KeyError) as err:
             status, reason = "failed", f"{type(err).__name__}: {err}"
         results.append(SynthResult(key, status, reason, time.perf_counter() - started))
@@ -66,8 +67,8 @@ def synthesize_store(
     return results
 
 
-def _session(store: Path, key: str, params: SynthesisParams) -> tuple[str, str]:
-    group = zarr.open_group(str(store), path=key, mode="r+", zarr_format=3)
+def _session(store: Path | ObjectPath, key: str, params: SynthesisParams) -> tuple[str, str]:
+    group = zarr.open_group(zarr_store(store), path=key, mode="r+", zarr_format=3)
     attrs = dict(group.attrs)
     if "mean" not in group or "noise_model" not in attrs:
         return "skipped", "no stack (no e91 frames), so no noise model and no syn"
@@ -83,7 +84,7 @@ def _session(store: Path, key: str, params: SynthesisParams) -> tuple[str, str]:
         strip = int(attrs.get("config", {}).get("chunks", {}).get("strip_rows", DEFAULT_STRIP_ROWS))
         nx = group["mean"].shape[1]
         inputs = {
-            name: da.from_zarr(str(store), component=f"{key}/{name}", chunks=(strip, nx))
+            name: da.from_zarr(zarr.open_array(zarr_store(store), path=f"{key}/{name}", mode="r"), chunks=(strip, nx))
             for name in ("mean", "flat", "dark", "bias", "count")
         }
         syn = syn_array(model, inputs, key, params, f"{key.replace('/', '-')}-store")
@@ -91,7 +92,7 @@ def _session(store: Path, key: str, params: SynthesisParams) -> tuple[str, str]:
         dataset = xr.Dataset({"syn": (variable.dims, syn, variable.attributes())})
         chunk_px = int(attrs.get("config", {}).get("chunks", {}).get("store_chunk_px", strip))
         with dask.annotate(priority=1):
-            dataset.to_zarr(str(store), group=key, mode="a", consolidated=False, zarr_format=3,
+            dataset.to_zarr(zarr_store(store), group=key, mode="a", consolidated=False, zarr_format=3,
                             encoding=encoding(dataset, chunk_px))  # fmt: skip
         checksums = dict(attrs.get("array_sha256", {}))
         checksums["syn"] = array_files_sha256(store / key / "syn")
