@@ -63,7 +63,12 @@ def test_second_run_on_the_same_store_refuses(tmp_path):
     assert not (store / "zarr.json").exists()
 
 
-def test_of_runs_starting_together_exactly_one_gets_the_lock(store):
+@pytest.mark.parametrize("left", [None, "", "dead"], ids=["free", "empty-lock", "dead-owner"])
+def test_of_runs_starting_together_exactly_one_gets_the_lock(store, left):
+    """Also when they all find the same stale lock and break it together."""
+    if left is not None:
+        dead = json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "started": "x"})
+        lock_path(store).write_text(dead if left == "dead" else left)
     start, results = threading.Barrier(6), []
 
     def take():

@@ -15,6 +15,7 @@ you know that run is gone).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -98,7 +99,7 @@ def _refusal(store, path, owner: dict | None) -> StoreError:
 
 
 def _create_file(path: Path, record: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique per attempt, not per process
     tmp.write_bytes(record)
     try:
         os.link(tmp, path)
@@ -106,30 +107,52 @@ def _create_file(path: Path, record: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _take_file(store: Path, path: Path) -> bytes:
-    record = _record()
+def _break_if_stale(store: Path, path: Path) -> None:
+    """Delete the lock file when it is stale; raise the refusal when a live run holds it.
+
+    Runs breaking the same stale lock take turns (``flock`` on it), and each judges and deletes
+    the very file it opened, only while ``path`` still is that file: none deletes a lock that
+    another has just taken.
+    """
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        owner = _owner(handle.read().decode(errors="replace"))
+        try:
+            replaced = os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            return
+        if replaced:
+            owner = _owner(_read(path))
+        if replaced or not _is_stale(owner):
+            raise _refusal(store, path, owner)
+        path.unlink()
+
+
+def _take_file(store: Path, path: Path, record: bytes) -> None:
     try:
         _create_file(path, record)
     except FileExistsError:
-        owner = _owner(_read(path))
-        if not _is_stale(owner):
-            raise _refusal(store, path, owner) from None
-        path.unlink(missing_ok=True)
-        _create_file(path, record)
+        _break_if_stale(store, path)
+        try:
+            _create_file(path, record)
+        except FileExistsError:  # another run broke the same stale lock first
+            raise _refusal(store, path, _owner(_read(path))) from None
     if store.exists():  # an existing store must take new files (a new one is created where the lock is)
         probe = store / f".skyprep-write-probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
-    return record
 
 
-def _take_object(store: ObjectPath, path: ObjectPath) -> bytes:
-    record = _record()
+def _take_object(store: ObjectPath, path: ObjectPath, record: bytes) -> None:
     if not path.create(record):
         etag = path.etag()
         if etag is None:  # released between the create and the look: try once more
             if path.create(record):
-                return record
+                return
             raise _refusal(store, path, _owner(_read(path)))
         owner = _owner(_read(path))
         if not _is_stale(owner) or not path.replace(record, etag):
@@ -143,20 +166,19 @@ def _take_object(store: ObjectPath, path: ObjectPath) -> bytes:
     probe = store / f".skyprep-write-probe-{uuid.uuid4().hex}"  # credentials that may read but not write
     probe.write_bytes(b"")
     probe.unlink()
-    return record
 
 
 @contextmanager
 def store_lock(store: Path | ObjectPath | str) -> Iterator[Path | ObjectPath]:
     """Hold the store's lock for the duration of a run; raise :class:`StoreError` when it cannot be had."""
     store = location(store)
-    path = lock_path(store)
+    path, mine = lock_path(store), _record()
     try:
-        mine = _take_object(store, path) if isinstance(store, ObjectPath) else _take_file(store, path)
+        (_take_object if isinstance(store, ObjectPath) else _take_file)(store, path, mine)
     except StoreError:
         raise
     except Exception as err:  # OSError on a filesystem; obstore's errors (permissions, network) on a bucket
-        if (_owner(_read(path)) or {}).get("pid") == os.getpid():
+        if _read(path) == mine.decode():
             path.unlink(missing_ok=True)
         reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0] or type(err).__name__
         raise StoreError(f"{store}: cannot write the store here ({reason})") from None
