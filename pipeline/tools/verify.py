@@ -7,12 +7,14 @@ session attribute ``array_sha256``. ``verify`` recomputes them from the files.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from ..io.store import array_files_sha256, index
+from ..io.lock import StoreError
+from ..io.store import array_files_sha256, index, is_complete
 
 # variable: (dimension names, dtype) of the store contract v1
 CONTRACT = {
@@ -83,16 +85,85 @@ def check_session(store: Path | str, key: str, record: dict) -> list[str]:
     return problems
 
 
+INCOMPLETE = "incomplete (not marked complete in the index; the next run rewrites it)"
+
+
 def verify(store: Path | str) -> dict[str, list[str]]:
-    """Problems per session key: complete sessions checked, session groups not indexed complete reported."""
+    """Problems per session key: complete sessions checked, session groups on disk not indexed
+    complete reported; problems of the store itself (its index, the consolidated metadata) under
+    the store's own path."""
+    try:
+        records = index(store)
+    except StoreError as err:
+        return {str(store): [str(err)]}
     if not (Path(store) / "zarr.json").is_file():
         return {str(store): ["not a Zarr v3 store"]}
-    records = index(store)
-    result = {key: check_session(store, key, record) for key, record in records.items() if record.get("complete")}
-    root = zarr.open_group(str(store), mode="r", zarr_format=3)
-    for inst in root.group_keys():
-        for obs in root[inst].group_keys():
-            key = f"{inst}/{obs}"
-            if not records.get(key, {}).get("complete"):
-                result[key] = ["incomplete (not marked complete in the index; the next run rewrites it)"]
+    result = {key: check_session(store, key, record) for key, record in records.items() if is_complete(record)}
+    for key, record in records.items():
+        if not is_complete(record) and record.get("complete") not in (False, None):
+            result[key] = [f"its index record says complete = {record['complete']!r} (not true): {INCOMPLETE}"]
+    for key in _groups_on_disk(store):
+        if key not in result:
+            result[key] = [INCOMPLETE]
+    listed = consolidated_sessions(store)
+    complete = {key for key, record in records.items() if is_complete(record)}
+    store_problems = [f"consolidated metadata lists {key}, which the index does not mark complete"
+                      for key in sorted(listed - complete)]  # fmt: skip
+    store_problems += [f"consolidated metadata hides {key}, which the index marks complete"
+                       for key in sorted(complete - listed)]  # fmt: skip
+    if store_problems:
+        result[str(store)] = store_problems
     return dict(sorted(result.items()))
+
+
+def _groups_on_disk(store: Path | str) -> list[str]:
+    """Session groups present on disk, ``<instrument>_<band>/<obs_id>`` (read from the folders,
+    not through the consolidated metadata, which may hide them)."""
+    return sorted(p.parent.relative_to(store).as_posix() for p in Path(store).glob("*/*/zarr.json")
+                  if _node_type(p) == "group")  # fmt: skip
+
+
+def _node_type(path: Path) -> str:
+    try:
+        return json.loads(path.read_text()).get("node_type", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def consolidated_sessions(store: Path | str) -> set[str]:
+    """The session groups the root's consolidated metadata lists (what ``xarray.open_datatree`` shows)."""
+    try:
+        root = json.loads((Path(store) / "zarr.json").read_text())
+        listed = root.get("consolidated_metadata") or {}
+        entries = listed.get("metadata", {})
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {path for path, entry in entries.items() if path.count("/") == 1 and entry.get("node_type") == "group"}
+
+
+def repair_commands(store: Path | str, problems: dict[str, list[str]]) -> list[str]:
+    """Commands that would fix what :func:`verify` found: rewrite damaged complete sessions
+    (``--redo``), finish incomplete ones, rebuild the consolidated metadata from the index."""
+    commands, store = [], Path(store)
+    for key, found in problems.items():
+        if not found or key == str(store):
+            continue
+        archive = _archive_of(store, key)
+        option = "--sessions" if all(INCOMPLETE in p for p in found) else "--redo"
+        commands.append(f"skyprep run {archive} --out {store} {option} '{key}'")
+    if any(p.startswith("consolidated metadata") for p in problems.get(str(store), [])):
+        commands.append(f"python -c \"from pipeline.io.store import consolidate; consolidate('{store}')\"")
+    elif problems.get(str(store)):
+        commands.append(f"# {store}: the store itself cannot be used; restore its zarr.json or write a new store")
+    return commands
+
+
+def _archive_of(store: Path, key: str) -> str:
+    """The archive a session was read from (its recorded raw frame's folder, four levels up), or
+    ``ARCHIVE`` when the session records none."""
+    try:
+        attrs = json.loads((store / key / "zarr.json").read_text()).get("attributes", {})
+        raw = Path(attrs["inputs"][0]["path"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return "ARCHIVE"
+    return str(raw.parents[3])
