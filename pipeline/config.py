@@ -1,8 +1,10 @@
 """The job's configuration: one typed, immutable object, loadable from YAML.
 
-Each section is the parameter class of the module that uses it, so a default is documented
-once, next to the code it steers. Unknown keys and wrong types are errors: the YAML is validated
-strictly (``yes`` or ``1`` is not a boolean, ``64.0`` not an integer).
+Each section is the parameter class of the step that uses it (``pipeline/steps/params.py``), so
+a default is documented once. Unknown keys and wrong types are errors, validated strictly
+(``yes`` or ``1`` is not a boolean, ``64.0`` not an integer). Import-light: the command
+line loads this module before it knows whether any science will run (pydantic and YAML are
+imported when a file is read or written).
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import pydantic
-import yaml
-
 from .errors import SkyprepError
-from .steps.calibrate import CalibParams
-from .steps.cosmics import CosmicParams
-from .steps.overscan import OverscanParams
-from .steps.register import RegisterParams
-from .steps.sanity import SanityParams
-from .steps.sources import SourceParams
-from .steps.stack import ClipParams
+from .steps.params import (
+    CalibParams,
+    ClipParams,
+    CosmicParams,
+    OverscanParams,
+    RegisterParams,
+    SanityParams,
+    SourceParams,
+    SynthesisParams,
+)
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,8 @@ class ChunkParams:
     ``strip_rows``: rows per Dask task when reading and processing a frame (every image of a
     session is cut at the same rows). ``store_chunk_px``: edge of the square Zarr chunks of every image
     variable (one frame deep for cubes); ``strip_rows`` must be a multiple of it. 512 px chunks
-    read whole frames faster than 256 px ones, random patches as fast (docs/store-layout.md),
-    and are written 2-3x faster (fewer chunks: zarr-python's cost per chunk dominates).
+    read whole frames faster than 256 px ones, random patches as fast, and are written faster
+    (fewer chunks: zarr-python's cost per chunk dominates); figures in docs/store-layout.md.
     """
 
     strip_rows: int = 512
@@ -65,6 +67,27 @@ class RegisterConfig:
     subpixel: bool = False
 
 
+# Option names that look like credentials: refused, since the configuration is recorded in every
+# session's provenance (credentials come from the environment: AWS_ACCESS_KEY_ID ...).
+SECRET_WORDS = ("secret", "password", "token", "credential", "access_key", "session_key", "sas", "private")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Object storage (``s3://``, ``gs://``, ``az://`` archives and stores): ``options`` are
+    obstore's settings for the store (``endpoint``, ``region``, ``allow_http``, ...), on top of
+    the standard environment (``AWS_ENDPOINT_URL``, ``AWS_REGION``, ...) of the client and the
+    workers. Credentials are not accepted here, only from the environment."""
+
+    options: dict[str, str | bool | int] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        secret = [key for key in self.options if any(word in key.lower() for word in SECRET_WORDS)]
+        if secret:
+            raise ValueError(f"storage.options: {', '.join(secret)}: credentials come from the environment, "
+                             "not the configuration (it is recorded in the store)")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the job can be told. ``instrument`` forces a profile (else detected)."""
@@ -77,6 +100,8 @@ class Config:
     stack: ClipParams = ClipParams()
     sources: SourceParams = SourceParams()
     chunks: ChunkParams = ChunkParams()
+    storage: StorageConfig = StorageConfig()
+    synthesis: SynthesisParams = SynthesisParams()
     write_variance: bool = True
     instrument: str | None = None
 
@@ -93,6 +118,9 @@ def load_config(path: Path | str | None) -> Config:
     """Defaults, updated by the YAML file at ``path`` when given."""
     if path is None:
         return Config()
+    import pydantic
+    import yaml
+
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -126,4 +154,6 @@ def _unknown_keys(cls, raw, prefix: str = "") -> list[str]:
 
 def dump_config(config: Config) -> str:
     """The configuration as YAML."""
+    import yaml
+
     return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -25,14 +25,17 @@ from urllib.parse import urlparse
 import dask
 import yaml
 from dask.base import tokenize
-from distributed import Client, LocalCluster, as_completed, wait
+from distributed import Client, Future, LocalCluster, as_completed, wait
 
 from . import __version__
 from .config import Config
 from .errors import Interrupted, SkyprepError, UsageError
 from .graph import build_session, load_kernels
 from .io.discover import Session, find_sessions
-from .io.store import complete_sessions, mark_complete, open_index, write_session
+from .io.index import complete_sessions, consolidate, mark_complete, open_index
+from .io.objects import ObjectPath, location
+from .io.provenance import Provenance, SessionSummary
+from .io.store import write_session
 
 DASK_YAML = Path(__file__).with_name("dask.yaml")  # worker settings (allocator), as Dask defaults
 dask.config.update_defaults(yaml.safe_load(DASK_YAML.read_text()))
@@ -92,26 +95,72 @@ class RunReport:
         )
         return "\n".join(lines)
 
-    def write_json(self, path: Path) -> None:
+    def write_json(self, path: Path | ObjectPath) -> None:
+        """The report as JSON at ``path``, replaced whole (a renamed file; one PUT of an object)."""
         payload = {"store": self.store, "software": f"skyprep {__version__}", "seconds": self.seconds,
                    "stopped_by": self.stopped_by, "sessions": [asdict(r) for r in self.results]}  # fmt: skip
+        if isinstance(path, ObjectPath):
+            path.write_text(json.dumps(payload, indent=2))
+            return
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2))
         os.replace(tmp, path)
 
 
-def report_path(store: Path | str) -> Path:
+@dataclass(frozen=True)
+class KernelCache:
+    """What numba did for the kernels of this process: signatures loaded from its on-disk cache
+    (``loaded``) and compiled (``compiled``, then written to the cache), and where that cache is."""
+
+    directory: str
+    loaded: int
+    compiled: int
+
+
+def kernel_cache() -> KernelCache:
+    """Numba's cache statistics over every compiled kernel skyprep has imported in this process."""
+    from numba.core.dispatcher import Dispatcher
+
+    kernels = {id(k): k for name, module in list(sys.modules.items()) if name.startswith("pipeline.")
+               for k in vars(module).values() if isinstance(k, Dispatcher)}.values()  # fmt: skip
+    stats = [k.stats for k in kernels]
+    directory = next((s.cache_path for s in stats if s.cache_path), "")
+    return KernelCache(str(Path(directory).parent) if directory else "", sum(sum(s.cache_hits.values()) for s in stats),
+                       sum(sum(s.cache_misses.values()) for s in stats))  # fmt: skip
+
+
+def warm_kernels() -> KernelCache:
+    """Load every kernel the session tasks call, compiling into numba's cache (``NUMBA_CACHE_DIR``,
+    else next to the sources) what is not there yet: run once per image or environment so that
+    new workers start without compiling."""
+    load_kernels()
+    return kernel_cache()
+
+
+def report_path(store: Path | ObjectPath | str) -> Path | ObjectPath:
     """Where the run report of ``store`` is written: next to it, ``<store>.report.json``."""
-    store = Path(store)
+    store = location(store)
     return store.with_name(store.name + ".report.json")
 
 
 @contextmanager
 def make_client(
-    scheduler: str | None = None, workers: int | None = None, scheduler_file: str | None = None
+    scheduler: str | None = None,
+    workers: int | None = None,
+    scheduler_file: str | None = None,
+    processes: bool = False,
 ) -> Iterator[Client]:
     """A client of ``scheduler``, of the cluster a ``scheduler_file`` describes, or of Dask's configured
-    ``scheduler-address`` (``DASK_SCHEDULER_ADDRESS``); else of a new LocalCluster shut down on exit."""
+    ``scheduler-address`` (``DASK_SCHEDULER_ADDRESS``); else of a new LocalCluster shut down on exit.
+
+    The LocalCluster runs ``workers`` (default: cores, at most 4) threads in this process, or with
+    ``processes`` as many single-threaded worker processes. Threads are the default: the steps'
+    heavy work releases the GIL (numpy, the numba kernels, the decoders, the codecs), and a worker
+    process costs the job seconds of CPU on a laptop (its own imports and kernel loading, the
+    tasks' data pickled between processes); benchmarks/README.md has the figures.
+
+    Raise :class:`~pipeline.errors.UsageError` for ``workers`` < 1 or a missing ``scheduler_file``,
+    :class:`SchedulerError` at once for a scheduler nothing listens on."""
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     if scheduler_file and not Path(scheduler_file).is_file():
@@ -127,8 +176,11 @@ def make_client(
         elif address:
             client = stack.enter_context(_connected(address, address))
         else:
-            cluster = stack.enter_context(LocalCluster(n_workers=workers or min(os.cpu_count() or 1, 4),
-                                                       threads_per_worker=1, dashboard_address=":0"))  # fmt: skip
+            n = workers or min(os.cpu_count() or 1, 4)
+            shape = (
+                {"n_workers": n, "threads_per_worker": 1} if processes else {"n_workers": 1, "threads_per_worker": n}
+            )
+            cluster = stack.enter_context(LocalCluster(processes=processes, dashboard_address=":0", **shape))
             client = stack.enter_context(Client(cluster))
         # closing comms and cancelling what an interrupted run left is expected: no tracebacks then
         stack.callback(logger.setLevel, logging.CRITICAL)
@@ -224,7 +276,7 @@ def run(
     workers = list(client.scheduler_info().get("workers", {}))
     # while the first graphs are built; waited for at the end, so no task is cancelled at shutdown
     kernels = [client.submit(load_kernels, workers=[w], pure=False, priority=10) for w in workers if todo]
-    window = window or 2 * max(1, len(workers))
+    window = window or 2 * max(1, sum(client.nthreads().values()))
     echo(f"{len(todo)} session(s) to process, {len(done & {s.key for s in sessions})} already complete, "
          f"{len(problems)} unusable; dashboard: {report.dashboard}")  # fmt: skip
     pending = list(reversed(todo))
@@ -258,11 +310,10 @@ def run(
         for future in completed:
             session, attrs, t0 = inflight[future]
             try:
-                summary = future.result()
-                mark_complete(store, session.key, {**attrs, **_provenance(session, summary, config)},
-                              {"registration_failures": sum(not f["ok"] for f in summary["offsets"]),
-                               "reference_check": summary["reference"]})  # fmt: skip
-                result = SessionResult(session.key, "ok", "", time.perf_counter() - t0, len(session.e91))
+                provenance = future.result()
+                mark_complete(store, session.key, attrs, provenance)
+                notes = "; ".join(provenance.warnings())  # e.g. a measured gain far from the header's
+                result = SessionResult(session.key, "ok", notes, time.perf_counter() - t0, len(session.e91))
             except Exception as err:
                 result = SessionResult(session.key, "failed", _reason(err), time.perf_counter() - t0, len(session.e91))
             finally:
@@ -279,51 +330,26 @@ def run(
                                                 time.perf_counter() - t0, len(session.e91)))  # fmt: skip
         report.results += [SessionResult(s.key, "stopped", f"not started: interrupted by {stop.name}",
                                          frames=len(s.e91)) for s in pending]  # fmt: skip
+    if any(r.status == "ok" for r in report.results):
+        consolidate(store)
     report.seconds = time.perf_counter() - started
     report.results.sort(key=lambda r: r.key)
     return report
 
 
-def _submit(session: Session, store, config: Config, client: Client):
+def _submit(session: Session, store: Path | str, config: Config, client: Client) -> tuple[Future, dict]:
     graph = build_session(session, config)
     write = write_session(graph.dataset, store, session.key, config.chunks.store_chunk_px)
     name = f"done-{session.key.replace('/', '-')}-{tokenize(write)[:8]}"
-    done = dask.delayed(_summary_after_write, pure=True)(write, graph.summary, dask_key_name=name)
+    files = [path.name for path in session.e91]
+    done = dask.delayed(_provenance, pure=True)(write, graph.summary, files, config.to_dict(), dask_key_name=name)
     return client.compute(done), dict(graph.dataset.attrs)
 
 
-def _summary_after_write(written: dict, summary: dict) -> dict:
-    """Registration results, input checksums, agreement with the archive's products and the
-    SHA-256 of each array's written files (``written``, from ``write_session``)."""
-    return {
-        "offsets": [
-            {
-                "dy": o.dy,
-                "dx": o.dx,
-                "quality": o.quality,
-                "ok": o.ok,
-                "reason": o.reason,
-                "method": o.method,
-                "note": o.note,
-            }
-            for o in summary["offsets"]
-        ],
-        "checksums": summary["checksums"],
-        "reference": summary["reference"],
-        "array_sha256": written,
-    }
-
-
-def _provenance(session: Session, summary: dict, config: Config) -> dict:
-    registration = [{"file": path.name, **offset} for path, offset in zip(session.e91, summary["offsets"])]
-    return {
-        "registration": registration,
-        "inputs": summary["checksums"],
-        "array_sha256": summary["array_sha256"],
-        "reference_check": summary["reference"],
-        "config": config.to_dict(),
-        "complete": True,
-    }
+def _provenance(written: dict[str, str], summary: SessionSummary, files: list[str], config: dict) -> Provenance:
+    """The session's provenance once its arrays are written (``written``: the SHA-256 of each
+    array's files, from ``write_session``)."""
+    return summary.provenance(files, written, config)
 
 
 def _reason(err: BaseException) -> str:

@@ -5,7 +5,7 @@ import pytest
 from astropy.io import fits
 
 from pipeline.errors import InputError
-from pipeline.io.fits_reader import ImageRef
+from pipeline.io.fits_headers import ImageRef
 from pipeline.io.keywords import MissingKeyword, profiles
 from pipeline.steps.amplifiers import Amplifier, amp_value_map, detector_shape, mosaic, reduce_amp
 from pipeline.steps.masks import Flag

@@ -26,6 +26,8 @@ def test_partial_yaml_overrides_only_what_it_names(tmp_path):
         ("chunks: {strip_rows: many}", "strip_rows"),
         ("typo_section: 1", "typo_section"),
         ("overscan: [unclosed", "cannot read"),
+        ("synthesis: {realizations: -1}", "realizations must be >= 0"),
+        ("synthesis: {realisations: 2}", "realisations"),
     ],
 )
 def test_invalid_configuration_names_the_problem(tmp_path, text, match):

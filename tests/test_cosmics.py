@@ -14,8 +14,11 @@ from pipeline.steps.masks import Flag
 
 
 def _calibrated(archive, config, pattern=None):
+    """``{key: (calib and mask, truth)}`` of every session matching ``pattern`` (at least one)."""
+    sessions, problems = find_sessions(archive, pattern)
+    assert sessions and not problems, f"{archive} [{pattern}]: no usable session ({problems})"
     out = {}
-    for session in find_sessions(archive, pattern)[0]:
+    for session in sessions:
         ds = build_session(session, config).dataset[["calib", "mask"]].compute(scheduler="sync")
         truth = np.load(archive / session.key / "truth" / "truth.npz")
         out[session.key] = (ds, truth)

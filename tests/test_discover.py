@@ -3,17 +3,16 @@ import pathlib
 
 import pytest
 
+from pipeline.errors import InputError
 from pipeline.io.discover import SessionError, find_sessions, load_session
+
+from .conftest import SESSION_KEYS
 
 
 def test_finds_every_session_with_its_products(archive):
     sessions, problems = find_sessions(archive)
     assert problems == []
-    assert [s.key for s in sessions] == [
-        "mosaic_g/20240315_001_000",
-        "muscat3_g/20240315_000_000",
-        "muscat4_r/20240315_000_001",
-    ]
+    assert [s.key for s in sessions] == list(SESSION_KEYS)
     s = sessions[1]
     assert (s.instrument, s.band, s.obs_id) == ("muscat3", "g", "20240315_000_000")
     assert set(s.masters) == {"BIAS", "DARK", "SKYFLAT", "BPM"}
@@ -38,8 +37,11 @@ def test_glob_selects_sessions(archive):
 def test_unusable_sessions_are_reported_with_the_reason(archive_copy, damage, reason):
     directory = archive_copy / "muscat3_g" / "20240315_000_000"
     damage(directory)
-    with pytest.raises(SessionError, match=reason):
+    with pytest.raises(SessionError, match=reason) as raised:
         load_session(directory)
+    assert isinstance(raised.value, InputError)  # the file (or folder) at fault and the reason
+    assert str(raised.value) == f"{raised.value.path}: {raised.value.reason}"
+    assert raised.value.path.startswith(str(directory)) and not raised.value.reason.startswith(str(directory))
     sessions, problems = find_sessions(archive_copy)
     assert len(sessions) == 2 and problems[0][0] == directory and reason in problems[0][1]
 

@@ -10,7 +10,7 @@ from distributed import Client
 
 from pipeline.cli import main
 from pipeline.config import Config
-from pipeline.io.fits_reader import image, list_images
+from pipeline.io.fits_headers import image, list_images
 from pipeline.runner import run
 from pipeline.synth import SynthSpec, write_archive
 from pipeline.tools.export import global_header

@@ -5,7 +5,7 @@ import pytest
 import xarray as xr
 
 from pipeline.config import ChunkParams, Config
-from pipeline.io.store import complete_sessions
+from pipeline.io.index import complete_sessions
 from pipeline.runner import run
 from pipeline.synth import SynthSpec, write_archive
 

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from pipeline.config import ChunkParams, Config
 from pipeline.graph import build_session
 from pipeline.io.discover import load_session
-from pipeline.io.fits_reader import list_images, read_image
+from pipeline.io.fits_headers import list_images
+from pipeline.io.fits_reader import read_image
 from pipeline.io.keywords import profiles
 from pipeline.io.store import write_session
 from pipeline.steps.amplifiers import Amplifier, mosaic, reduce_amp

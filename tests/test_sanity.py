@@ -5,7 +5,8 @@ import pytest
 
 from pipeline.config import ConfigError, load_config
 from pipeline.errors import InputError
-from pipeline.steps.sanity import CHECKS, SanityParams, dark_problems, flat_problems, positive, triage
+from pipeline.steps.params import CHECKS, SanityParams
+from pipeline.steps.sanity import dark_problems, flat_problems, positive, triage
 
 PARAMS = SanityParams()
 

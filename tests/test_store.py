@@ -25,8 +25,9 @@ def written(tmp_path_factory):
         "e91": rng.normal(500, 20, (3, 96, 64)).astype(np.float32),
     }
     dims = {2: ("y", "x"), 3: ("frame", "y", "x")}
-    dataset = xr.Dataset({name: (dims[a.ndim], da.from_array(a, chunks=(1,) * (a.ndim - 2) + (64, 64)))
-                          for name, a in truth.items()})  # fmt: skip
+    dataset = xr.Dataset(
+        {name: (dims[a.ndim], da.from_array(a, chunks=(1,) * (a.ndim - 2) + (64, 64))) for name, a in truth.items()}
+    )
     store = tmp_path_factory.mktemp("store") / "s.zarr"
     (digests,) = dask.compute(write_session(dataset, store, KEY, CHUNK), scheduler="synchronous")
     return store, truth, digests
@@ -56,7 +57,9 @@ def test_digests_are_the_sha256_of_each_arrays_files(written):
     for name, digest in digests.items():
         array_dir = store / KEY / name
         expected = hashlib.sha256()
-        for path in sorted(p for p in array_dir.rglob("*") if p.is_file()):
+        files = sorted(p for p in array_dir.rglob("*") if p.is_file())
+        assert files, array_dir
+        for path in files:
             expected.update(str(path.relative_to(array_dir)).encode() + b"\0" + path.read_bytes())
         assert digest == expected.hexdigest()
 

@@ -9,17 +9,12 @@ import pytest
 import xarray as xr
 import zarr
 
-from pipeline.io.store import (
-    StoreIndexError,
-    complete_sessions,
-    consolidate,
-    index,
-    mark_complete,
-    open_index,
-    write_session,
-)
+from pipeline.io.index import StoreIndexError, complete_sessions, consolidate, index, mark_complete, open_index
+from pipeline.io.provenance import Provenance
+from pipeline.io.store import write_session
 
 SHAPE = (32, 32)
+NO_PROVENANCE = Provenance(registration=[], inputs=[], array_sha256={}, reference_check={}, config={})
 
 
 def _write(store, key, complete=True):
@@ -29,7 +24,7 @@ def _write(store, key, complete=True):
     if complete:
         instrument_band, obs_id = key.split("/")
         instrument, band = instrument_band.split("_")
-        mark_complete(store, key, {"instrument": instrument, "band": band, "obs_id": obs_id}, {})
+        mark_complete(store, key, {"instrument": instrument, "band": band, "obs_id": obs_id}, NO_PROVENANCE)
 
 
 def _tree_sessions(store):

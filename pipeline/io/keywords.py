@@ -24,16 +24,16 @@ from typing import Any
 
 import yaml
 
-from ..errors import SkyprepError
+from ..errors import InputError
 from .sections import Section
 
 
-class MissingKeyword(SkyprepError, KeyError):
-    """A logical element that no keyword, substitute or default provides."""
+class MissingKeyword(InputError, KeyError):
+    """A logical element that no keyword, substitute or default provides in ``source`` (the file)."""
 
     def __init__(self, element: str, tried: tuple[str, ...], source: str):
         self.element, self.tried, self.source = element, tried, source
-        super().__init__(f"{source}: no value for {element} (tried keywords {', '.join(tried)}; no profile default)")
+        super().__init__(source, f"no value for {element} (tried keywords {', '.join(tried)}; no profile default)")
 
     def __str__(self) -> str:
         return self.args[0]

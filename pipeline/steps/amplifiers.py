@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..io.fits_reader import ImageRef
+from ..io.fits_headers import ImageRef
 from ..io.keywords import MissingKeyword, Profile, lookup
 from ..io.sections import Section, detsec_from_datasec
 from .masks import MASK_DTYPE, Flag

@@ -8,31 +8,11 @@ in ``SanityParams.warn_only``; then it is recorded in the session's attributes a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from ..errors import InputError
-
-Check = Literal["gain", "exptime", "flat_median", "flat_dead_fraction", "dark_negative"]
-CHECKS: tuple[str, ...] = Check.__args__
-
-
-@dataclass(frozen=True)
-class SanityParams:
-    """Bounds of the sanity checks.
-
-    ``flat_median``: the range a normalised flat's median must lie in. ``flat_dead_fraction``:
-    the largest fraction of flat pixels that may be dead (not finite or at most
-    ``calibration.low_flat``). ``dark_negative_sigma``: a dark is significantly negative when
-    its median lies more than this many standard errors of the median below zero.
-    ``warn_only``: checks whose failure is recorded as a warning instead of failing the session.
-    """
-
-    flat_median: tuple[float, float] = (0.5, 2.0)
-    flat_dead_fraction: float = 0.1
-    dark_negative_sigma: float = 5.0
-    warn_only: tuple[Check, ...] = ()
+from .params import Check, SanityParams
 
 
 @dataclass(frozen=True)
@@ -97,3 +77,19 @@ def triage(problems: list[Problem], params: SanityParams) -> list[str]:
                          + (f"; also {others}" if others else "")
                          + "; to accept it anyway add the check to sanity.warn_only")  # fmt: skip
     return [str(p) for p in problems]
+
+
+def header_problems(path: str, gains_e_per_adu: list[tuple[str, float]], exptime_s: float,
+                    darktime_s: float) -> list[Problem]:  # fmt: skip
+    """The raw frame's header quantities: every gain (``(source, e-/ADU)``), exposure and dark time (s)."""
+    found = [p for source, gain in gains_e_per_adu for p in positive("gain", source, "GAIN", gain, "e-/ADU")]
+    found += positive("exptime", path, "EXPTIME", exptime_s, "s")
+    return found + positive("exptime", path, "DARKTIME", darktime_s, "s")
+
+
+def master_warnings(header_warnings: list[str], flat: np.ndarray, dark_e_per_s: np.ndarray, flat_path: str,
+                    dark_path: str, low_flat: float, params: SanityParams) -> list[str]:  # fmt: skip
+    """Every sanity warning of a session, the masters' added to ``header_warnings``; raise
+    :class:`InputError` when the flat or the dark is refused."""
+    found = flat_problems(flat_path, flat, low_flat, params) + dark_problems(dark_path, dark_e_per_s, params)
+    return header_warnings + triage(found, params)

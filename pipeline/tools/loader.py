@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ..io.store import index, splits
+from ..io.contract import Presence, named
+from ..io.index import index, splits
+from ..io.objects import location, zarr_store
 from ..steps.masks import Flag
 
 _VARIABLE = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)(\[(?P<frame>\d+)\])?$")
@@ -88,7 +90,7 @@ def parse_variable(spec: str) -> tuple[str, int | None]:
 
 
 # Variables that only sessions with e91 frames hold (the store contract).
-STACK_VARIABLES = ("e91", "e91_mask", "shift", "mean", "count", "std", "source_mask")
+STACK_VARIABLES = named(Presence.E91)
 
 
 def _needs_frames(spec: str) -> int:
@@ -139,7 +141,7 @@ class PatchDataset:
     """Map-style dataset of patches (see the module docstring); ``len`` and ``[i]`` only."""
 
     def __init__(self, store: Path | str, params: LoaderParams = LoaderParams()):
-        self.store = str(store)
+        self.store = location(store)  # a local path or an object-store prefix (pickles to DataLoader workers)
         self.params = params
         self.sessions = select_sessions(store, params)
         if not self.sessions:
@@ -187,7 +189,7 @@ class PatchDataset:
             self._root, self._pid, self._arrays, self._cache = None, os.getpid(), {}, OrderedDict()
         if (session, name) not in self._arrays:
             if self._root is None:
-                self._root = zarr.open_group(self.store, mode="r", zarr_format=3)
+                self._root = zarr.open_group(zarr_store(self.store), mode="r", zarr_format=3)
             group = self._root[session]
             self._arrays[(session, name)] = group[name] if name in group else None
         return self._arrays[(session, name)]

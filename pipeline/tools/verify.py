@@ -13,66 +13,63 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from ..io.contract import CONTRACT, Presence, named
+from ..io.index import index, is_complete
 from ..io.lock import StoreError
-from ..io.store import array_files_sha256, index, is_complete
-
-# variable: (dimension names, dtype) of the store contract v1
-CONTRACT = {
-    "os": (("y", "x"), np.float32),
-    "calib": (("y", "x"), np.float32),
-    "variance": (("y", "x"), np.float32),
-    "mask": (("y", "x"), np.uint16),
-    "e91": (("frame", "y", "x"), np.float32),
-    "e91_mask": (("frame", "y", "x"), np.uint16),
-    "shift": (("frame", "axis"), np.float32),
-    "mean": (("y", "x"), np.float32),
-    "count": (("y", "x"), np.uint16),
-    "std": (("y", "x"), np.float32),
-    "source_mask": (("y", "x"), np.uint8),
-    "ref_os": (("y", "x"), np.float32),
-    "ref_calib": (("y", "x"), np.float32),
-    "ref_mean": (("y", "x"), np.float32),
-    "ref_mask": (("y", "x"), np.uint8),
-}
-REQUIRED = ("os", "calib", "mask")
-STACK = ("e91", "e91_mask", "shift", "mean", "count", "std", "source_mask")
+from ..io.objects import ObjectPath, location, zarr_store
+from ..io.store import array_files_sha256
 
 
-def array_sha256(store: Path | str, key: str) -> dict[str, str]:
-    """SHA-256 of each contract array of session ``key`` (``store.array_files_sha256``)."""
-    group_dir = Path(store) / key
-    return {
-        array_dir.name: array_files_sha256(array_dir)
-        for array_dir in sorted(p for p in group_dir.iterdir() if (p / "zarr.json").is_file() and p.name in CONTRACT)
-    }
+def array_sha256(store: Path | ObjectPath | str, key: str) -> dict[str, str]:
+    """SHA-256 of each contract array of session ``key`` (``store.array_files_sha256``), read
+    through the store (files, or objects of an object store)."""
+    group_dir = location(store) / key
+    if isinstance(group_dir, ObjectPath):
+        names = sorted(
+            {
+                name.split("/")[0]
+                for name, _ in group_dir.files()
+                if name.count("/") == 1 and name.endswith("/zarr.json")
+            }
+        )
+    else:
+        names = sorted(p.name for p in group_dir.iterdir() if (p / "zarr.json").is_file())
+    return {name: array_files_sha256(group_dir / name) for name in names if name in CONTRACT}
 
 
-def _shape_problems(name: str, array: zarr.Array, record: dict) -> list[str]:
-    dims, dtype = CONTRACT[name]
+def _shape_problems(name: str, array: zarr.Array, record: dict, realizations: int) -> list[str]:
+    dims, dtype = CONTRACT[name].dims, CONTRACT[name].dtype
     problems = []
     found_dims = tuple(array.metadata.dimension_names or ())
     if found_dims != dims:
         problems.append(f"{name}: dimensions {found_dims}, expected {dims}")
     if array.dtype != np.dtype(dtype):
         problems.append(f"{name}: dtype {array.dtype}, expected {np.dtype(dtype)}")
-    expected = {"y": record["shape"][0], "x": record["shape"][1], "frame": record.get("n_frames", 0), "axis": 2}
+    expected = {"y": record["shape"][0], "x": record["shape"][1], "frame": record.get("n_frames", 0), "axis": 2,
+                "realization": realizations}  # fmt: skip
     want = tuple(expected[d] for d in dims)
     if tuple(array.shape) != want:
         problems.append(f"{name}: shape {tuple(array.shape)}, expected {want}")
     return problems
 
 
-def check_session(store: Path | str, key: str, record: dict) -> list[str]:
+def check_session(store: Path | ObjectPath | str, key: str, record: dict) -> list[str]:
     """What is wrong with the complete session ``key`` (empty when nothing is)."""
     try:
-        group = zarr.open_group(str(store), path=key, mode="r", zarr_format=3)
+        group = zarr.open_group(zarr_store(store), path=key, mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         return ["indexed complete but its group is missing"]
     names = set(group.array_keys())
-    required = REQUIRED + (STACK if record.get("n_frames", 0) else ())
+    required = named(Presence.ALWAYS) + (named(Presence.E91) if record.get("n_frames", 0) else ())
     problems = [f"{name}: missing" for name in required if name not in names]
+    syn = group.attrs.get("syn")
+    if syn is None and "syn" in names:
+        problems.append("syn: written but not recorded (interrupted `skyprep synthesize`: run it again)")
+    elif syn is not None and syn.get("realizations") and "syn" not in names:
+        problems.append("syn: missing")
+    realizations = int(syn["realizations"]) if syn else 0
     for name in sorted(names & set(CONTRACT)):
-        problems += _shape_problems(name, group[name], record)
+        problems += _shape_problems(name, group[name], record, realizations)
     recorded = group.attrs.get("array_sha256")
     if not recorded:
         return problems + ["no recorded checksums (array_sha256)"]
@@ -88,21 +85,22 @@ def check_session(store: Path | str, key: str, record: dict) -> list[str]:
 INCOMPLETE = "incomplete (not marked complete in the index; the next run rewrites it)"
 
 
-def verify(store: Path | str) -> dict[str, list[str]]:
-    """Problems per session key: complete sessions checked, session groups on disk not indexed
+def verify(store: Path | ObjectPath | str) -> dict[str, list[str]]:
+    """Problems per session key: complete sessions checked, session groups in the store not indexed
     complete reported; problems of the store itself (its index, the consolidated metadata) under
-    the store's own path."""
+    the store's own name."""
+    store = location(store)
     try:
         records = index(store)
     except StoreError as err:
         return {str(store): [str(err)]}
-    if not (Path(store) / "zarr.json").is_file():
+    if not (store / "zarr.json").exists():
         return {str(store): ["not a Zarr v3 store"]}
     result = {key: check_session(store, key, record) for key, record in records.items() if is_complete(record)}
     for key, record in records.items():
         if not is_complete(record) and record.get("complete") not in (False, None):
             result[key] = [f"its index record says complete = {record['complete']!r} (not true): {INCOMPLETE}"]
-    for key in _groups_on_disk(store):
+    for key in _stored_groups(store):
         if key not in result:
             result[key] = [INCOMPLETE]
     listed = consolidated_sessions(store)
@@ -116,35 +114,40 @@ def verify(store: Path | str) -> dict[str, list[str]]:
     return dict(sorted(result.items()))
 
 
-def _groups_on_disk(store: Path | str) -> list[str]:
-    """Session groups present on disk, ``<instrument>_<band>/<obs_id>`` (read from the folders,
-    not through the consolidated metadata, which may hide them)."""
-    return sorted(p.parent.relative_to(store).as_posix() for p in Path(store).glob("*/*/zarr.json")
-                  if _node_type(p) == "group")  # fmt: skip
+def _stored_groups(store: Path | ObjectPath) -> list[str]:
+    """Session groups in the store, ``<instrument>_<band>/<obs_id>`` (listed from the folders or
+    prefixes, not through the consolidated metadata, which may hide them)."""
+    return sorted(f"{inst}/{obs}" for inst in _listing(store) for obs in _listing(store / inst)
+                  if _node_type(store / inst / obs / "zarr.json") == "group")  # fmt: skip
 
 
-def _node_type(path: Path) -> str:
+def _listing(where: Path | ObjectPath) -> list[str]:
+    if isinstance(where, ObjectPath):
+        return where.names()
+    return sorted(p.name for p in where.iterdir()) if where.is_dir() else []
+
+
+def _node_type(path: Path | ObjectPath) -> str:
     try:
         return json.loads(path.read_text()).get("node_type", "")
     except (OSError, ValueError, AttributeError):
         return ""
 
 
-def consolidated_sessions(store: Path | str) -> set[str]:
+def consolidated_sessions(store: Path | ObjectPath) -> set[str]:
     """The session groups the root's consolidated metadata lists (what ``xarray.open_datatree`` shows)."""
     try:
-        root = json.loads((Path(store) / "zarr.json").read_text())
-        listed = root.get("consolidated_metadata") or {}
-        entries = listed.get("metadata", {})
+        root = json.loads((store / "zarr.json").read_text())
+        entries = (root.get("consolidated_metadata") or {}).get("metadata", {})
     except (OSError, ValueError, AttributeError):
         return set()
     return {path for path, entry in entries.items() if path.count("/") == 1 and entry.get("node_type") == "group"}
 
 
-def repair_commands(store: Path | str, problems: dict[str, list[str]]) -> list[str]:
+def repair_commands(store: Path | ObjectPath | str, problems: dict[str, list[str]]) -> list[str]:
     """Commands that would fix what :func:`verify` found: rewrite damaged complete sessions
     (``--redo``), finish incomplete ones, rebuild the consolidated metadata from the index."""
-    commands, store = [], Path(store)
+    commands, store = [], location(store)
     for key, found in problems.items():
         if not found or key == str(store):
             continue
@@ -152,13 +155,13 @@ def repair_commands(store: Path | str, problems: dict[str, list[str]]) -> list[s
         option = "--sessions" if all(INCOMPLETE in p for p in found) else "--redo"
         commands.append(f"skyprep run {archive} --out {store} {option} '{key}'")
     if any(p.startswith("consolidated metadata") for p in problems.get(str(store), [])):
-        commands.append(f"python -c \"from pipeline.io.store import consolidate; consolidate('{store}')\"")
+        commands.append(f"python -c \"from pipeline.io.index import consolidate; consolidate('{store}')\"")
     elif problems.get(str(store)):
         commands.append(f"# {store}: the store itself cannot be used; restore its zarr.json or write a new store")
     return commands
 
 
-def _archive_of(store: Path, key: str) -> str:
+def _archive_of(store: Path | ObjectPath, key: str) -> str:
     """The archive a session was read from (its recorded raw frame's folder, four levels up), or
     ``ARCHIVE`` when the session records none."""
     try:
