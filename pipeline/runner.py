@@ -255,10 +255,10 @@ def run(
     :class:`~pipeline.errors.Interrupted` the sessions in flight are cancelled (left incomplete,
     so the store stays consistent) and the report says what finished (``stopped_by``)."""
     started = time.perf_counter()
-    open_index(store)
     sessions, problems = find_sessions(input_root, pattern)
     if pattern and not sessions and not problems:
         raise UsageError(f"--sessions {pattern!r} matches no session under {input_root}")
+    open_index(store)
     done = complete_sessions(store)
     if redo is not None:
         chosen = {s.key for s in sessions if s.key in done and fnmatch.fnmatchcase(s.key, redo)}

@@ -16,9 +16,13 @@ from pathlib import Path
 import pytest
 import xarray as xr
 import zarr
+from astropy.io import fits
+from distributed import Client
 
+from pipeline.config import Config
 from pipeline.io.index import complete_sessions, index
 from pipeline.io.lock import lock_path, store_lock
+from pipeline.runner import run
 from pipeline.synth import SynthSpec, write_archive
 from pipeline.tools.verify import consolidated_sessions, verify
 
@@ -144,6 +148,25 @@ def store(done_store, tmp_path):
 def test_the_progress_counter_counts_each_session_once(done_store):
     counts = [int(n) for n in re.findall(r"^\[(\d+)/\d+\]", done_store[1], re.M)]
     assert counts == list(range(1, SESSIONS + 1))
+
+
+def test_the_progress_counter_counts_sessions_failing_while_built_in_the_same_count(many, tmp_path):
+    """A session refused while its graph is built (no GAIN) and sessions finishing later share
+    one counter: 1 to N, none repeated (they once had a counter each)."""
+    root = tmp_path / "archive"
+    shutil.copytree(many, root)
+    raw = sorted(root.glob("*/*/data/*_raw.fits.fz"))[1]
+    with fits.open(raw) as hdul:
+        hdul = fits.HDUList([hdu.copy() for hdu in hdul])
+    for hdu in hdul:
+        hdu.header.remove("GAIN", ignore_missing=True, remove_all=True)
+    hdul.writeto(raw, overwrite=True)
+    lines = []
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
+        report = run(root, tmp_path / "out.zarr", Config(), client, window=2, echo=lines.append)
+    assert [r.status for r in report.results].count("failed") == 1
+    counts = [int(m.group(1)) for line in lines if (m := re.match(r"\[(\d+)/(\d+)\]", line))]
+    assert counts == list(range(1, SESSIONS + 1)), lines
 
 
 def test_a_successful_run_writes_no_traceback(done_store):

@@ -93,10 +93,11 @@ def check_masters(exts: dict[str, dict[str, ImageRef]], shape: tuple[int, int], 
     shapes = {ref.shape for ref in refs}
     if len(shapes) == 1 and shape not in shapes and len(exts) > 1:
         (ny, nx), (my, mx) = shape, refs[0].shape
+        files = ", ".join(sorted({str(ref.path).rsplit("/", 1)[-1] for ref in refs}))
         raise SessionError(
             raw,
             f"trimmed {nx} x {ny} by its sections ({raw_geometry or 'DETSEC, DATASEC, TRIMSEC'}), but every "
-            f"master ({', '.join(sorted({ref.path.name for ref in refs}))}) is {mx} x {my}",
+            f"master ({files}) is {mx} x {my}",
         )
     for ref in refs:
         check_shape(ref, shape)
