@@ -195,7 +195,7 @@ class SchedulerError(SkyprepError):
 
 
 def _check_reachable(address: str) -> None:
-    """Refuse at once a TCP scheduler address nothing listens on (a client would retry for 30 s)."""
+    """Refuse at once a TCP scheduler address nothing listens on (a client would otherwise retry until its connect timeout)."""
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
     if parsed.scheme not in ("tcp", "tls") or not parsed.hostname or not parsed.port:
         return
