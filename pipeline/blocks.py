@@ -1,13 +1,24 @@
-"""Dask block plumbing shared by the graph modules: dict-valued blocks split into arrays, and a
-task's view of an array's row blocks that keeps the session graph's keys (nothing runs twice)."""
+"""Dask block plumbing shared by the graph modules: dict-valued blocks split into arrays, a
+task's view of an array's row blocks that keeps the session graph's keys (nothing runs twice),
+and the priority of tasks that free what they read."""
 
 from __future__ import annotations
 
+import contextlib
+
+import dask
 import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
 
 RowBlocks = tuple[list[Delayed], int, slice]  # a ``row_blocks`` triple
+
+
+def freeing() -> contextlib.AbstractContextManager:
+    """Tasks built inside run as soon as their inputs exist: tasks that turn strips into
+    something small (a region write, a window cut), so the strips they read are freed at once
+    rather than held until the scheduler's order reaches the task's consumers."""
+    return dask.annotate(priority=1)
 
 
 def split(packed: da.Array, dtypes: dict[str, type[np.generic]], base: str) -> dict[str, da.Array]:

@@ -18,6 +18,7 @@ import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
 
+from .blocks import freeing
 from .config import Config
 from .io.contract import CONTRACT
 from .io.fits_reader import read_image
@@ -109,16 +110,19 @@ def noise_model(
     samples, cosmics = [], []
     for k, (y0, _) in enumerate(bounds):
         strip = {name: found[k] for name, found in blocks.items()}
-        # what is needed of the strip is taken as soon as it is stacked; the source mask (a
-        # whole-frame task) is applied later, so the e91 strips need not wait for it
-        cuts = dask.delayed(_strip_windows, pure=True)(
-            y0, strip["e91"], strip["e91_mask"], strip["mean"], strip["flat"], strip["mask"], windows,
-            dask_key_name=f"ptc-windows-{y0}-{base}")  # fmt: skip
+        # what is needed of the strip is taken (and the strip freed) as soon as it is stacked;
+        # the source mask (a whole-frame task) is applied later, so the strips need not wait for it
+        with freeing():
+            frames = dask.delayed(_frame_windows, pure=True)(
+                y0, strip["e91"], strip["e91_mask"], windows, dask_key_name=f"ptc-frames-{y0}-{base}")  # fmt: skip
+            cuts = dask.delayed(_strip_windows, pure=True)(
+                y0, frames, strip["mean"], strip["flat"], strip["mask"], windows,
+                dask_key_name=f"ptc-windows-{y0}-{base}")  # fmt: skip
+            found = dask.delayed(_strip_cosmics, pure=True, nout=2)(
+                y0, strip["mask"], strip["os"], strip["mean"], strip["flat"], strip["dark"], strip["bias"], amps,
+                darktime_s, gain_nominal, dask_key_name=f"cosmic-pixels-{y0}-{base}")  # fmt: skip
         samples.append(dask.delayed(_strip_samples, pure=True)(
             y0, cuts, strip["source_mask"], windows, to_raw, dask_key_name=f"ptc-samples-{y0}-{base}"))  # fmt: skip
-        found = dask.delayed(_strip_cosmics, pure=True, nout=2)(
-            y0, strip["mask"], strip["os"], strip["mean"], strip["flat"], strip["dark"], strip["bias"], amps,
-            darktime_s, gain_nominal, dask_key_name=f"cosmic-pixels-{y0}-{base}")  # fmt: skip
         cosmics.append(dask.delayed(_cosmics_on_background, pure=True)(
             found[0], found[1], strip["source_mask"], y0, dask_key_name=f"cosmic-background-{y0}-{base}"))  # fmt: skip
     shifts = variables["shift"].to_delayed(optimize_graph=False).ravel()[0]
@@ -158,22 +162,25 @@ def syn_array(
 
 
 def _aligned(arrays: dict[str, da.Array]) -> tuple[dict[str, da.Array], list[tuple[int, int]]]:
-    """``arrays`` in the full-width row strips of the first one (rechunked where they differ, e.g.
-    after an overlap wider than a strip) and those strips ``(y0, y1)``."""
+    """``arrays`` in the full-width row strips of the first one, one chunk deep on every other
+    axis (rechunked where they differ, e.g. after an overlap wider than a strip), and those
+    strips ``(y0, y1)``."""
     first = next(iter(arrays.values())).chunks[-2]
-    aligned = {
-        name: array if array.chunks[-2] == first and len(array.chunks[-1]) == 1
-        else array.rechunk({array.ndim - 2: first, array.ndim - 1: -1})
-        for name, array in arrays.items()
-    }  # fmt: skip
+
+    def strips(array: da.Array) -> da.Array:
+        wanted = tuple(first if axis == array.ndim - 2 else (n,) for axis, n in enumerate(array.shape))
+        return array if array.chunks == wanted else array.rechunk(wanted)
+
     edges = np.cumsum((0, *first))
-    return aligned, [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return {name: strips(array) for name, array in arrays.items()}, [
+        (int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])
+    ]
 
 
 def _strip_blocks(array: da.Array) -> list[Delayed]:
-    """The Delayed row strips of ``array`` (rows on its second-to-last axis), keeping the graph's keys."""
+    """The Delayed row strips of an ``_aligned`` array, keeping the graph's keys."""
     found = array.to_delayed(optimize_graph=False)
-    return list(np.moveaxis(found, -2, 0).reshape(found.shape[-2], -1)[:, 0])
+    return list(np.moveaxis(found, -2, 0).reshape(found.shape[-2]))
 
 
 def _amp_readout(amp: Amplifier, params: OverscanParams) -> AmpReadout:
@@ -181,30 +188,53 @@ def _amp_readout(amp: Amplifier, params: OverscanParams) -> AmpReadout:
 
 
 @dataclass(frozen=True, eq=False)
-class _Cut:
-    """A strip's rows of one amplifier's PTC window: frames (n, r, w) ADU and their usable
-    values, the stack, the flat and the calibrated frame's usable pixels."""
+class _FrameCut:
+    """A strip's rows of one amplifier's PTC window in the registered e91 frames: (n, r, w) ADU
+    and their usable values."""
 
     frames: np.ndarray
     ok: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class _Cut:
+    """A strip's rows of one amplifier's PTC window: the frames, the stack, the flat and the
+    calibrated frame's usable pixels."""
+
+    frames: _FrameCut
     mean: np.ndarray
     flat: np.ndarray
     calib_ok: np.ndarray
 
 
-def _strip_windows(y0: int, e91: np.ndarray, e91_mask: np.ndarray, mean: np.ndarray, flat: np.ndarray,
-                   mask: np.ndarray, windows: list[Region]) -> list[_Cut | None]:  # fmt: skip
-    y1 = y0 + mean.shape[0]
+def _window_in_strip(y0: int, y1: int, window: Region) -> tuple[slice, slice] | None:
+    """The strip-relative rows and the columns of ``window`` inside rows ``y0:y1``, if any."""
+    wy0, wy1, wx0, wx1 = window
+    a, b = max(wy0, y0), min(wy1, y1)
+    return (slice(a - y0, b - y0), slice(wx0, wx1)) if a < b else None
+
+
+def _frame_windows(y0: int, e91: np.ndarray, e91_mask: np.ndarray, windows: list[Region]) -> list[_FrameCut | None]:
+    """The windows' rows of a strip's e91 frames (a task of its own: the strip of every frame is
+    freed as soon as it is stacked, not held until the masters' strips are read)."""
+    cuts: list[_FrameCut | None] = []
+    for window in windows:
+        inside = _window_in_strip(y0, y0 + e91.shape[1], window)
+        cuts.append(None if inside is None else _FrameCut(
+            e91[(slice(None), *inside)].copy(), (e91_mask[(slice(None), *inside)] & _UNUSABLE_FRAME_PIXEL) == 0))  # fmt: skip
+    return cuts
+
+
+def _strip_windows(y0: int, frames: list[_FrameCut | None], mean: np.ndarray, flat: np.ndarray, mask: np.ndarray,
+                   windows: list[Region]) -> list[_Cut | None]:  # fmt: skip
     cuts: list[_Cut | None] = []
-    for wy0, wy1, wx0, wx1 in windows:
-        a, b = max(wy0, y0), min(wy1, y1)
-        if a >= b:
+    for frame_cut, window in zip(frames, windows, strict=True):
+        inside = _window_in_strip(y0, y0 + mean.shape[0], window)
+        if frame_cut is None or inside is None:
             cuts.append(None)
             continue
-        rows, cols = slice(a - y0, b - y0), slice(wx0, wx1)
-        ok = (e91_mask[:, rows, cols] & _UNUSABLE_FRAME_PIXEL) == 0
-        calib_ok = (mask[rows, cols] & _UNUSABLE_CALIB.value) == 0
-        cuts.append(_Cut(e91[:, rows, cols].copy(), ok, mean[rows, cols].copy(), flat[rows, cols].copy(), calib_ok))
+        calib_ok = (mask[inside] & _UNUSABLE_CALIB.value) == 0
+        cuts.append(_Cut(frame_cut, mean[inside].copy(), flat[inside].copy(), calib_ok))
     return cuts
 
 
@@ -218,7 +248,7 @@ def _strip_samples(y0: int, cuts: list[_Cut | None], source: np.ndarray, windows
             continue
         a = max(wy0, y0)
         background = (source[a - y0 : a - y0 + cut.mean.shape[0], wx0:wx1] == 1) & cut.calib_ok
-        found.append(ptc_samples(cut.frames, cut.ok, cut.mean, cut.flat, background, factor))
+        found.append(ptc_samples(cut.frames.frames, cut.frames.ok, cut.mean, cut.flat, background, factor))
     return found
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dask
 import numpy as np
+from dask.core import flatten, get_deps
 
 from pipeline import graph
 from pipeline.config import ChunkParams, Config
@@ -83,3 +84,37 @@ def test_measure_offsets_prepares_the_reference_once_and_agrees_with_measure_off
     assert together == [measure_offset(reference, image) for image in images]
     for offset, (dy, dx) in zip(together, [(1.3, -2.6), (-3.2, 0.4)]):
         assert offset.ok and abs(offset.dy - dy) < 0.1 and abs(offset.dx - dx) < 0.1
+
+
+def test_a_stacked_e91_strip_is_consumed_by_tasks_that_wait_for_nothing_else(archive, tmp_path):
+    """An e91 strip (every frame's rows: the largest block of the graph) is freed as soon as it is
+    stacked only if every task reading it can run then: each needs nothing but that strip's stack
+    task and what the stack task itself needed. (A task that also waits for a master's strip or the
+    whole-frame source mask holds every e91 strip in memory until the end of the session.)"""
+    session = load_session(archive / KEY)
+    built = graph.build_session(session, CONFIG)
+    written = write_session(built.dataset, str(tmp_path / "store.zarr"), KEY, CONFIG.chunks.store_chunk_px)
+    done = dask.delayed(_provenance)(written, built.summary, [p.name for p in session.e91], {})
+    tasks = dict(done.__dask_graph__())
+    dependencies, dependents = get_deps(tasks)
+
+    def upstream(key):
+        seen, todo = set(), [key]
+        while todo:
+            for dep in dependencies[todo.pop()]:
+                if dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+        return seen
+
+    strips = [
+        set(keys) for keys in zip(*(flatten(built.dataset[name].data.__dask_keys__()) for name in ("e91", "e91_mask")))
+    ]
+    assert len(strips) == 4, strips  # one per strip of the 256-row test frames
+    for strip in strips:
+        available = set(strip).union(*(upstream(key) for key in strip))
+        readers = {reader for key in strip for reader in dependents[key]}
+        assert readers, strip
+        for reader in readers:
+            waits_for = dependencies[reader] - available
+            assert not waits_for, (reader, waits_for)

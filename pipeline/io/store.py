@@ -18,6 +18,7 @@ import zarr
 from dask.base import tokenize
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from ..blocks import freeing
 from .index import index_document, open_index, unmark
 from .objects import ObjectPath, location, zarr_store
 
@@ -67,7 +68,7 @@ def write_session(dataset: xr.Dataset, store: Path | ObjectPath | str, key: str,
         encoding=encoding(dataset, chunk_px),
     )  # the template: metadata and coordinates
     digests, token, label = {}, tokenize(dataset)[:8], key.replace("/", "-")
-    with dask.annotate(priority=1):  # a block is written (and freed) as soon as it is computed
+    with freeing():
         for name, variable in dataset.data_vars.items():
             starts = [np.cumsum((0,) + c) for c in variable.chunks]
             blocks = variable.data.to_delayed(optimize_graph=False)

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask
 import dask.array as da
 import xarray as xr
 import zarr
 
+from ..blocks import freeing
 from ..graph_noise import syn_array
 from ..io.contract import CONTRACT
 from ..io.index import complete_sessions, consolidate
@@ -91,7 +91,7 @@ def _session(store: Path | ObjectPath, key: str, params: SynthesisParams) -> tup
         variable = CONTRACT["syn"]
         dataset = xr.Dataset({"syn": (variable.dims, syn, variable.attributes())})
         chunk_px = int(attrs.get("config", {}).get("chunks", {}).get("store_chunk_px", strip))
-        with dask.annotate(priority=1):
+        with freeing():
             dataset.to_zarr(zarr_store(store), group=key, mode="a", consolidated=False, zarr_format=3,
                             encoding=encoding(dataset, chunk_px))  # fmt: skip
         checksums = dict(attrs.get("array_sha256", {}))
