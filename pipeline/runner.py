@@ -8,6 +8,7 @@ never holds more than ``window`` sessions. A failing session is reported and the
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import json
 import logging
 import os
@@ -283,10 +284,11 @@ def run(
     inflight: dict = {}
     completed = as_completed()
 
+    finished = itertools.count(1)
+
     def finish(result: SessionResult) -> None:
         report.results.append(result)
-        finished = len(report.results) - len(problems) - (len(sessions) - len(todo))
-        echo(f"[{finished}/{len(todo)}] {result.key}: {result.status} in {result.seconds:.1f} s"
+        echo(f"[{next(finished)}/{len(todo)}] {result.key}: {result.status} in {result.seconds:.1f} s"
              + (f": {result.reason}" if result.reason else ""))  # fmt: skip
 
     def submit_next() -> None:

@@ -42,11 +42,27 @@ def _read_json(path: Path | ObjectPath) -> dict:
     return value
 
 
-def _names(where: Path | ObjectPath) -> list[str]:
-    """What lies directly in a store folder or under a store prefix."""
+def node_document(path: Path | ObjectPath) -> dict:
+    """A node's ``zarr.json`` as read by checks that report rather than refuse: ``{}`` when it is
+    missing, unreadable or not a JSON object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def names(where: Path | ObjectPath) -> list[str]:
+    """What lies directly in a store folder or under a store prefix (nothing for a file or a
+    missing folder)."""
     if isinstance(where, ObjectPath):
         return where.names()
-    return sorted(p.name for p in where.iterdir())
+    return sorted(p.name for p in where.iterdir()) if where.is_dir() else []
+
+
+def members(where: Path | ObjectPath) -> list[str]:
+    """Names of a group's child nodes (folders or prefixes holding a ``zarr.json``)."""
+    return [name for name in names(where) if name != "zarr.json" and (where / name / "zarr.json").exists()]
 
 
 def _root_document(store: Path | ObjectPath | str) -> dict | None:
@@ -59,7 +75,7 @@ def _root_document(store: Path | ObjectPath | str) -> dict | None:
         if not where.is_dir():
             raise StoreIndexError(f"{where}: not a directory, so not a Zarr store")
     if not path.exists():
-        others = any(not name.startswith(".skyprep-") for name in _names(where))
+        others = any(not name.startswith(".skyprep-") for name in names(where))
         if not others:
             return None
         if not path.exists():  # looked again: a run writes the root's zarr.json before any other node
@@ -95,7 +111,7 @@ def index_document(store: Path | ObjectPath | str) -> dict | None:
         return None
     attributes = document.get("attributes", {})
     if not isinstance(attributes, dict) or INDEX_KEY not in attributes:
-        if _members(store):
+        if members(location(store)):
             raise StoreIndexError(
                 f"{store}: a Zarr store written by another tool (its root has no skyprep index); "
                 "skyprep does not write into it: choose another store"
@@ -111,12 +127,6 @@ def index_document(store: Path | ObjectPath | str) -> dict | None:
             f"version {STORE_VERSION}"
         )
     return meta
-
-
-def _members(store: Path | ObjectPath | str) -> list[str]:
-    """Names of the root's child nodes (folders or prefixes holding a ``zarr.json``)."""
-    where = location(store)
-    return [name for name in _names(where) if name != "zarr.json" and (where / name / "zarr.json").exists()]
 
 
 def index(store: Path | ObjectPath | str) -> dict[str, dict]:

@@ -7,14 +7,13 @@ session attribute ``array_sha256``. ``verify`` recomputes them from the files.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import zarr
 
 from ..io.contract import CONTRACT, Presence, named
-from ..io.index import index, is_complete
+from ..io.index import index, is_complete, members, names, node_document
 from ..io.lock import StoreError
 from ..io.objects import ObjectPath, location, zarr_store
 from ..io.store import array_files_sha256
@@ -24,17 +23,7 @@ def array_sha256(store: Path | ObjectPath | str, key: str) -> dict[str, str]:
     """SHA-256 of each contract array of session ``key`` (``store.array_files_sha256``), read
     through the store (files, or objects of an object store)."""
     group_dir = location(store) / key
-    if isinstance(group_dir, ObjectPath):
-        names = sorted(
-            {
-                name.split("/")[0]
-                for name, _ in group_dir.files()
-                if name.count("/") == 1 and name.endswith("/zarr.json")
-            }
-        )
-    else:
-        names = sorted(p.name for p in group_dir.iterdir() if (p / "zarr.json").is_file())
-    return {name: array_files_sha256(group_dir / name) for name in names if name in CONTRACT}
+    return {name: array_files_sha256(group_dir / name) for name in members(group_dir) if name in CONTRACT}
 
 
 def _shape_problems(name: str, array: zarr.Array, record: dict, realizations: int) -> list[str]:
@@ -96,15 +85,15 @@ def verify(store: Path | ObjectPath | str) -> dict[str, list[str]]:
         return {str(store): [str(err)]}
     if not (store / "zarr.json").exists():
         return {str(store): ["not a Zarr v3 store"]}
-    result = {key: check_session(store, key, record) for key, record in records.items() if is_complete(record)}
+    complete = {key for key, record in records.items() if is_complete(record)}
+    result = {key: check_session(store, key, records[key]) for key in sorted(complete)}
     for key, record in records.items():
-        if not is_complete(record) and record.get("complete") not in (False, None):
+        if key not in complete and record.get("complete") not in (False, None):
             result[key] = [f"its index record says complete = {record['complete']!r} (not true): {INCOMPLETE}"]
     for key in _stored_groups(store):
         if key not in result:
             result[key] = [INCOMPLETE]
     listed = consolidated_sessions(store)
-    complete = {key for key, record in records.items() if is_complete(record)}
     store_problems = [f"consolidated metadata lists {key}, which the index does not mark complete"
                       for key in sorted(listed - complete)]  # fmt: skip
     store_problems += [f"consolidated metadata hides {key}, which the index marks complete"
@@ -117,30 +106,13 @@ def verify(store: Path | ObjectPath | str) -> dict[str, list[str]]:
 def _stored_groups(store: Path | ObjectPath) -> list[str]:
     """Session groups in the store, ``<instrument>_<band>/<obs_id>`` (listed from the folders or
     prefixes, not through the consolidated metadata, which may hide them)."""
-    return sorted(f"{inst}/{obs}" for inst in _listing(store) for obs in _listing(store / inst)
-                  if _node_type(store / inst / obs / "zarr.json") == "group")  # fmt: skip
-
-
-def _listing(where: Path | ObjectPath) -> list[str]:
-    if isinstance(where, ObjectPath):
-        return where.names()
-    return sorted(p.name for p in where.iterdir()) if where.is_dir() else []
-
-
-def _node_type(path: Path | ObjectPath) -> str:
-    try:
-        return json.loads(path.read_text()).get("node_type", "")
-    except (OSError, ValueError, AttributeError):
-        return ""
+    return sorted(f"{inst}/{obs}" for inst in names(store) for obs in names(store / inst)
+                  if node_document(store / inst / obs / "zarr.json").get("node_type") == "group")  # fmt: skip
 
 
 def consolidated_sessions(store: Path | ObjectPath) -> set[str]:
     """The session groups the root's consolidated metadata lists (what ``xarray.open_datatree`` shows)."""
-    try:
-        root = json.loads((store / "zarr.json").read_text())
-        entries = (root.get("consolidated_metadata") or {}).get("metadata", {})
-    except (OSError, ValueError, AttributeError):
-        return set()
+    entries = (node_document(store / "zarr.json").get("consolidated_metadata") or {}).get("metadata", {})
     return {path for path, entry in entries.items() if path.count("/") == 1 and entry.get("node_type") == "group"}
 
 
@@ -165,8 +137,7 @@ def _archive_of(store: Path | ObjectPath, key: str) -> str:
     """The archive a session was read from (its recorded raw frame's folder, four levels up), or
     ``ARCHIVE`` when the session records none."""
     try:
-        attrs = json.loads((store / key / "zarr.json").read_text()).get("attributes", {})
-        raw = Path(attrs["inputs"][0]["path"])
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        raw = Path(node_document(store / key / "zarr.json")["attributes"]["inputs"][0]["path"])
+    except (KeyError, IndexError, TypeError):
         return "ARCHIVE"
     return str(raw.parents[3])
