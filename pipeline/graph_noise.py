@@ -2,9 +2,10 @@
 :mod:`pipeline.steps.noise_fit`, :mod:`~pipeline.steps.noise_model` and
 :mod:`~pipeline.steps.synthesize`).
 
-The fit: one task per amplifier reads the raw frame's overscan (read noise); one task per strip
-takes the strip's registered e91 frames, stack and masks (photon-transfer samples in each
-amplifier's central window) and its cosmic-ray flags (hit pixels and charges); one task per
+The fit: one task per amplifier reads the raw frame's overscan (read noise); per strip, one task
+cuts each amplifier's central window out of the registered e91 frames as soon as they are
+stacked (so the strip of every frame is freed at once), others add the stack, flat and masks
+(photon-transfer samples) and the cosmic-ray flags (hit pixels and charges); one task per
 session combines them into the model. ``syn``: one task per realization and strip. Every task
 takes the graph's own blocks, so nothing upstream runs twice, and none holds more than a strip.
 """
