@@ -5,23 +5,33 @@
 - ``input``, ``target``: float32 ``(1, P, P)``, the chosen variables (``os``, ``calib``, ``mean``,
   ``e91[k]`` for frame k, ... any pair of image variables), optionally normalised;
 - ``mask``: int32 ``(1, P, P)``, the session's ``mask`` OR-ed with ``e91_mask[k]`` of every
-  ``e91[k]`` involved (bits of ``pipeline.steps.masks.Flag``);
+  ``e91[k]`` involved, and ``no_data`` wherever input, target or variance is NaN or inf
+  (bits of ``pipeline.steps.masks.Flag``);
 - ``variance``: float32 ``(1, P, P)``, the variance of ``calib`` in ADU^2, never normalised
-  (only when ``with_variance`` and the store holds it);
+  (when ``with_variance``);
 - ``index``: int64 ``(3,)``, the session's position in ``dataset.sessions`` and the patch
   origin ``(y, x)`` in pixels: ``input == store[session][var][y:y+P, x:x+P]``.
 
-Patches are deterministic: patch ``i`` depends only on ``(seed, epoch, i)``, never on the worker
-that draws it. The store is opened lazily in the process that reads (so each DataLoader worker
+NaN and inf never leave the loader: they become 0 (in ADU, and under every normalisation) and
+are flagged ``no_data``. Patch ``i`` depends only on ``(seed, epoch, i)``, never on the worker
+or the batch that draws it. ``dataset.__getitems__(indices)`` (PyTorch's batched fetching)
+reads every window of a batch before assembling it; ``dataset.to_xarray(i)`` is a patch as an
+``xarray.Dataset`` with the frame's pixel coordinates.
+
+Windows are read straight from the store, never through a cache of whole frames: an array in
+the store's layout (``docs/store-layout.md``: uncompressed chunks) by memory-mapping the chunk
+files a window touches, any other Zarr v3 array (older stores, compressed cubes) through
+tensorstore. The store is opened lazily in the process that reads (so each DataLoader worker
 opens its own: BRIEF section 5 on forked workers), and only the root index is read up front.
 
 Normalisation ``asinh``: ``v -> asinh(v / asinh_scale_adu)``, linear (``v / scale``) for
 ``|v|`` below the scale (about the sky noise, a few ADU to tens of ADU) and logarithmic above
-it, so bright stars do not dominate the loss. NaN (no data) becomes 0 and is flagged in ``mask``.
+it, so bright stars do not dominate the loss.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 from collections import OrderedDict
@@ -30,13 +40,16 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.codecs import BytesCodec
 
+from ..errors import InputError
 from ..io.store import index, splits
 from ..steps.masks import Flag
 
 _VARIABLE = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)(\[(?P<frame>\d+)\])?$")
 MODES = ("random", "tiled")
 NORMALISATIONS = (None, "asinh")
+OPEN_ARRAYS = 1024  # per process: (session, variable) handles kept open, least recently used closed
 
 
 @dataclass(frozen=True)
@@ -45,11 +58,11 @@ class LoaderParams:
 
     ``split``: ``train``, ``test`` or None for every complete session. ``mode``: ``random``
     draws ``patches_per_epoch`` patches (session chosen with probability proportional to its
-    area); ``tiled`` covers every frame with ``patch_px`` tiles (the last row/column of tiles is
-    moved inside the frame). ``asinh_scale_adu``: the ``asinh`` normalisation's linear scale.
-    ``cache_mb``: per-process budget for decoded whole frames (least recently used are dropped;
-    0 reads every patch from the store). A frame is decoded once and then sliced, which is what
-    makes random patches fast (see ``benchmarks/README.md``); set it below the worker's memory.
+    area, origin uniform: every patch position of the split equally likely); ``tiled`` covers
+    every frame with ``patch_px`` tiles (the last row/column of tiles is moved inside the frame).
+    ``asinh_scale_adu``: the ``asinh`` normalisation's linear scale. ``mapped_mb``: per-process
+    budget of memory-mapped chunk files (page-cache pages, but counted in the process's RSS;
+    least recently used unmapped beyond it).
     """
 
     input: str = "os"
@@ -62,7 +75,7 @@ class LoaderParams:
     normalise: str | None = None
     asinh_scale_adu: float = 10.0
     with_variance: bool = True
-    cache_mb: int = 2048
+    mapped_mb: int = 256
 
     def __post_init__(self):
         for spec in (self.input, self.target):
@@ -74,8 +87,8 @@ class LoaderParams:
             raise ValueError(f"normalise {self.normalise!r}: expected one of {NORMALISATIONS}")
         if self.split not in (None, "train", "test"):
             raise ValueError(f"split {self.split!r}: expected 'train', 'test' or None")
-        if self.patch_px <= 0 or self.patches_per_epoch <= 0 or self.asinh_scale_adu <= 0 or self.cache_mb < 0:
-            raise ValueError("patch_px, patches_per_epoch, asinh_scale_adu must be positive, cache_mb >= 0")
+        if self.patch_px <= 0 or self.patches_per_epoch <= 0 or self.asinh_scale_adu <= 0 or self.mapped_mb < 0:
+            raise ValueError("patch_px, patches_per_epoch, asinh_scale_adu must be positive, mapped_mb >= 0")
 
 
 def parse_variable(spec: str) -> tuple[str, int | None]:
@@ -131,12 +144,159 @@ def tile_origins(height_px: int, width_px: int, patch_px: int) -> list[tuple[int
 
 
 def asinh_normalise(values, scale_adu: float):
-    """``asinh(v / scale_adu)`` (dimensionless), NaN as 0."""
-    return np.nan_to_num(np.arcsinh(values / np.float32(scale_adu)), nan=0.0).astype(np.float32)
+    """``asinh(v / scale_adu)`` (dimensionless) of finite values (the loader zeroes the others first)."""
+    return np.arcsinh(values / np.float32(scale_adu)).astype(np.float32)
+
+
+def uniform_draws(key: int, counters: np.ndarray) -> np.ndarray:
+    """Uniform floats in [0, 1), one per uint64 counter: SplitMix64 of ``key + counter``.
+
+    A pure function of (key, counter), vectorised, so a batch of patches costs one call.
+    """
+    with np.errstate(over="ignore"):
+        z = np.uint64(key) + counters.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+class _MappedArray:
+    """An uncompressed Zarr v3 array whose windows are copied from memory-mapped chunk files.
+
+    Only for arrays whose sole codec is little-endian ``bytes`` on a regular chunk grid (the
+    store's layout): a chunk file is then the chunk's values in C order, a missing file is a
+    chunk of the fill value (zarr skips writing those).
+    """
+
+    def __init__(self, array: zarr.Array, directory: Path, maps: _ChunkMaps):
+        self.directory, self.maps = directory, maps
+        self.chunks, self.dtype, self.fill = array.chunks, array.dtype.newbyteorder("<"), array.fill_value
+        self._key = array.metadata.encode_chunk_key
+
+    @staticmethod
+    def suits(array: zarr.Array) -> bool:
+        codecs = array.metadata.codecs
+        return (array.shards is None and len(codecs) == 1 and isinstance(codecs[0], BytesCodec)
+                and (array.dtype.itemsize == 1 or codecs[0].endian is not None and codecs[0].endian.value == "little"))  # fmt: skip
+
+    def window(self, lead: tuple[int, ...], y: int, x: int, out: np.ndarray) -> None:
+        """Copy ``array[*lead, y:y+P, x:x+P]`` into ``out`` (P, P)."""
+        p_y, p_x = out.shape
+        c_y, c_x = self.chunks[-2:]
+        lead_chunk = tuple(k // c for k, c in zip(lead, self.chunks))
+        lead_within = tuple(k % c for k, c in zip(lead, self.chunks))
+        for iy in range(y // c_y, (y + p_y - 1) // c_y + 1):
+            y0, y1 = max(y, iy * c_y), min(y + p_y, (iy + 1) * c_y)
+            for ix in range(x // c_x, (x + p_x - 1) // c_x + 1):
+                x0, x1 = max(x, ix * c_x), min(x + p_x, (ix + 1) * c_x)
+                chunk = self.maps.get(self.directory / self._key((*lead_chunk, iy, ix)), self.dtype, self.chunks)
+                target = out[y0 - y : y1 - y, x0 - x : x1 - x]
+                if chunk is None:
+                    target[...] = self.fill
+                else:
+                    target[...] = chunk[
+                        (*lead_within, slice(y0 - iy * c_y, y1 - iy * c_y), slice(x0 - ix * c_x, x1 - ix * c_x))
+                    ]
+
+
+class _ChunkMaps:
+    """Memory maps of chunk files, least recently used unmapped beyond ``budget_bytes``."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget, self.mapped, self._maps = budget_bytes, 0, OrderedDict()
+
+    def get(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The chunk at ``path`` as a read-only array (None when the file does not exist)."""
+        values = self._maps.get(path)
+        if values is not None:
+            self._maps.move_to_end(path)
+            return values
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                expected = int(np.prod(shape)) * dtype.itemsize
+                if size != expected:
+                    raise InputError(
+                        path, f"chunk file of {size} bytes, expected {expected} (truncated or not this layout)"
+                    )
+                values = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=dtype).reshape(shape)
+        except FileNotFoundError:
+            return None
+        self._maps[path] = values
+        self.mapped += values.nbytes
+        while self.mapped > self.budget and len(self._maps) > 1:
+            self.mapped -= self._maps.popitem(last=False)[1].nbytes
+        return values
+
+
+class _TensorstoreArray:
+    """Any other Zarr v3 array (compressed, sharded, older layouts), windows read by tensorstore."""
+
+    def __init__(self, directory: Path, context):
+        import tensorstore as ts
+
+        spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(directory)}}
+        self.store = ts.open(spec, read=True, context=context).result()
+
+    def read(self, lead: tuple[int, ...], y: int, x: int, p: int):
+        """A future of ``array[*lead, y:y+p, x:x+p]``."""
+        return self.store[(*lead, slice(y, y + p), slice(x, x + p))].read()
+
+
+class _StoreReader:
+    """The store's arrays, opened once per process (least recently used closed beyond ``OPEN_ARRAYS``)."""
+
+    def __init__(self, store: str, mapped_mb: int):
+        self.store, self.pid = Path(store), os.getpid()
+        self.maps = _ChunkMaps(mapped_mb * 2**20)
+        self._arrays, self._context = OrderedDict(), None
+
+    def array(self, session: str, name: str) -> _MappedArray | _TensorstoreArray:
+        key = (session, name)
+        if key in self._arrays:
+            self._arrays.move_to_end(key)
+            return self._arrays[key]
+        directory = self.store / session / name
+        try:
+            array = zarr.open_array(str(directory), mode="r", zarr_format=3)
+        except FileNotFoundError as error:
+            raise InputError(directory, f"session {session} has no variable {name!r}") from error
+        if _MappedArray.suits(array):
+            self._arrays[key] = _MappedArray(array, directory, self.maps)
+        else:
+            self._arrays[key] = _TensorstoreArray(directory, self._tensorstore_context())
+        if len(self._arrays) > OPEN_ARRAYS:
+            self._arrays.popitem(last=False)
+        return self._arrays[key]
+
+    def _tensorstore_context(self):
+        import tensorstore as ts
+
+        if self._context is None:
+            self._context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+        return self._context
+
+    def windows(self, reads: list[tuple[str, str, int | None]], origins: np.ndarray, p: int, dtype) -> np.ndarray:
+        """``(B, p, p)`` windows ``store[session][name][frame, y:y+p, x:x+p]``, one per read and origin;
+        tensorstore reads are all in flight before the first is awaited."""
+        out = np.empty((len(reads), p, p), dtype=dtype)
+        pending = []
+        for j, ((session, name, frame), (y, x)) in enumerate(zip(reads, origins)):
+            array = self.array(session, name)
+            lead = () if frame is None else (frame,)
+            if isinstance(array, _MappedArray):
+                array.window(lead, int(y), int(x), out[j])
+            else:
+                pending.append((j, array.read(lead, int(y), int(x), p)))
+        for j, future in pending:
+            out[j] = future.result()
+        return out
 
 
 class PatchDataset:
-    """Map-style dataset of patches (see the module docstring); ``len`` and ``[i]`` only."""
+    """Map-style dataset of patches (see the module docstring): ``len``, ``[i]``,
+    ``__getitems__(indices)`` and ``to_xarray(i)``."""
 
     def __init__(self, store: Path | str, params: LoaderParams = LoaderParams()):
         self.store = str(store)
@@ -146,16 +306,18 @@ class PatchDataset:
             raise ValueError(f"{store}: no complete session holds {params.input} and {params.target}"
                              f" in split {params.split}")  # fmt: skip
         records = index(store)
-        self.shapes = [tuple(records[key]["shape"]) for key in self.sessions]
+        self.shapes = np.array([records[key]["shape"] for key in self.sessions], dtype=np.int64)
         self.epoch = 0
-        areas = np.array([h * w for h, w in self.shapes], dtype=float)
+        areas = self.shapes.prod(axis=1).astype(float)
         self._cumulative_area = np.cumsum(areas) / areas.sum()
+        self._cumulative_area[-1] = 1.0
         self._tiles = None
         if params.mode == "tiled":
-            self._tiles = [
-                (s, y, x) for s, (h, w) in enumerate(self.shapes) for y, x in tile_origins(h, w, params.patch_px)
-            ]
-        self._root, self._pid, self._arrays, self._cache = None, None, {}, OrderedDict()
+            self._tiles = np.array(
+                [(s, y, x) for s, (h, w) in enumerate(self.shapes) for y, x in tile_origins(h, w, params.patch_px)],
+                dtype=np.int64,
+            )
+        self._reader = None
 
     def __len__(self) -> int:
         return len(self._tiles) if self._tiles is not None else self.params.patches_per_epoch
@@ -165,83 +327,83 @@ class PatchDataset:
         self.epoch = int(epoch)
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state.update(_root=None, _pid=None, _arrays={}, _cache=OrderedDict())
-        return state
+        return {**self.__dict__, "_reader": None}
+
+    def origins(self, indices) -> np.ndarray:
+        """``(B, 3)`` int64 ``(session position, y, x)`` of patches ``indices``; each row a function
+        of ``(seed, epoch, i)`` only."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"patch indices {indices.min()}..{indices.max()} out of range 0..{len(self) - 1}")
+        if self._tiles is not None:
+            return self._tiles[indices]
+        p = self.params.patch_px
+        key = int(np.random.SeedSequence([self.params.seed, self.epoch]).generate_state(1, np.uint64)[0])
+        u = uniform_draws(key, indices[:, None].astype(np.uint64) * np.uint64(3) + np.arange(3, dtype=np.uint64))
+        s = np.minimum(np.searchsorted(self._cumulative_area, u[:, 0], side="right"), len(self.sessions) - 1)
+        span = self.shapes[s] - p + 1  # origins y, x uniform in [0, h - p], [0, w - p]
+        return np.column_stack([s, (u[:, 1] * span[:, 0]).astype(np.int64), (u[:, 2] * span[:, 1]).astype(np.int64)])
 
     def origin(self, i: int) -> tuple[int, int, int]:
-        """``(session position, y, x)`` of patch ``i``; a function of ``(seed, epoch, i)`` only."""
-        if not 0 <= i < len(self):
-            raise IndexError(f"patch {i} out of range 0..{len(self) - 1}")
-        if self._tiles is not None:
-            return self._tiles[i]
-        p = self.params.patch_px
-        rng = np.random.default_rng([self.params.seed, self.epoch, i])
-        s = int(np.searchsorted(self._cumulative_area, rng.random(), side="right"))
-        h, w = self.shapes[s]
-        return s, int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
+        """``(session position, y, x)`` of patch ``i``."""
+        return tuple(int(v) for v in self.origins([i])[0])
 
-    def _array(self, session: str, name: str) -> zarr.Array | None:
-        """The session's array ``name`` (None if absent), opened once per process."""
-        if self._pid != os.getpid():
-            self._root, self._pid, self._arrays, self._cache = None, os.getpid(), {}, OrderedDict()
-        if (session, name) not in self._arrays:
-            if self._root is None:
-                self._root = zarr.open_group(self.store, mode="r", zarr_format=3)
-            group = self._root[session]
-            self._arrays[(session, name)] = group[name] if name in group else None
-        return self._arrays[(session, name)]
-
-    def _frame(self, session: str, name: str, frame: int | None) -> np.ndarray:
-        """The whole decoded frame, from the per-process LRU cache (``cache_mb``)."""
-        key = (session, name, frame)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        array = self._array(session, name)
-        values = np.asarray(array[...] if frame is None else array[frame])
-        self._cache[key] = values
-        budget = self.params.cache_mb * 2**20
-        while len(self._cache) > 1 and sum(v.nbytes for v in self._cache.values()) > budget:
-            self._cache.popitem(last=False)
-        return values
-
-    def _read(self, session: str, spec: str, y: int, x: int) -> np.ndarray:
+    def _windows(self, spec: str, origins: np.ndarray, dtype) -> np.ndarray:
+        """``(B, P, P)`` values of the variable ``spec`` at ``origins``; the one place where a
+        sample's variables are resolved to stored arrays."""
+        if self._reader is None or self._reader.pid != os.getpid():
+            self._reader = _StoreReader(self.store, self.params.mapped_mb)
         name, frame = parse_variable(spec)
-        if self._array(session, name) is None:
-            raise KeyError(f"{self.store}/{session}: no variable {name!r}")
-        p = self.params.patch_px
-        window = (slice(y, y + p), slice(x, x + p))
-        if self.params.cache_mb:
-            return self._frame(session, name, frame)[window].copy()
-        return np.asarray(self._array(session, name)[window if frame is None else (frame, *window)])
+        reads = [(self.sessions[s], name, frame) for s in origins[:, 0]]
+        return self._reader.windows(reads, origins[:, 1:], self.params.patch_px, dtype)
 
-    def _mask(self, session: str, y: int, x: int) -> np.ndarray:
-        mask = self._read(session, "mask", y, x).astype(np.int32)
-        for spec in {self.params.input, self.params.target}:
+    def batch(self, indices) -> dict[str, np.ndarray]:
+        """Patches ``indices`` stacked: ``input``, ``target``, ``mask``, ``variance`` ``(B, 1, P, P)``,
+        ``index`` ``(B, 3)``."""
+        params = self.params
+        origins = self.origins(indices)
+        data = {"input": self._windows(params.input, origins, np.float32),
+                "target": self._windows(params.target, origins, np.float32)}  # fmt: skip
+        if params.with_variance:
+            data["variance"] = self._windows("variance", origins, np.float32)
+        mask = self._windows("mask", origins, np.int32)
+        for spec in {params.input, params.target}:
             name, frame = parse_variable(spec)
             if frame is not None:
-                mask |= self._read(session, f"{name}_mask[{frame}]", y, x).astype(np.int32)
-        return mask
+                mask |= self._windows(f"{name}_mask[{frame}]", origins, np.int32)
+        for name, values in data.items():
+            bad = ~np.isfinite(values)
+            if bad.any():
+                values[bad] = 0.0
+                mask[bad] |= int(Flag.NO_DATA)
+            if params.normalise == "asinh" and name != "variance":
+                data[name] = asinh_normalise(values, params.asinh_scale_adu)
+        batch = {name: values[:, None] for name, values in data.items()}
+        batch["mask"] = mask[:, None]
+        batch["index"] = origins
+        return batch
+
+    def __getitems__(self, indices) -> list[dict[str, np.ndarray]]:
+        """Samples ``indices``, read together (PyTorch's batched fetching calls this)."""
+        batch = self.batch(indices)
+        return [{name: values[j] for name, values in batch.items()} for j in range(len(batch["index"]))]
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        s, y, x = self.origin(int(i))
-        session = self.sessions[s]
-        data = {"input": self._read(session, self.params.input, y, x),
-                "target": self._read(session, self.params.target, y, x)}  # fmt: skip
-        mask = self._mask(session, y, x)
-        for name, values in data.items():
-            mask |= np.where(np.isfinite(values), 0, int(Flag.NO_DATA)).astype(np.int32)
-            if self.params.normalise == "asinh":
-                data[name] = asinh_normalise(values, self.params.asinh_scale_adu)
-            else:
-                data[name] = values.astype(np.float32)
-        sample = {name: values[None] for name, values in data.items()}
-        sample["mask"] = mask[None]
-        if self.params.with_variance and self._array(session, "variance") is not None:
-            sample["variance"] = self._read(session, "variance", y, x).astype(np.float32)[None]
-        sample["index"] = np.array([s, y, x], dtype=np.int64)
-        return sample
+        return self.__getitems__([int(i)])[0]
+
+    def to_xarray(self, i: int):
+        """Patch ``i`` as an ``xarray.Dataset`` on the frame's pixel grid (``y``, ``x`` in pixels),
+        the session and origin in its attributes (for xbatcher-style code)."""
+        import xarray as xr
+
+        sample = self[i]
+        s, y, x = (int(v) for v in sample["index"])
+        p = self.params.patch_px
+        variables = {name: (("y", "x"), values[0]) for name, values in sample.items() if name != "index"}
+        coords = {"y": np.arange(y, y + p), "x": np.arange(x, x + p)}
+        attrs = {"session": self.sessions[s], "patch": int(i), "epoch": self.epoch, "input": self.params.input,
+                 "target": self.params.target, "normalise": str(self.params.normalise)}  # fmt: skip
+        return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
 def torch_dataset(store: Path | str, params: LoaderParams = LoaderParams()):
@@ -260,8 +422,12 @@ def _torch_class():
     class TorchPatchDataset(PatchDataset, Dataset):
         """``PatchDataset`` whose samples are tensors, for ``torch.utils.data.DataLoader``."""
 
+        def __getitems__(self, indices):
+            return [{name: torch.from_numpy(values) for name, values in sample.items()}
+                    for sample in super().__getitems__(indices)]  # fmt: skip
+
         def __getitem__(self, i):
-            return {name: torch.from_numpy(values) for name, values in super().__getitem__(i).items()}
+            return self.__getitems__([int(i)])[0]
 
     TorchPatchDataset.__qualname__ = "TorchPatchDataset"
     return TorchPatchDataset
