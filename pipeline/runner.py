@@ -21,14 +21,13 @@ import yaml
 from dask.base import tokenize
 from distributed import Client, LocalCluster, as_completed, fire_and_forget
 
-from . import __version__
+from . import DASK_YAML, __version__
 from .config import Config
 from .errors import SkyprepError
 from .graph import build_session, load_kernels
 from .io.discover import Session, find_sessions
 from .io.store import complete_sessions, consolidate, mark_complete, write_session
 
-DASK_YAML = Path(__file__).with_name("dask.yaml")  # worker settings (allocator), as Dask defaults
 dask.config.update_defaults(yaml.safe_load(DASK_YAML.read_text()))
 
 

@@ -31,6 +31,7 @@ it, so bright stars do not dominate the loss.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import re
@@ -39,9 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 import zarr
 from zarr.codecs import BytesCodec
 
+from .. import DASK_YAML
 from ..errors import InputError
 from ..io.store import index, splits
 from ..steps.masks import Flag
@@ -49,6 +52,7 @@ from ..steps.masks import Flag
 _VARIABLE = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)(\[(?P<frame>\d+)\])?$")
 MODES = ("random", "tiled")
 NORMALISATIONS = (None, "asinh")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 OPEN_ARRAYS = 1024  # per process: (session, variable) handles kept open, least recently used closed
 
 
@@ -143,9 +147,11 @@ def tile_origins(height_px: int, width_px: int, patch_px: int) -> list[tuple[int
     return [(y, x) for y in starts(height_px) for x in starts(width_px)]
 
 
-def asinh_normalise(values, scale_adu: float):
-    """``asinh(v / scale_adu)`` (dimensionless) of finite values (the loader zeroes the others first)."""
-    return np.arcsinh(values / np.float32(scale_adu)).astype(np.float32)
+def asinh_normalise(values: np.ndarray, scale_adu: float, out: np.ndarray | None = None) -> np.ndarray:
+    """``asinh(v / scale_adu)`` (dimensionless, float32) of finite values (the loader zeroes the
+    others first); ``out`` may be ``values`` (in place)."""
+    scaled = np.multiply(values, np.float32(1.0 / scale_adu), out=out, dtype=np.float32)
+    return np.arcsinh(scaled, out=scaled)
 
 
 def uniform_draws(key: int, counters: np.ndarray) -> np.ndarray:
@@ -244,11 +250,28 @@ class _TensorstoreArray:
         return self.store[(*lead, slice(y, y + p), slice(x, x + p))].read()
 
 
+def tune_allocator() -> None:
+    """Give this process the allocator settings of skyprep's Dask workers (``pipeline/dask.yaml``).
+
+    Samples are freshly allocated arrays of a few hundred KiB; with glibc's defaults every batch
+    freed hands its memory back to the OS and the next one page-faults it in again, which made
+    batches of 32 about half as fast as single samples (benchmarks/README.md). glibc only.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    environ = yaml.safe_load(DASK_YAML.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
+    libc.mallopt(_M_TRIM_THRESHOLD, int(environ["MALLOC_TRIM_THRESHOLD_"]))
+    libc.mallopt(_M_MMAP_THRESHOLD, int(environ["MALLOC_MMAP_THRESHOLD_"]))
+
+
 class _StoreReader:
     """The store's arrays, opened once per process (least recently used closed beyond ``OPEN_ARRAYS``)."""
 
     def __init__(self, store: str, mapped_mb: int):
         self.store, self.pid = Path(store), os.getpid()
+        tune_allocator()
         self.maps = _ChunkMaps(mapped_mb * 2**20)
         self._arrays, self._context = OrderedDict(), None
 
@@ -277,21 +300,15 @@ class _StoreReader:
             self._context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
         return self._context
 
-    def windows(self, reads: list[tuple[str, str, int | None]], origins: np.ndarray, p: int, dtype) -> np.ndarray:
-        """``(B, p, p)`` windows ``store[session][name][frame, y:y+p, x:x+p]``, one per read and origin;
-        tensorstore reads are all in flight before the first is awaited."""
-        out = np.empty((len(reads), p, p), dtype=dtype)
-        pending = []
-        for j, ((session, name, frame), (y, x)) in enumerate(zip(reads, origins)):
-            array = self.array(session, name)
-            lead = () if frame is None else (frame,)
-            if isinstance(array, _MappedArray):
-                array.window(lead, int(y), int(x), out[j])
-            else:
-                pending.append((j, array.read(lead, int(y), int(x), p)))
-        for j, future in pending:
-            out[j] = future.result()
-        return out
+    def window(self, session: str, spec: str, y: int, x: int, out: np.ndarray):
+        """Fill ``out`` (P, P) with ``store[session][name][frame, y:y+P, x:x+P]`` now, or return the
+        future that gives it (tensorstore reads, kept in flight until the batch is assembled)."""
+        name, frame = parse_variable(spec)
+        array = self.array(session, name)
+        lead = () if frame is None else (frame,)
+        if isinstance(array, _MappedArray):
+            return array.window(lead, y, x, out)
+        return array.read(lead, y, x, out.shape[0])
 
 
 class PatchDataset:
@@ -348,45 +365,62 @@ class PatchDataset:
         """``(session position, y, x)`` of patch ``i``."""
         return tuple(int(v) for v in self.origins([i])[0])
 
-    def _windows(self, spec: str, origins: np.ndarray, dtype) -> np.ndarray:
-        """``(B, P, P)`` values of the variable ``spec`` at ``origins``; the one place where a
-        sample's variables are resolved to stored arrays."""
+    def _store_reader(self) -> _StoreReader:
         if self._reader is None or self._reader.pid != os.getpid():
             self._reader = _StoreReader(self.store, self.params.mapped_mb)
-        name, frame = parse_variable(spec)
-        reads = [(self.sessions[s], name, frame) for s in origins[:, 0]]
-        return self._reader.windows(reads, origins[:, 1:], self.params.patch_px, dtype)
+        return self._reader
+
+    def __getitems__(self, indices) -> list[dict[str, np.ndarray]]:
+        """Samples ``indices``, read together (PyTorch's batched fetching calls this). Each sample is
+        assembled as soon as its windows are in (while they are in the CPU's cache); reads through
+        tensorstore are all in flight first."""
+        params, p = self.params, self.params.patch_px
+        origins = self.origins(indices)
+        specs = {"input": params.input, "target": params.target} | (
+            {"variance": "variance"} if params.with_variance else {}
+        )
+        frame_masks = sorted({f"{name}_mask[{frame}]" for name, frame in map(parse_variable, (params.input, params.target))
+                              if frame is not None})  # fmt: skip
+        reader, samples, pending = self._store_reader(), [], {}
+        for j, (s, y, x) in enumerate(origins):
+            sample = {role: np.empty((1, p, p), np.float32) for role in specs} | {"mask": np.empty((1, p, p), np.int32)}
+            extra = np.empty((len(frame_masks), p, p), np.int32)
+            reads = [(sample[role][0], spec) for role, spec in specs.items()] + [(sample["mask"][0], "mask")]
+            reads += [(extra[k], spec) for k, spec in enumerate(frame_masks)]
+            for target, spec in reads:
+                future = reader.window(self.sessions[s], spec, int(y), int(x), target)
+                if future is not None:
+                    pending.setdefault(j, []).append((target, future))
+            samples.append((sample, extra))
+            if j not in pending:
+                self._assemble(sample, extra)
+        for j, futures in pending.items():
+            for target, future in futures:
+                target[...] = future.result()
+            self._assemble(*samples[j])
+        return [sample | {"index": origin} for (sample, _), origin in zip(samples, origins)]
+
+    def _assemble(self, sample: dict[str, np.ndarray], frame_masks: np.ndarray) -> None:
+        """A sample in place: frame masks OR-ed in, NaN/inf to 0 and flagged ``no_data``, normalised."""
+        mask = sample["mask"][0]
+        for frame_mask in frame_masks:
+            mask |= frame_mask
+        for role in ("input", "target", "variance"):
+            if role not in sample:
+                continue
+            values = sample[role][0]
+            if not np.isfinite(values.sum()):  # NaN or inf somewhere (or a sum too large: then no change)
+                bad = ~np.isfinite(values)
+                values[bad] = 0.0
+                mask[bad] |= int(Flag.NO_DATA)
+            if self.params.normalise == "asinh" and role != "variance":
+                asinh_normalise(values, self.params.asinh_scale_adu, out=values)
 
     def batch(self, indices) -> dict[str, np.ndarray]:
         """Patches ``indices`` stacked: ``input``, ``target``, ``mask``, ``variance`` ``(B, 1, P, P)``,
         ``index`` ``(B, 3)``."""
-        params = self.params
-        origins = self.origins(indices)
-        data = {"input": self._windows(params.input, origins, np.float32),
-                "target": self._windows(params.target, origins, np.float32)}  # fmt: skip
-        if params.with_variance:
-            data["variance"] = self._windows("variance", origins, np.float32)
-        mask = self._windows("mask", origins, np.int32)
-        for spec in {params.input, params.target}:
-            name, frame = parse_variable(spec)
-            if frame is not None:
-                mask |= self._windows(f"{name}_mask[{frame}]", origins, np.int32)
-        for name, values in data.items():
-            bad = ~np.isfinite(values)
-            if bad.any():
-                values[bad] = 0.0
-                mask[bad] |= int(Flag.NO_DATA)
-            if params.normalise == "asinh" and name != "variance":
-                data[name] = asinh_normalise(values, params.asinh_scale_adu)
-        batch = {name: values[:, None] for name, values in data.items()}
-        batch["mask"] = mask[:, None]
-        batch["index"] = origins
-        return batch
-
-    def __getitems__(self, indices) -> list[dict[str, np.ndarray]]:
-        """Samples ``indices``, read together (PyTorch's batched fetching calls this)."""
-        batch = self.batch(indices)
-        return [{name: values[j] for name, values in batch.items()} for j in range(len(batch["index"]))]
+        samples = self.__getitems__(indices)
+        return {name: np.stack([sample[name] for sample in samples]) for name in samples[0]}
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         return self.__getitems__([int(i)])[0]
