@@ -409,7 +409,9 @@ class PatchDataset:
             if role not in sample:
                 continue
             values = sample[role][0]
-            if not np.isfinite(values.sum()):  # NaN or inf somewhere (or a sum too large: then no change)
+            with np.errstate(invalid="ignore", over="ignore"):
+                finite = np.isfinite(values.sum())  # False for NaN or inf anywhere (or a sum too large)
+            if not finite:
                 bad = ~np.isfinite(values)
                 values[bad] = 0.0
                 mask[bad] |= int(Flag.NO_DATA)
