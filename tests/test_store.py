@@ -69,3 +69,14 @@ def test_codec_benchmark_runs_on_a_written_store(written):
     for row in report["arrays"].values():
         assert all(row[label]["ratio"] > 0 for label in bench_codecs.CODECS)
     assert "| e91 | float32 |" in bench_codecs.format_table(report)
+
+
+def test_sessions_are_not_added_to_a_store_of_another_version(written, tmp_path):
+    from pipeline.errors import InputError
+    from pipeline.io.store import INDEX_KEY, STORE_VERSION
+
+    store = tmp_path / "old.zarr"
+    zarr.open_group(str(store), mode="w", zarr_format=3).attrs[INDEX_KEY] = {"store_version": 1, "sessions": {}}
+    dataset = xr.Dataset({"calib": (("y", "x"), da.zeros((64, 64), dtype=np.float32, chunks=64))})
+    with pytest.raises(InputError, match=f"store version 1; this skyprep writes version {STORE_VERSION}"):
+        write_session(dataset, store, KEY, CHUNK)

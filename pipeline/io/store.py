@@ -20,6 +20,8 @@ import zarr
 from dask.base import tokenize
 from zarr.codecs import ZstdCodec
 
+from ..errors import InputError
+
 STORE_VERSION = 2  # 2: uncompressed image variables (docs/store-layout.md); 1: blosc-lz4 / zstd
 INDEX_KEY = "skyprep"
 
@@ -57,6 +59,7 @@ def write_session(dataset: xr.Dataset, store: Path | str, key: str, chunk_px: in
     Each array is hashed as soon as its own blocks are written.
     """
     _check_alignment(dataset, chunk_px)
+    _check_version(store)
     _unmark(store, key)
     dataset.to_zarr(
         str(store),
@@ -114,6 +117,16 @@ def _check_alignment(dataset: xr.Dataset, chunk_px: int) -> None:
         for size in variable.chunks[-2][:-1]:
             if size % chunk_px:
                 raise ValueError(f"{name}: Dask row chunks {variable.chunks[-2]} are not multiples of {chunk_px}")
+
+
+def _check_version(store: Path | str) -> None:
+    """Refuse to add sessions to a store of another version (its sessions would mix layouts)."""
+    if not Path(store).exists():
+        return
+    version = _root(store, "r").attrs.get(INDEX_KEY, {}).get("store_version", STORE_VERSION)
+    if version != STORE_VERSION:
+        raise InputError(store, f"store version {version}; this skyprep writes version {STORE_VERSION} "
+                                "(docs/store-layout.md): write to a new store (the old one is still read)")  # fmt: skip
 
 
 def _root(store: Path | str, mode: str = "a") -> zarr.Group:
