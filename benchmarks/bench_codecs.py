@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from pipeline.io.store import index
+from pipeline.io.index import index
 
 CODECS = {
     "zstd (zarr default, level 3)": [ZstdCodec(level=0)],
@@ -67,17 +67,26 @@ def run_benchmark(store: Path, session: str | None = None, frames: int = 4, repe
             if array.ndim < 2:
                 continue
             values = array[:frames] if array.ndim == 3 else array[...]
-            results[name] = {"dtype": str(values.dtype), **{
-                label: measure(values, array.chunks, codec, Path(tmp) / "a.zarr", repeats)
-                for label, codec in CODECS.items()}}  # fmt: skip
+            results[name] = {
+                "dtype": str(values.dtype),
+                **{
+                    label: measure(values, array.chunks, codec, Path(tmp) / "a.zarr", repeats)
+                    for label, codec in CODECS.items()
+                },
+            }
+    if not results:
+        raise ValueError(f"{store} [{key}]: no image arrays to measure")
     return {"benchmark": "codecs", "store": str(store), "session": key, "frames": frames, "arrays": results}
 
 
 def format_table(report: dict) -> str:
     labels = list(CODECS)
-    lines = [f"codecs on {report['store']} [{report['session']}] (cubes: {report['frames']} frames); "
-             "write s / read s / ratio", "| array | dtype | " + " | ".join(labels) + " |",
-             "|---|---|" + "---|" * len(labels)]  # fmt: skip
+    lines = [
+        f"codecs on {report['store']} [{report['session']}] (cubes: {report['frames']} frames); "
+        "write s / read s / ratio",
+        "| array | dtype | " + " | ".join(labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
     for name, row in report["arrays"].items():
         cells = [f"{row[k]['write_s']:.3f} / {row[k]['read_s']:.3f} / {row[k]['ratio']:.2f}" for k in labels]
         lines.append(f"| {name} | {row['dtype']} | " + " | ".join(cells) + " |")

@@ -17,14 +17,13 @@ Each repeat starts a new ``LocalCluster`` of single-threaded worker processes, o
 
 The machine is shared and its speed drifts by 10% or more between runs, so the figure is the
 median over the repeats of each repeat's job / floor (every repeat's figures are in the report).
-Target: job / floor <= 2.5. Also reported: seconds per session and each worker's peak resident
-memory (sampled every 20 ms with psutil, highest over the repeats).
+Target: job / floor <= ``TARGET_RATIO``. Also reported: seconds per session and each worker's
+peak resident memory (sampled by ``common.PeakRSS``, highest over the repeats).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from benchmarks.common import PeakRSS, local_client, machine
+from benchmarks.common import PeakRSS, local_client, machine, publish
 from pipeline.config import Config, load_config
 from pipeline.io.discover import find_sessions
 from pipeline.runner import run
@@ -57,8 +56,15 @@ def floor_seconds(client, files: list[str]) -> tuple[float, int]:
     return time.perf_counter() - t0, pixels
 
 
-def run_benchmark(workdir: Path, sessions: int = 2, size: int = 2048, frames: int = 20,
-                  config: Config | None = None, repeats: int = 3, verbose: bool = True) -> dict:  # fmt: skip
+def run_benchmark(
+    workdir: Path,
+    sessions: int = 2,
+    size: int = 2048,
+    frames: int = 20,
+    config: Config | None = None,
+    repeats: int = 3,
+    verbose: bool = True,
+) -> dict:
     config = config or Config()
     log = print if verbose else (lambda *a, **k: None)
     workers = len(os.sched_getaffinity(0))
@@ -116,22 +122,31 @@ def _repeat(archive: Path, store: Path, files: list[str], config: Config, worker
     if report.exit_code != 0:
         raise RuntimeError(f"skyprep run failed:\n{report.table()}")
     floor = min(floor_before, floor_after)
-    log(f"job {job:.2f} s, floor {floor:.2f} s (before {floor_before:.2f}, after {floor_after:.2f}): "
-        f"ratio {job / floor:.2f}")  # fmt: skip
-    return {"job_seconds": job, "floor_seconds": floor, "floor_seconds_before_after": [floor_before, floor_after],
-            "pixels": pixels, "worker_peak_rss_mb": rss.peak_mb}  # fmt: skip
+    log(
+        f"job {job:.2f} s, floor {floor:.2f} s (before {floor_before:.2f}, after {floor_after:.2f}): "
+        f"ratio {job / floor:.2f}"
+    )
+    return {
+        "job_seconds": job,
+        "floor_seconds": floor,
+        "floor_seconds_before_after": [floor_before, floor_after],
+        "pixels": pixels,
+        "worker_peak_rss_mb": rss.peak_mb,
+    }
 
 
 def format_table(r: dict) -> str:
     peaks = ", ".join(f"{v:.0f}" for v in r["worker_peak_rss_mb"].values())
-    return "\n".join([
-        f"end to end: skyprep run over {r['sessions']} sessions of {r['size']} x {r['size']} "
-        f"(1 raw, 4 masters, {r['frames']} e91), {r['workers']} workers x 1 thread, {len(r['ratios'])} repeats",
-        f"  median repeat: job {r['job_seconds']:.1f} s ({r['seconds_per_session']:.1f} s/session), floor "
-        f"{r['floor_seconds']:.1f} s (astropy decompression of {r['files']} files), "
-        f"ratio {r['ratio']:.2f} (target <= {r['target_ratio']}; all repeats: "
-        f"{', '.join(f'{x:.2f}' for x in r['ratios'])}); worker peak RSS MB: {peaks}",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"end to end: skyprep run over {r['sessions']} sessions of {r['size']} x {r['size']} "
+            f"(1 raw, 4 masters, {r['frames']} e91), {r['workers']} workers x 1 thread, {len(r['ratios'])} repeats",
+            f"  median repeat: job {r['job_seconds']:.1f} s ({r['seconds_per_session']:.1f} s/session), floor "
+            f"{r['floor_seconds']:.1f} s (astropy decompression of {r['files']} files), "
+            f"ratio {r['ratio']:.2f} (target <= {r['target_ratio']}; all repeats: "
+            f"{', '.join(f'{x:.2f}' for x in r['ratios'])}); worker peak RSS MB: {peaks}",
+        ]
+    )
 
 
 def main(argv=None) -> dict:
@@ -146,11 +161,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     report = run_benchmark(args.workdir, args.sessions, args.size, args.frames, load_config(args.config), args.repeats)
-    print(format_table(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-    return report
+    return publish(report, format_table(report), args.json)
 
 
 if __name__ == "__main__":

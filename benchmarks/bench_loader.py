@@ -26,8 +26,11 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 PATCH = 256
-CODECS = {"zstd": lambda: [ZstdCodec(level=3)], "blosc-lz4": lambda: [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
-          "none": lambda: None}  # fmt: skip
+CODECS = {
+    "zstd": lambda: [ZstdCodec(level=3)],
+    "blosc-lz4": lambda: [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+    "none": lambda: None,
+}
 
 
 def sky_frames(n_frames: int, size_px: int, seed: int = 0) -> np.ndarray:
@@ -62,15 +65,28 @@ def layout_row(frames: np.ndarray, root: Path, chunk_px: int, shard_px: int | No
     """Measure one layout: a cube ``(frame, y, x)`` with ``(1, chunk, chunk)`` chunks."""
     path = root / f"c{chunk_px}_s{shard_px}_{codec}.zarr"
     shards = None if shard_px is None else (1, shard_px, shard_px)
-    array = zarr.create_array(str(path), shape=frames.shape, dtype="float32", chunks=(1, chunk_px, chunk_px),
-                              shards=shards, compressors=CODECS[codec](), zarr_format=3)  # fmt: skip
+    array = zarr.create_array(
+        str(path),
+        shape=frames.shape,
+        dtype="float32",
+        chunks=(1, chunk_px, chunk_px),
+        shards=shards,
+        compressors=CODECS[codec](),
+        zarr_format=3,
+    )
     array[...] = frames
     array = zarr.open_array(str(path), mode="r")
     points = origins(n, frames.shape[0], frames.shape[1])
     patches = rate_per_s(lambda p: array[p[0], p[1] : p[1] + PATCH, p[2] : p[2] + PATCH], points)
     whole = rate_per_s(lambda k: array[k], np.arange(frames.shape[0]))
-    return {"chunk": chunk_px, "shard": shard_px or "-", "codec": codec, "patches/s": patches,
-            "frames/s": whole, "MB": directory_bytes(path) / 1e6}  # fmt: skip
+    return {
+        "chunk": chunk_px,
+        "shard": shard_px or "-",
+        "codec": codec,
+        "patches/s": patches,
+        "frames/s": whole,
+        "MB": directory_bytes(path) / 1e6,
+    }
 
 
 def loader_rows(frames: np.ndarray, root: Path, n: int) -> list[dict]:
@@ -81,17 +97,22 @@ def loader_rows(frames: np.ndarray, root: Path, n: int) -> list[dict]:
     from astropy.io import fits
 
     from pipeline.config import ChunkParams
-    from pipeline.io.store import index, mark_complete, write_session
+    from pipeline.io.index import index, mark_complete
+    from pipeline.io.provenance import Provenance
+    from pipeline.io.store import write_session
     from pipeline.tools.loader import LoaderParams, PatchDataset
 
     store = root / "loader.zarr"
     size = frames.shape[1]
     for k, frame in enumerate(frames):
         image = da.from_array(frame, chunks=(size, size))
-        ds = xr.Dataset({name: (("y", "x"), image) for name in ("os", "calib")} |
-                        {"mask": (("y", "x"), da.zeros((size, size), dtype=np.uint16, chunks=size))})  # fmt: skip
+        ds = xr.Dataset(
+            {name: (("y", "x"), image) for name in ("os", "calib")}
+            | {"mask": (("y", "x"), da.zeros((size, size), dtype=np.uint16, chunks=size))}
+        )
         dask.compute(write_session(ds, store, f"bench_x/obs{k}", ChunkParams().store_chunk_px))  # the default layout
-        mark_complete(store, f"bench_x/obs{k}", {"instrument": "bench", "band": "x", "obs_id": f"obs{k}"}, {})
+        mark_complete(store, f"bench_x/obs{k}", {"instrument": "bench", "band": "x", "obs_id": f"obs{k}"},
+                      Provenance([], [], {}, {}, {}))  # fmt: skip
     assert len(index(store)) == len(frames)
     params = LoaderParams(input="os", target="calib", patch_px=PATCH, patches_per_epoch=n, with_variance=False)
     dataset = PatchDataset(store, params)
@@ -107,8 +128,12 @@ def loader_rows(frames: np.ndarray, root: Path, n: int) -> list[dict]:
         sum(len(batch["input"]) for batch in loader)  # first epoch: the workers start and open the arrays
         start = time.perf_counter()
         count = sum(len(batch["input"]) for batch in loader)
-        rows.append({"route": "skyprep via torch DataLoader, 2 workers, batch 32, second epoch",
-                     "patches/s": count / (time.perf_counter() - start)})  # fmt: skip
+        rows.append(
+            {
+                "route": "skyprep via torch DataLoader, 2 workers, batch 32, second epoch",
+                "patches/s": count / (time.perf_counter() - start),
+            }
+        )
     except ImportError:
         rows.append({"route": "torch DataLoader (torch not installed)", "patches/s": float("nan")})
     points = origins(n, len(frames), size)
@@ -116,8 +141,12 @@ def loader_rows(frames: np.ndarray, root: Path, n: int) -> list[dict]:
     for k, frame in enumerate(frames):
         np.save(root / f"frame{k}.npy", frame)
         npys.append(np.load(root / f"frame{k}.npy", mmap_mode="r"))
-    rows.append({"route": ".npy memory-mapped, one array per patch",
-                 "patches/s": rate_per_s(lambda p: np.array(npys[p[0]][p[1] : p[1] + PATCH, p[2] : p[2] + PATCH]), points)})  # fmt: skip
+    rows.append(
+        {
+            "route": ".npy memory-mapped, one array per patch",
+            "patches/s": rate_per_s(lambda p: np.array(npys[p[0]][p[1] : p[1] + PATCH, p[2] : p[2] + PATCH]), points),
+        }
+    )
     for k, frame in enumerate(frames):
         fits.CompImageHDU(frame, compression_type="RICE_1", quantize_level=16).writeto(root / f"frame{k}.fits.fz")
 

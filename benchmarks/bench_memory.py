@@ -10,10 +10,10 @@ drift (``pipeline.synth``), so registration uses ``method: wcs`` and every frame
 
 The whole job runs (``pipeline.runner.run``: reading, calibration, registration, sigma-clip
 stack, source mask, Zarr writes) on a ``LocalCluster`` of one single-threaded worker process.
-The worker's resident set size is sampled every 20 ms (psutil); the target is a peak below
-1.5 GB although the e91 cube alone is ``frames * size**2 * 4`` bytes (2.5 GiB). The Dask task
+The worker's resident set size is sampled by ``common.PeakRSS`` (psutil); the target is a peak
+below ``TARGET_MB`` although the e91 cube alone is ``frames * size**2 * 4`` bytes. The Dask task
 stream shows that every e91 strip is read once: one task per strip reads the rows of every
-frame it needs, shifts and stacks them (``graph._stack_strip``), and none runs twice.
+frame it needs, shifts and stacks them (``pipeline.steps.e91.stack_strip``), and none runs twice.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from pipeline.synth.session import draw_session
 TARGET_MB = 1500.0
 _STACK_KEY = re.compile(r"stack-\d+-.+-[0-9a-f]{8}")
 SKY_ADU, NOISE_ADU = 1000.0, 10.0
+READ_NOISE_ADU = 5.0
 
 
 def write_session(root: Path, size: int, frames: int, seed: int = 5) -> Path:
@@ -54,7 +55,7 @@ def write_session(root: Path, size: int, frames: int, seed: int = 5) -> Path:
     for kind, data in (("BIAS", zeros), ("DARK", zeros), ("SKYFLAT", ones)):
         write_images(out / "calib" / f"{kind}_{obs_id}.fits.fz", [("SCI", data, None)])
     amp = session.amps[0]
-    raw = np.full(amp.raw_shape, 1000 + SKY_ADU, np.uint16)
+    raw = (1000 + SKY_ADU + READ_NOISE_ADU * rng.standard_normal(amp.raw_shape)).astype(np.uint16)
     primary, hdus = raw_hdus(session.cards(session.date_obs()), session.amps, session.readouts, [raw], size)
     write_fits(out / "data" / f"{obs_id}_raw.fits.fz", hdus, primary)
     stars_y, stars_x = rng.integers(20, size - 20, (2, 400))
@@ -65,13 +66,21 @@ def write_session(root: Path, size: int, frames: int, seed: int = 5) -> Path:
         frame += SKY_ADU
         frame[stars_y + dy, stars_x + dx] += 20000.0
         header_cards = session.cards(session.date_obs(k), rlevel=91, shift=(dy, dx))
-        write_images(out / "e91" / f"{session.ident.site}-ep04-{k:04d}-e91.fits.fz",
-                     [("SCI", frame.astype(np.uint16), fits.Header(header_cards))])  # fmt: skip
+        write_images(
+            out / "e91" / f"{session.ident.site}-ep04-{k:04d}-e91.fits.fz",
+            [("SCI", frame.astype(np.uint16), fits.Header(header_cards))],
+        )
     return out
 
 
-def run_benchmark(workdir: Path, size: int = 4096, frames: int = 40, strip_rows: int = 256,
-                  memory_limit: str = "4GB", verbose: bool = True) -> dict:  # fmt: skip
+def run_benchmark(
+    workdir: Path,
+    size: int = 4096,
+    frames: int = 40,
+    strip_rows: int = 256,
+    memory_limit: str = "4GB",
+    verbose: bool = True,
+) -> dict:
     log = print if verbose else (lambda *a, **k: None)
     archive = workdir / f"memory-archive-{size}-{frames}"
     t0 = time.perf_counter()
@@ -112,13 +121,15 @@ def run_benchmark(workdir: Path, size: int = 4096, frames: int = 40, strip_rows:
 
 
 def format_table(r: dict) -> str:
-    return "\n".join([
-        f"memory: skyprep run, 1 session of {r['frames']} e91 frames of {r['size']} x {r['size']} "
-        f"({r['cube_gb']:.1f} GB float32 cube), 1 worker, strips of {r['strip_rows']} rows",
-        f"  worker peak RSS {r['worker_peak_rss_mb']:.0f} MB (idle worker {r['worker_baseline_rss_mb']:.0f} MB), "
-        f"target < {r['target_mb']:.0f} MB; {r['seconds']:.0f} s; "
-        f"e91 strips read {r['e91_strip_reads']} times for {r['e91_strips']} strips (all frames per strip)",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"memory: skyprep run, 1 session of {r['frames']} e91 frames of {r['size']} x {r['size']} "
+            f"({r['cube_gb']:.1f} GB float32 cube), 1 worker, strips of {r['strip_rows']} rows",
+            f"  worker peak RSS {r['worker_peak_rss_mb']:.0f} MB (idle worker {r['worker_baseline_rss_mb']:.0f} MB), "
+            f"target < {r['target_mb']:.0f} MB; {r['seconds']:.0f} s; "
+            f"e91 strips read {r['e91_strip_reads']} times for {r['e91_strips']} strips (all frames per strip)",
+        ]
+    )
 
 
 def main(argv=None) -> dict:

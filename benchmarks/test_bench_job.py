@@ -1,9 +1,10 @@
 """Acceptance benchmarks of the whole job (slow: minutes, several GB of disk in /tmp).
 
-Memory: ``skyprep run`` on one session of 40 e91 frames of 4096 x 4096 peaks below 1.5 GB
-resident on one worker, each e91 strip decoded once. End to end: ``skyprep run`` over two
-2048 x 2048 sessions takes at most 2.5x the astropy decompression floor, measured in the
-same run (the median of three floor-job-floor repeats, each on a new cluster).
+Memory: ``skyprep run`` on one session of 40 e91 frames of 4096 x 4096 peaks below
+``bench_memory.TARGET_MB`` resident on one worker, each e91 strip decoded once. End to end:
+``skyprep run`` over two 2048 x 2048 sessions takes at most ``bench_end_to_end.TARGET_RATIO``
+times the astropy decompression floor, measured in the same run (the median of three
+floor-job-floor repeats, each on a new cluster). Targets and figures: benchmarks/README.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Acceptance benchmark of the sigma-clipped stack (slow: about a minute, ~2.5 GB of RAM).
+"""Acceptance benchmark of the sigma-clipped stack (slow; targets and figures in benchmarks/README.md).
 
 Runs benchmarks/bench_stack.py at full size (20 frames of 2048 x 2048 float32) and checks the
-issue's targets, measured in the same run: skyprep at least 5x faster than astropy
-``sigma_clip(maxiters=5)`` + mean and at least 10x faster than ccdproc ``Combiner``
-``sigma_clipping`` + ``average_combine``, with a clipping mask identical to astropy's.
+issue's targets, measured in the same run: skyprep's speed-up ``SPEEDUP`` over astropy
+``sigma_clip(maxiters=5)`` + mean and over ccdproc ``Combiner`` ``sigma_clipping`` +
+``average_combine``, with a clipping mask identical to astropy's.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+SPEEDUP = {"astropy": 5.0, "ccdproc": 10.0}  # the issue's targets: at least this many times faster
 
 
 def _load_bench():
@@ -38,9 +39,7 @@ def test_stack_speedup_targets(tmp_path):
     assert json.loads((tmp_path / "bench_stack.json").read_text())["best_seconds"]
     assert report["check"]["clipped_mismatches_vs_astropy"] == 0
     assert report["check"]["mean_max_rel_diff_vs_astropy"] < 1e-5
-    speedup = report["speedup"]
-    assert speedup["astropy"] >= 5.0, report["best_seconds"]
-    assert speedup["ccdproc"] >= 10.0, report["best_seconds"]
+    assert all(report["speedup"][other] >= target for other, target in SPEEDUP.items()), report["best_seconds"]
     # memory-lean: skyprep needs little more than its outputs (n*ny*nx bool + 3 images)
     outputs_mb = (20 * 2048 * 2048 + 2048 * 2048 * (4 + 4 + 2)) / 2**20
     assert report["tracemalloc_peak_mb"]["skyprep"] < 1.2 * outputs_mb

@@ -1,4 +1,5 @@
-"""Command line: ``skyprep synth | run | info | split | preview | export | config | demo`` (also ``python -m pipeline``).
+"""Command line: ``skyprep synth | run | synthesize | noise | info | verify | split | preview | export | config | compile | demo``
+(also ``python -m pipeline``).
 
 Exit status: 0 success, 1 when any session failed (the others still complete), 2 usage errors.
 """
@@ -13,17 +14,21 @@ from . import __version__
 from .config import ConfigError, dump_config, load_config
 from .errors import SkyprepError
 from .io.lock import StoreError, store_lock
+from .io.objects import ObjectPath, location, writable_tree
 
 
 def _synth(args) -> int:
     from .synth import SynthSpec, write_archive
 
     try:
-        spec = SynthSpec(sessions=args.sessions, size=args.size, frames=args.frames, amps=args.amps, seed=args.seed)
+        spec = SynthSpec(sessions=args.sessions, size=args.size, frames=args.frames, amps=args.amps, seed=args.seed,
+                         row_noise_e=args.row_noise_e)  # fmt: skip
     except ValueError as err:
         raise UsageError(str(err)) from None
-    dirs = write_archive(args.out_root, spec)
-    print(f"wrote {len(dirs)} session(s) under {args.out_root}")
+    out_root = _where(args.out_root)
+    with writable_tree(out_root) as local:
+        dirs = write_archive(local, spec)
+    print(f"wrote {len(dirs)} session(s) under {out_root}")
     return 0
 
 
@@ -31,64 +36,114 @@ def _run(args) -> int:
     from .runner import make_client, report_path, run
 
     config = load_config(args.config)
-    if not Path(args.input_root).is_dir():
-        raise UsageError(f"input archive {args.input_root} is not a directory")
+    root, out = _where(args.input_root, config.storage.options), _where(args.out, config.storage.options)
+    if isinstance(root, ObjectPath) and not root.exists():
+        raise UsageError(f"input archive {root}: no objects under this prefix")
+    if isinstance(root, Path) and not root.is_dir():
+        raise UsageError(f"input archive {root} is not a directory")
+    in_memory = any(isinstance(w, ObjectPath) and w.scheme == "memory" for w in (root, out))
+    if in_memory and (args.scheduler or args.scheduler_file or args.processes):
+        raise UsageError("memory:// exists in this process only: its workers cannot be elsewhere "
+                         "(no --scheduler, --scheduler-file or --processes)")  # fmt: skip
     try:
-        with store_lock(args.out), make_client(args.scheduler, args.workers, args.scheduler_file) as client:
-            report = run(args.input_root, args.out, config, client, pattern=args.sessions)
+        with store_lock(out), make_client(args.scheduler, args.workers, args.scheduler_file,
+                                          args.processes) as client:  # fmt: skip
+            report = run(root, out, config, client, pattern=args.sessions)
     except StoreError as err:
         print(f"skyprep run: {err}", file=sys.stderr)
         return 1
-    path = report_path(args.out)
+    path = report_path(out)
     report.write_json(path)
     print(report.table())
     print(f"report: {path}")
     return report.exit_code
 
 
+def _synthesize(args) -> int:
+    from .runner import make_client
+    from .steps.params import SynthesisParams
+    from .tools.synthesize import synthesize_store
+
+    store = _where(args.store)
+    if not (store / "zarr.json").exists():
+        raise UsageError(f"{store}: not a skyprep store")
+    try:
+        params = SynthesisParams(realizations=args.realizations, seed=args.seed)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    try:
+        with store_lock(store), make_client(args.scheduler, args.workers, args.scheduler_file):
+            results = synthesize_store(store, params, args.sessions)
+    except StoreError as err:
+        print(f"skyprep synthesize: {err}", file=sys.stderr)
+        return 1
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
+    print(f"{store}: {counts['ok']} drawn, {counts['skipped']} skipped, {counts['failed']} failed")
+    return 1 if counts["failed"] else 0
+
+
 def _verify(args) -> int:
     from .tools.verify import verify
 
-    problems = verify(args.store)
+    store = _where(args.store)
+    problems = verify(store)
     bad = {key: found for key, found in problems.items() if found}
     for key, found in bad.items():
         for problem in found:
             print(f"{key}: {problem}")
-    print(f"{args.store}: {len(problems) - len(bad)} session(s) complete and intact, {len(bad)} with problems")
+    print(f"{store}: {len(problems) - len(bad)} session(s) complete and intact, {len(bad)} with problems")
     return 1 if bad else 0
 
 
 def _info(args) -> int:
     from .tools.info import describe
 
-    print(describe(args.store))
+    print(describe(_where(args.store)))
     return 0
 
 
 def _preview(args) -> int:
     from .tools.preview import preview
 
-    print(f"wrote {preview(args.store, args.session, args.out)}")
+    print(f"wrote {preview(_where(args.store), args.session, _where(args.out))}")
+    return 0
+
+
+def _noise(args) -> int:
+    from .tools.noise_report import noise_report
+
+    try:
+        figures = noise_report(_where(args.store), args.session, _where(args.out), args.realization)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    bins = ", ".join(f"{100 * v:+.1f}%" for v in figures.variance_ratio_minus_1)
+    print(f"syn/os variance per flux bin - 1: {bins}")
+    print(f"syn/os row-noise power - 1: {100 * figures.row_power_ratio_minus_1:+.1f}% ({figures.pixels} pixels)")
+    print(f"wrote {args.out}")
     return 0
 
 
 def _export(args) -> int:
-    from .tools.export import export_session
+    from .tools.export import UnknownSession, export_session, export_syn
 
     try:
-        print(f"wrote {export_session(args.store, args.session, args.out)}")
-    except ValueError as err:
+        if args.syn:
+            print(f"wrote {export_syn(_where(args.store), args.session, _where(args.out), args.realization)}")
+        else:
+            print(f"wrote {export_session(_where(args.store), args.session, _where(args.out))}")
+    except (UnknownSession, ValueError) as err:
         raise UsageError(str(err)) from None
     return 0
 
 
 def _split(args) -> int:
-    from .io.store import index, record_split
+    from .io.index import index, record_split
     from .tools import splits
 
-    records = index(args.store)
+    store = _where(args.store)
+    records = index(store)
     if not records:
-        raise UsageError(f"{args.store}: no sessions recorded")
+        raise UsageError(f"{store}: no sessions recorded")
     try:
         if args.from_json is not None:
             assignment, unknown = splits.from_json(args.from_json, records)
@@ -100,14 +155,22 @@ def _split(args) -> int:
             how = {"test_fraction": args.test_fraction, "seed": args.seed, "by": args.by}
     except ValueError as err:
         raise UsageError(str(err)) from None
-    record_split(args.store, assignment, how)
+    record_split(store, assignment, how)
     counts = {side: sum(v == side for v in assignment.values()) for side in ("train", "test")}
-    print(f"{args.store}: {counts['train']} train, {counts['test']} test session(s)")
+    print(f"{store}: {counts['train']} train, {counts['test']} test session(s)")
     return 0
 
 
 def _config(args) -> int:
     print(dump_config(load_config(args.config)), end="")
+    return 0
+
+
+def _compile(args) -> int:
+    from .runner import warm_kernels
+
+    cache = warm_kernels()
+    print(f"kernels: {cache.compiled} compiled, {cache.loaded} loaded from the cache in {cache.directory}")
     return 0
 
 
@@ -135,53 +198,90 @@ class UsageError(SkyprepError):
     """A command line that cannot be carried out as given (exit status 2)."""
 
 
+def _where(text: str, options: dict | None = None) -> Path | ObjectPath:
+    """A location given on the command line: a local path, ``file://`` URL or object-store URL."""
+    try:
+        return location(text, options)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skyprep", description="Raw CCD observation archives to an ML-ready Zarr store.")
     p.add_argument("--version", action="version", version=f"skyprep {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="write a synthetic MuSCAT-style archive with ground truth")
-    s.add_argument("out_root", type=Path)
+    s.add_argument("out_root", help="where to write it: a folder or an object-store URL (s3://BUCKET/PREFIX)")
     s.add_argument("--sessions", type=int, default=3)
     s.add_argument("--size", type=int, default=512, help="trimmed frame side, pixels (2048 = full MuSCAT)")
     s.add_argument("--frames", type=int, default=8, help="e91 frames per session")
     s.add_argument("--amps", type=int, default=1, choices=(1, 2, 4, 8))
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--row-noise-e", type=float, default=0.0, help="RMS per-row readout offset (banding), e-")
     s.set_defaults(func=_synth)
 
     r = sub.add_parser("run", help="process an archive into a Zarr store")
-    r.add_argument("input_root", type=Path)
-    r.add_argument("--out", type=Path, required=True, help="the Zarr store (created or resumed)")
+    r.add_argument("input_root", help="the archive: a folder or an object-store URL (s3://, gs://, az://, memory://)")
+    r.add_argument("--out", required=True, help="the Zarr store, a folder or an object-store URL (created or resumed)")
     where = r.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
     where.add_argument("--scheduler-file", type=Path, help="scheduler file of a running Dask cluster (JSON)")
-    where.add_argument("--workers", type=int, help="workers of the local cluster (default: cores, at most 4)")
+    where.add_argument("--workers", type=int, help="threads of the local cluster (default: cores, at most 4)")
+    r.add_argument("--processes", action="store_true",
+                   help="run the local cluster's workers as separate single-threaded processes instead of threads")  # fmt: skip
     r.add_argument("--config", type=Path, help="YAML configuration (see `skyprep config`)")
     r.add_argument("--sessions", help="glob on '<instrument>_<band>/<obs_id>' selecting sessions")
     r.set_defaults(func=_run)
 
+    sy = sub.add_parser("synthesize", help="(re)draw the synthetic frames syn from the store (no archive needed)")
+    sy.add_argument("store", help="a store folder or URL")
+    sy.add_argument("--realizations", type=int, default=1, help="frames per session (0 removes syn)")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--sessions", help="glob on '<instrument>_<band>/<obs_id>' selecting sessions")
+    where = sy.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
+    where.add_argument("--scheduler-file", type=Path, help="scheduler file of a running Dask cluster (JSON)")
+    where.add_argument("--workers", type=int, help="workers of the local cluster (default: cores, at most 4)")
+    sy.set_defaults(func=_synthesize)
+
     i = sub.add_parser("info", help="summarise a store")
-    i.add_argument("store", type=Path)
+    i.add_argument("store", help="a store folder or URL")
     i.set_defaults(func=_info)
 
     v = sub.add_parser("verify", help="check completeness and checksums of a store (exit 1 on problems)")
-    v.add_argument("store", type=Path)
+    v.add_argument("store", help="a store folder or URL")
     v.set_defaults(func=_verify)
 
     pv = sub.add_parser("preview", help="draw a session's os, calib, mean and mask side by side (PNG)")
-    pv.add_argument("store", type=Path)
+    pv.add_argument("store", help="a store folder or URL")
     pv.add_argument("session", help="'<instrument>_<band>/<obs_id>'")
-    pv.add_argument("-o", "--out", type=Path, required=True, help="the PNG to write")
+    pv.add_argument("-o", "--out", required=True, help="the PNG to write (a path or URL)")
     pv.set_defaults(func=_preview)
 
+    nz = sub.add_parser("noise", help="compare a session's syn with its os: PTC, residual histograms, row noise (PNG)")
+    nz.add_argument("store", help="a store folder or URL")
+    nz.add_argument("session", help="'<instrument>_<band>/<obs_id>'")
+    nz.add_argument("-o", "--out", required=True, help="the PNG to write (a path or URL)")
+    nz.add_argument("--realization", type=int, default=0)
+    nz.set_defaults(func=_noise)
+
     ex = sub.add_parser("export", help="write a session as one multi-extension FITS file (SCI, VAR, MASK, COUNT, MEAN)")
-    ex.add_argument("store", type=Path)
+    ex.add_argument("store", help="a store folder or URL")
     ex.add_argument("session", help="'<instrument>_<band>/<obs_id>'")
-    ex.add_argument("out", type=Path, help="the FITS file to write (e.g. OUT.fits.fz)")
+    ex.add_argument(
+        "out", help="the FITS file to write (e.g. OUT.fits.fz; a path or URL); with --syn, the archive root"
+    )
+    ex.add_argument(
+        "--syn",
+        action="store_true",
+        help="write syn as OUT/<instrument>_<band>/<obs_id>/data/<obs_id>_syn.fits.fz (the archive's layout)",
+    )
+    ex.add_argument("--realization", type=int, default=0, help="with --syn: which realization")
     ex.set_defaults(func=_export)
 
     sp = sub.add_parser("split", help="record a reproducible train/test split of the sessions in the store")
-    sp.add_argument("store", type=Path)
+    sp.add_argument("store", help="a store folder or URL")
     how = sp.add_mutually_exclusive_group(required=True)
     how.add_argument("--test-fraction", type=float, help="fraction of the groups (see --by) put in test")
     how.add_argument("--from-json", type=Path, help='import a train_test_split.json {"train": [...], "test": [...]}')
@@ -198,6 +298,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("config", type=Path, nargs="?")
     c.set_defaults(func=_config)
 
+    k = sub.add_parser(
+        "compile",
+        help="compile the numba kernels into numba's cache (NUMBA_CACHE_DIR) once, so new workers start warm",
+    )
+    k.set_defaults(func=_compile)
+
     d = sub.add_parser("demo", help="synthesise a small archive, process it and show the result")
     d.add_argument("--workdir", type=Path, default=Path("demo"))
     d.add_argument("--workers", type=int)
@@ -213,3 +319,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError, FileNotFoundError) as err:
         print(f"skyprep {args.command}: {err}", file=sys.stderr)
         return 2
+    except SkyprepError as err:
+        print(f"skyprep {args.command}: {err}", file=sys.stderr)
+        return 1

@@ -1,41 +1,53 @@
 """The job's configuration: one typed, immutable object, loadable from YAML.
 
-Each section is the parameter class of the module that uses it, so a default is documented
-once, next to the code it steers. Unknown keys and wrong types are errors.
+Each section is the parameter class of the step that uses it (``pipeline/steps/params.py``), so
+a default is documented once. Unknown keys and wrong types are errors, validated strictly
+(``yes`` or ``1`` is not a boolean, ``64.0`` not an integer). Import-light: the command
+line loads this module before it knows whether any science will run (pydantic and YAML are
+imported when a file is read or written).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import pydantic
-import yaml
-
 from .errors import SkyprepError
-from .steps.calibrate import CalibParams
-from .steps.cosmics import CosmicParams
-from .steps.overscan import OverscanParams
-from .steps.register import RegisterParams
-from .steps.sources import SourceParams
-from .steps.stack import ClipParams
+from .steps.params import (
+    CalibParams,
+    ClipParams,
+    CosmicParams,
+    OverscanParams,
+    RegisterParams,
+    SanityParams,
+    SourceParams,
+    SynthesisParams,
+)
 
 
 @dataclass(frozen=True)
 class ChunkParams:
     """How frames are cut into work and storage.
 
-    ``strip_rows``: rows per Dask task when reading and processing a frame (rounded to whole
-    compression tiles). ``store_chunk_px``: edge of the square Zarr chunks of every image
+    ``strip_rows``: rows per Dask task when reading and processing a frame (every image of a
+    session is cut at the same rows). ``store_chunk_px``: edge of the square Zarr chunks of every image
     variable (one frame deep for cubes); ``strip_rows`` must be a multiple of it. 512 px chunks
-    read whole frames faster than 256 px ones, random patches as fast (docs/store-layout.md),
-    and are written 2-3x faster (fewer chunks: zarr-python's cost per chunk dominates).
+    read whole frames faster than 256 px ones, random patches as fast, and are written faster
+    (fewer chunks: zarr-python's cost per chunk dominates); figures in docs/store-layout.md.
     """
 
     strip_rows: int = 512
     store_chunk_px: int = 512
+
+    def __post_init__(self) -> None:
+        if self.store_chunk_px < 1 or self.strip_rows < 1 or self.strip_rows % self.store_chunk_px:
+            raise ValueError(
+                f"chunks.strip_rows ({self.strip_rows}) must be a positive multiple of chunks.store_chunk_px "
+                f"({self.store_chunk_px}, itself positive)"
+            )
 
 
 @dataclass(frozen=True)
@@ -55,17 +67,41 @@ class RegisterConfig:
     subpixel: bool = False
 
 
+# Option names that look like credentials: refused, since the configuration is recorded in every
+# session's provenance (credentials come from the environment: AWS_ACCESS_KEY_ID ...).
+SECRET_WORDS = ("secret", "password", "token", "credential", "access_key", "session_key", "sas", "private")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Object storage (``s3://``, ``gs://``, ``az://`` archives and stores): ``options`` are
+    obstore's settings for the store (``endpoint``, ``region``, ``allow_http``, ...), on top of
+    the standard environment (``AWS_ENDPOINT_URL``, ``AWS_REGION``, ...) of the client and the
+    workers. Credentials are not accepted here, only from the environment."""
+
+    options: dict[str, str | bool | int] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        secret = [key for key in self.options if any(word in key.lower() for word in SECRET_WORDS)]
+        if secret:
+            raise ValueError(f"storage.options: {', '.join(secret)}: credentials come from the environment, "
+                             "not the configuration (it is recorded in the store)")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the job can be told. ``instrument`` forces a profile (else detected)."""
 
     overscan: OverscanParams = OverscanParams()
     calibration: CalibParams = CalibParams()
+    sanity: SanityParams = SanityParams()
     cosmics: CosmicParams = CosmicParams()
     register: RegisterConfig = RegisterConfig()
     stack: ClipParams = ClipParams()
     sources: SourceParams = SourceParams()
     chunks: ChunkParams = ChunkParams()
+    storage: StorageConfig = StorageConfig()
+    synthesis: SynthesisParams = SynthesisParams()
     write_variance: bool = True
     instrument: str | None = None
 
@@ -82,6 +118,9 @@ def load_config(path: Path | str | None) -> Config:
     """Defaults, updated by the YAML file at ``path`` when given."""
     if path is None:
         return Config()
+    import pydantic
+    import yaml
+
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -90,7 +129,11 @@ def load_config(path: Path | str | None) -> Config:
     if unknown:
         raise ConfigError(f"{path}: unknown configuration key(s): {', '.join(unknown)}")
     try:
-        return pydantic.TypeAdapter(Config).validate_python(raw)
+        text = json.dumps(raw)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: values must be plain YAML scalars, lists and mappings ({err})") from None
+    try:
+        return pydantic.TypeAdapter(Config).validate_json(text, strict=True)
     except pydantic.ValidationError as err:
         raise ConfigError(f"{path}: invalid configuration\n{err}") from None
 
@@ -111,4 +154,6 @@ def _unknown_keys(cls, raw, prefix: str = "") -> list[str]:
 
 def dump_config(config: Config) -> str:
     """The configuration as YAML."""
+    import yaml
+
     return yaml.safe_dump(config.to_dict(), sort_keys=False)

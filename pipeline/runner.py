@@ -19,14 +19,17 @@ from pathlib import Path
 import dask
 import yaml
 from dask.base import tokenize
-from distributed import Client, LocalCluster, as_completed, fire_and_forget
+from distributed import Client, Future, LocalCluster, as_completed, fire_and_forget
 
 from . import DASK_YAML, __version__
 from .config import Config
 from .errors import SkyprepError
 from .graph import build_session, load_kernels
 from .io.discover import Session, find_sessions
-from .io.store import complete_sessions, consolidate, mark_complete, write_session
+from .io.index import complete_sessions, consolidate, mark_complete
+from .io.objects import ObjectPath, location
+from .io.provenance import Provenance, SessionSummary
+from .io.store import write_session
 
 dask.config.update_defaults(yaml.safe_load(DASK_YAML.read_text()))
 
@@ -72,26 +75,69 @@ class RunReport:
         )
         return "\n".join(lines)
 
-    def write_json(self, path: Path) -> None:
+    def write_json(self, path: Path | ObjectPath) -> None:
+        """The report as JSON at ``path``, replaced whole (a renamed file; one PUT of an object)."""
         payload = {"store": self.store, "software": f"skyprep {__version__}", "seconds": self.seconds,
                    "sessions": [asdict(r) for r in self.results]}  # fmt: skip
+        if isinstance(path, ObjectPath):
+            path.write_text(json.dumps(payload, indent=2))
+            return
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2))
         os.replace(tmp, path)
 
 
-def report_path(store: Path | str) -> Path:
+@dataclass(frozen=True)
+class KernelCache:
+    """What numba did for the kernels of this process: signatures loaded from its on-disk cache
+    (``loaded``) and compiled (``compiled``, then written to the cache), and where that cache is."""
+
+    directory: str
+    loaded: int
+    compiled: int
+
+
+def kernel_cache() -> KernelCache:
+    """Numba's cache statistics over every compiled kernel skyprep has imported in this process."""
+    from numba.core.dispatcher import Dispatcher
+
+    kernels = {id(k): k for name, module in list(sys.modules.items()) if name.startswith("pipeline.")
+               for k in vars(module).values() if isinstance(k, Dispatcher)}.values()  # fmt: skip
+    stats = [k.stats for k in kernels]
+    directory = next((s.cache_path for s in stats if s.cache_path), "")
+    return KernelCache(str(Path(directory).parent) if directory else "", sum(sum(s.cache_hits.values()) for s in stats),
+                       sum(sum(s.cache_misses.values()) for s in stats))  # fmt: skip
+
+
+def warm_kernels() -> KernelCache:
+    """Load every kernel the session tasks call, compiling into numba's cache (``NUMBA_CACHE_DIR``,
+    else next to the sources) what is not there yet: run once per image or environment so that
+    new workers start without compiling."""
+    load_kernels()
+    return kernel_cache()
+
+
+def report_path(store: Path | ObjectPath | str) -> Path | ObjectPath:
     """Where the run report of ``store`` is written: next to it, ``<store>.report.json``."""
-    store = Path(store)
+    store = location(store)
     return store.with_name(store.name + ".report.json")
 
 
 @contextmanager
 def make_client(
-    scheduler: str | None = None, workers: int | None = None, scheduler_file: str | None = None
+    scheduler: str | None = None,
+    workers: int | None = None,
+    scheduler_file: str | None = None,
+    processes: bool = False,
 ) -> Iterator[Client]:
     """A client of ``scheduler``, of the cluster a ``scheduler_file`` describes, or of Dask's configured
-    ``scheduler-address`` (``DASK_SCHEDULER_ADDRESS``); else of a new LocalCluster shut down on exit."""
+    ``scheduler-address`` (``DASK_SCHEDULER_ADDRESS``); else of a new LocalCluster shut down on exit.
+
+    The LocalCluster runs ``workers`` (default: cores, at most 4) threads in this process, or with
+    ``processes`` as many single-threaded worker processes. Threads are the default: the steps'
+    heavy work releases the GIL (numpy, the numba kernels, the decoders, the codecs), and a worker
+    process costs the job seconds of CPU on a laptop (its own imports and kernel loading, the
+    tasks' data pickled between processes); benchmarks/README.md has the figures."""
     if scheduler_file:
         with Client(scheduler_file=str(scheduler_file)) as client:
             yield client
@@ -101,8 +147,9 @@ def make_client(
         with Client(address) as client:
             yield client
         return
-    with LocalCluster(n_workers=workers or min(os.cpu_count() or 1, 4), threads_per_worker=1,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+    n = workers or min(os.cpu_count() or 1, 4)
+    shape = {"n_workers": n, "threads_per_worker": 1} if processes else {"n_workers": 1, "threads_per_worker": n}
+    with LocalCluster(processes=processes, dashboard_address=":0", **shape) as cluster, Client(cluster) as client:
         yield client
 
 
@@ -130,7 +177,7 @@ def run(
     workers = list(client.scheduler_info().get("workers", {}))
     for worker in workers if todo else ():  # while the first graphs are built
         fire_and_forget(client.submit(load_kernels, workers=[worker], pure=False, priority=10))
-    window = window or 2 * max(1, len(workers))
+    window = window or 2 * max(1, sum(client.nthreads().values()))
     echo(f"{len(todo)} session(s) to process, {len(done & {s.key for s in sessions})} already complete, "
          f"{len(problems)} unusable; dashboard: {report.dashboard}")  # fmt: skip
     pending = list(reversed(todo))
@@ -158,11 +205,10 @@ def run(
         session, attrs, t0 = inflight.pop(future)
         finished += 1
         try:
-            summary = future.result()
-            mark_complete(store, session.key, {**attrs, **_provenance(session, summary, config)},
-                          {"registration_failures": sum(not f["ok"] for f in summary["offsets"]),
-                           "reference_check": summary["reference"]})  # fmt: skip
-            result = SessionResult(session.key, "ok", "", time.perf_counter() - t0, len(session.e91))
+            provenance = future.result()
+            mark_complete(store, session.key, attrs, provenance)
+            notes = "; ".join(provenance.warnings())  # e.g. a measured gain far from the header's
+            result = SessionResult(session.key, "ok", notes, time.perf_counter() - t0, len(session.e91))
         except Exception as err:
             result = SessionResult(session.key, "failed", _reason(err), time.perf_counter() - t0, len(session.e91))
         finally:
@@ -178,46 +224,19 @@ def run(
     return report
 
 
-def _submit(session: Session, store, config: Config, client: Client):
+def _submit(session: Session, store: Path | str, config: Config, client: Client) -> tuple[Future, dict]:
     graph = build_session(session, config)
     write = write_session(graph.dataset, store, session.key, config.chunks.store_chunk_px)
     name = f"done-{session.key.replace('/', '-')}-{tokenize(write)[:8]}"
-    done = dask.delayed(_summary_after_write, pure=True)(write, graph.summary, dask_key_name=name)
+    files = [path.name for path in session.e91]
+    done = dask.delayed(_provenance, pure=True)(write, graph.summary, files, config.to_dict(), dask_key_name=name)
     return client.compute(done), dict(graph.dataset.attrs)
 
 
-def _summary_after_write(written: dict, summary: dict) -> dict:
-    """Registration results, input checksums, agreement with the archive's products and the
-    SHA-256 of each array's written files (``written``, from ``write_session``)."""
-    return {
-        "offsets": [
-            {
-                "dy": o.dy,
-                "dx": o.dx,
-                "quality": o.quality,
-                "ok": o.ok,
-                "reason": o.reason,
-                "method": o.method,
-                "note": o.note,
-            }
-            for o in summary["offsets"]
-        ],
-        "checksums": summary["checksums"],
-        "reference": summary["reference"],
-        "array_sha256": written,
-    }
-
-
-def _provenance(session: Session, summary: dict, config: Config) -> dict:
-    registration = [{"file": path.name, **offset} for path, offset in zip(session.e91, summary["offsets"])]
-    return {
-        "registration": registration,
-        "inputs": summary["checksums"],
-        "array_sha256": summary["array_sha256"],
-        "reference_check": summary["reference"],
-        "config": config.to_dict(),
-        "complete": True,
-    }
+def _provenance(written: dict[str, str], summary: SessionSummary, files: list[str], config: dict) -> Provenance:
+    """The session's provenance once its arrays are written (``written``: the SHA-256 of each
+    array's files, from ``write_session``)."""
+    return summary.provenance(files, written, config)
 
 
 def _reason(err: BaseException) -> str:

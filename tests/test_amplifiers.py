@@ -4,16 +4,17 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from pipeline.io.fits_reader import ImageRef
+from pipeline.errors import InputError
+from pipeline.io.fits_headers import ImageRef
 from pipeline.io.keywords import MissingKeyword, profiles
-from pipeline.steps.amplifiers import Amplifier, amp_value_map, mosaic, reduce_amp
+from pipeline.steps.amplifiers import Amplifier, amp_value_map, detector_shape, mosaic, reduce_amp
 from pipeline.steps.masks import Flag
 from pipeline.steps.overscan import OverscanParams
 
 GENERIC = profiles()["generic"]
 
 
-def _amp(detsec, shape=(4, 6), nover=2, **extra):
+def _amp(detsec, shape=(4, 6), nover=2, name="im", **extra):
     ny, nx = shape
     header = fits.Header(
         {
@@ -28,7 +29,7 @@ def _amp(detsec, shape=(4, 6), nover=2, **extra):
     )
     for key in [k for k, v in extra.items() if v is None]:
         del header[key]
-    return Amplifier.from_header(ImageRef("x.fits", 1, "im", (ny, nx + nover), np.dtype(np.uint16), 1, header), GENERIC)
+    return Amplifier.from_header(ImageRef("x.fits", 1, name, (ny, nx + nover), np.dtype(np.uint16), 1, header), GENERIC)
 
 
 def test_four_flipped_amplifiers_assemble_into_the_detector():
@@ -69,3 +70,28 @@ def test_sections_outside_the_array_are_refused():
         _amp("[1:6,1:4]", BIASSEC="[7:9,1:4]")
     with pytest.raises(ValueError, match="DETSEC"):
         _amp("[1:5,1:4]")
+
+
+def test_two_amplifiers_with_the_same_detsec_are_refused_by_name():
+    amps = [_amp("[1:6,1:4]", name="AMP1"), _amp("[1:6,1:4]", name="AMP2")]
+    with pytest.raises(InputError, match=r"overlap.*x.fits\[AMP1\] DETSEC \[1:6,1:4\] and x.fits\[AMP2\]"):
+        detector_shape(amps)
+
+
+def test_a_missing_detsec_rebuilt_onto_another_amplifier_is_refused():
+    # the second amplifier's DATASEC starts at column 1 of its own array, so the rebuilt DETSEC
+    # lands on the first amplifier: one quadrant would hold two amplifiers, one would be empty
+    amps = [_amp("[1:6,1:4]", name="AMP1"), _amp(None, name="AMP2")]
+    with pytest.raises(InputError, match=r"AMP2\] DETSEC \[1:6,1:4\] \(rebuilt from DATASEC\)"):
+        detector_shape(amps)
+
+
+def test_amplifiers_leaving_a_gap_are_refused_naming_the_empty_part():
+    amps = [_amp(d, name=f"AMP{i}") for i, d in enumerate(["[1:6,1:4]", "[7:12,1:4]", "[1:6,5:8]"], 1)]
+    with pytest.raises(InputError, match=r"24 detector px empty \(within \[7:12,5:8\].*AMP3"):
+        detector_shape(amps)
+
+
+def test_amplifiers_tiling_the_detector_give_its_box():
+    amps = [_amp(d) for d in ["[12:7,8:5]", "[1:6,1:4]", "[7:12,1:4]", "[1:6,5:8]"]]
+    assert detector_shape(amps) == (slice(0, 8), slice(0, 12))

@@ -4,6 +4,7 @@ Each case damages the session ``VICTIM`` of a private copy of a tiny archive, ru
 checks the run report (the JSON next to the store), the other session and the exit status.
 """
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -15,13 +16,15 @@ import xarray as xr
 from astropy.io import fits
 
 from pipeline.config import Config
-from pipeline.io.store import complete_sessions
+from pipeline.io.contract import Presence, named
+from pipeline.io.index import complete_sessions
 from pipeline.runner import report_path, run
 from pipeline.steps.masks import Flag
+from pipeline.steps.params import SanityParams
 from pipeline.synth import SynthSpec, write_archive
 
 VICTIM, HEALTHY = "muscat3_g/20240315_003_000", "muscat4_r/20240315_003_001"
-STACK_VARIABLES = {"e91", "e91_mask", "shift", "mean", "count", "std", "source_mask"}
+STACK_VARIABLES = set(named(Presence.E91))
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +117,59 @@ def _drop_keyword(keyword):
     return damage
 
 
+def _set_keyword(keyword, value):
+    def damage(root):
+        def change(hdul):
+            for hdu in hdul:
+                if keyword in hdu.header:
+                    hdu.header[keyword] = value
+
+        _rewrite(_one(root, "data/*_raw.fits.fz"), change)
+        return f"{keyword} = {value}"
+
+    damage.__name__ = f"{keyword.lower()}_{value}"
+    return damage
+
+
+def _scale_master(kind, factor):
+    def damage(root):
+        path = _one(root, f"calib/{kind}_*")
+
+        def change(hdul):
+            for hdu in hdul:
+                if hdu.data is not None and hdu.name in ("", "PRIMARY", "SCI", "COMPRESSED_IMAGE"):
+                    hdu.data = (hdu.data * factor).astype(np.float32)
+
+        _rewrite(path, change)
+        return path.name
+
+    damage.__name__ = f"{kind.lower()}_times_{factor}"
+    return damage
+
+
 def _invalid_info(root):
     path = root / VICTIM / "info.json"
     path.write_text('{"band": "g", ')
     return "info.json"
 
 
-FAILURES = [_truncate, _corrupt_tiles, _not_fits, _remove("BIAS"), _remove("DARK"), _remove("SKYFLAT"),
-            _wrong_shape, _drop_keyword("GAIN"), _drop_keyword("EXPTIME"), _invalid_info]  # fmt: skip
+FAILURES = [
+    _truncate,
+    _corrupt_tiles,
+    _not_fits,
+    _remove("BIAS"),
+    _remove("DARK"),
+    _remove("SKYFLAT"),
+    _wrong_shape,
+    _drop_keyword("GAIN"),
+    _drop_keyword("EXPTIME"),
+    _set_keyword("GAIN", 0.0),
+    _set_keyword("GAIN", -2.0),
+    _set_keyword("EXPTIME", 0.0),
+    _scale_master("SKYFLAT", 0.0),
+    _scale_master("DARK", -1000.0),
+    _invalid_info,
+]
 
 
 def _run(root, out, client):
@@ -142,6 +190,16 @@ def test_damaged_session_fails_alone_naming_the_file(damage, damaged, client, tm
     assert named in statuses[VICTIM]["reason"], statuses[VICTIM]["reason"]
     assert "Error:" not in statuses[VICTIM]["reason"], "an input error should not surface as a bare exception"
     assert complete_sessions(out) == {HEALTHY}
+
+
+def test_a_check_in_warn_only_is_recorded_instead(damaged, client, tmp_path):
+    _scale_master("DARK", -1000.0)(damaged)
+    config = dataclasses.replace(Config(), sanity=SanityParams(warn_only=("dark_negative",)))
+    out = tmp_path / "out.zarr"
+    assert run(damaged, out, config, client, echo=lambda line: None).exit_code == 0
+    warnings = _session(out).attrs["sanity_warnings"]
+    assert len(warnings) == 1 and "significantly negative" in warnings[0] and "DARK_" in warnings[0]
+    assert _session(out, HEALTHY).attrs["sanity_warnings"] == []
 
 
 def _session(out, key=VICTIM):
@@ -165,7 +223,9 @@ def test_session_without_e91_frames_has_no_stack_variables(damaged, client, tmp_
     assert report.exit_code == 0, report.table()
     ds = _session(out)
     assert not STACK_VARIABLES & set(ds.data_vars)
-    assert {"os", "calib", "mask"} <= set(ds.data_vars)
+    assert {"os", "calib", "mask", "bias", "dark", "flat"} <= set(ds.data_vars)
+    assert "syn" not in ds and "noise_model" not in ds.attrs  # no stack, so no noise model and no syn
+    assert "syn" in _session(out, HEALTHY) and "noise_model" in _session(out, HEALTHY).attrs
 
 
 def test_session_with_one_e91_frame_is_a_stack_of_one(damaged, client, tmp_path):

@@ -15,7 +15,8 @@ from astropy.stats import sigma_clip
 from pipeline.config import Config
 from pipeline.graph import build_session
 from pipeline.io.discover import find_sessions
-from pipeline.io.fits_reader import list_images, read_image
+from pipeline.io.fits_headers import list_images
+from pipeline.io.fits_reader import read_image
 from pipeline.io.keywords import select_profile
 from pipeline.steps.amplifiers import Amplifier
 from pipeline.steps.cosmics import CosmicParams

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.config import Config
+from pipeline.config import ChunkParams, Config
 from pipeline.graph import build_session
 from pipeline.io.discover import find_sessions
 from pipeline.steps.cosmics import CosmicParams, cosmic_rays
@@ -14,8 +14,11 @@ from pipeline.steps.masks import Flag
 
 
 def _calibrated(archive, config, pattern=None):
+    """``{key: (calib and mask, truth)}`` of every session matching ``pattern`` (at least one)."""
+    sessions, problems = find_sessions(archive, pattern)
+    assert sessions and not problems, f"{archive} [{pattern}]: no usable session ({problems})"
     out = {}
-    for session in find_sessions(archive, pattern)[0]:
+    for session in sessions:
         ds = build_session(session, config).dataset[["calib", "mask"]].compute(scheduler="sync")
         truth = np.load(archive / session.key / "truth" / "truth.npz")
         out[session.key] = (ds, truth)
@@ -53,7 +56,7 @@ def test_calib_is_not_repaired(calibrated, archive):
 
 
 def test_strips_with_overlap_equal_the_whole_frame(archive, calibrated):
-    config = dataclasses.replace(Config(), chunks=dataclasses.replace(Config().chunks, strip_rows=48))
+    config = dataclasses.replace(Config(), chunks=ChunkParams(strip_rows=48, store_chunk_px=48))
     for key, (ds, _) in _calibrated(archive, config, "muscat4_r/*").items():
         whole = calibrated[key][0]["mask"].values
         np.testing.assert_array_equal(ds["mask"].values, whole, err_msg=key)

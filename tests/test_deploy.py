@@ -2,15 +2,18 @@
 
 import copy
 import importlib.util
+import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipeline.cli import parser
+from pipeline.runner import DASK_YAML
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -53,9 +56,9 @@ def _slurm_module():
     return module
 
 
-def test_slurm_job_script_starts_a_worker_of_this_environment():
+def test_slurm_job_script_starts_a_worker_of_this_environment(tmp_path):
     settings = yaml.safe_load((DEPLOY / "slurm" / "jobqueue.yaml").read_text())["jobqueue"]["slurm"]
-    with _slurm_module().make_cluster() as cluster:
+    with _slurm_module().make_cluster(numba_cache=tmp_path / "numba cache") as cluster:
         script = cluster.job_script()
         address = cluster.scheduler_address
     lines = script.splitlines()
@@ -65,6 +68,8 @@ def test_slurm_job_script_starts_a_worker_of_this_environment():
     assert f"#SBATCH -t {settings['walltime']}" in lines
     assert "#SBATCH --mem=8G" in lines
     assert all(line in lines for line in settings["job-script-prologue"])
+    assert f"export DASK_CONFIG={DASK_YAML}" in lines  # skyprep's worker settings, this environment's copy
+    assert f"export NUMBA_CACHE_DIR='{tmp_path / 'numba cache'}'" in lines  # the kernels compiled once
     worker = shlex.split(next(line for line in lines if "dask_worker" in line))
     assert worker[:4] == [sys.executable, "-m", "distributed.cli.dask_worker", address]
     assert worker[worker.index("--nthreads") + 1] == str(settings["cores"] // settings["processes"])
@@ -77,11 +82,12 @@ def test_slurm_driver_hands_the_cluster_to_skyprep_run(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(module, "skyprep", lambda argv: seen.setdefault("argv", argv) and 0)
     monkeypatch.setattr(module.SLURMCluster, "scale", lambda self, jobs: seen.setdefault("jobs", jobs))
-    assert (
-        module.main([str(tmp_path), "--out", str(tmp_path / "s.zarr"), "--jobs", "3", "--", "--sessions", "x/*"]) == 0
-    )
+    monkeypatch.setattr(module, "compile_kernels", lambda cache: seen.setdefault("cache", cache) and "")
+    argv = [str(tmp_path), "--out", str(tmp_path / "s.zarr"), "--jobs", "3", "--numba-cache", str(tmp_path / "nc")]
+    assert module.main([*argv, "--", "--sessions", "x/*"]) == 0
     args = _skyprep_args(seen["argv"])
     assert seen["jobs"] == 3 and args.scheduler.startswith("tcp://") and args.sessions == "x/*"
+    assert seen["cache"] == tmp_path / "nc"  # compiled before any job is submitted
 
 
 # ---- Kubernetes DaskJob --------------------------------------------------------------------
@@ -137,8 +143,11 @@ def test_daskjob_manifest_follows_the_operator_crd(daskjob, daskjob_schema):
     assert job["command"] == ["skyprep"] and _skyprep_args(job["args"]).command == "run"
     cluster = daskjob["spec"]["cluster"]["spec"]
     assert cluster["scheduler"]["service"]["selector"]["dask.org/cluster-name"] == daskjob["metadata"]["name"]
-    images = {c["image"] for part in (daskjob["spec"]["job"], cluster["worker"], cluster["scheduler"])
-              for c in part["spec"]["containers"]}  # fmt: skip
+    images = {
+        c["image"]
+        for part in (daskjob["spec"]["job"], cluster["worker"], cluster["scheduler"])
+        for c in part["spec"]["containers"]
+    }
     assert images == {job["image"]}
 
 
@@ -153,3 +162,25 @@ def test_crd_validation_catches_broken_manifests(daskjob, daskjob_schema, breaka
     else:
         del worker["spec"]["containers"][0]["name"]
     assert validate({"spec": broken}, daskjob_schema[1])
+
+
+# ---- image ---------------------------------------------------------------------------------
+
+
+def test_image_compiles_the_kernels_at_build_time_for_its_runtime_user():
+    """The Dockerfile (not built here: no Docker engine) sets NUMBA_CACHE_DIR for every container,
+    gives that directory to the runtime user (numba only uses a cache it can write) and runs
+    ``skyprep compile`` as that user, after the install, so workers start warm."""
+    lines = [line.strip() for line in (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ").splitlines()]
+    steps = [line.split(None, 1) for line in lines if line and not line.startswith("#")]
+    env = next(rest for op, rest in steps if op == "ENV" and rest.startswith("NUMBA_CACHE_DIR="))
+    cache = env.split("=", 1)[1]
+    order = [f"{op} {rest}" for op, rest in steps]
+    install = next(i for i, s in enumerate(order) if s.startswith("RUN pip install"))
+    user = order.index("USER skyprep")
+    assert 'chown skyprep "$NUMBA_CACHE_DIR"' in order[install] and cache.startswith("/")
+    assert order.index("RUN skyprep compile") > user > install
+    assert order.index(f"ENV {env}") < install
+    assert _skyprep_args(["compile"]).command == "compile"
+    extra = re.search(r'pip install --no-cache-dir "\.\[(\w+)\]"', order[install]).group(1)
+    assert extra in tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]

@@ -1,5 +1,7 @@
 """``skyprep export``: a stored session as one multi-extension FITS file, read back with astropy."""
 
+import io
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -8,9 +10,10 @@ from distributed import Client
 
 from pipeline.cli import main
 from pipeline.config import Config
-from pipeline.io.fits_reader import image, list_images
+from pipeline.io.fits_headers import image, list_images
 from pipeline.runner import run
 from pipeline.synth import SynthSpec, write_archive
+from pipeline.tools.export import global_header
 
 KEYS = {1: "muscat3_g/20240315_009_000", 4: "mosaic_g/20240315_010_000"}
 PAIRS = {"SCI": "calib", "VAR": "variance", "MASK": "mask", "COUNT": "count", "MEAN": "mean"}
@@ -51,3 +54,19 @@ def test_export_reads_back_equal_to_the_store(store, tmp_path, amps):
 def test_export_of_an_unknown_session_is_a_usage_error(store, tmp_path, capsys):
     assert main(["export", str(store), "nope/1", str(tmp_path / "x.fits")]) == 2
     assert "no complete session 'nope/1'" in capsys.readouterr().err
+
+
+def test_a_session_key_outside_ascii_is_escaped_in_the_header():
+    attrs = {"header_primary": "", "header_amps": ["OBJECT  = 'M 31'"], "n_amps": 1, "gain": 2.0,
+             "instrument": "muscat3", "band": "g", "obs_id": "nuit_étoilée"}  # fmt: skip
+    header = global_header(attrs)
+    assert header["SESSION"] == "muscat3_g/nuit_\\xe9toil\\xe9e"
+    assert header["OBJECT"] == "M 31"
+    fits.PrimaryHDU(header=header).writeto(io.BytesIO())  # a valid FITS header
+
+
+def test_an_export_that_cannot_be_written_is_an_error_naming_the_file_not_a_usage_error(store, tmp_path, capsys):
+    out = tmp_path / "missing-dir" / "x.fits"
+    assert main(["export", str(store), KEYS[1], str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{out}: cannot write the export (No such file or directory)" in err

@@ -11,7 +11,7 @@ from pipeline import graph
 from pipeline.config import ChunkParams, Config
 from pipeline.io.discover import load_session
 from pipeline.io.store import write_session
-from pipeline.runner import _summary_after_write
+from pipeline.runner import _provenance
 from pipeline.steps import register
 from pipeline.steps.register import measure_offset, measure_offsets
 
@@ -36,7 +36,7 @@ def _run_session(root, tmp_path):
     built = graph.build_session(session, CONFIG)
     store = str(tmp_path / "store.zarr")
     written = write_session(built.dataset, store, KEY, CONFIG.chunks.store_chunk_px)
-    done = dask.delayed(_summary_after_write)(written, built.summary)
+    done = dask.delayed(_provenance)(written, built.summary, [p.name for p in session.e91], {})
     with dask.config.set(scheduler="synchronous"):
         return done.compute(), built
 
@@ -47,6 +47,7 @@ def test_every_e91_row_is_decoded_once_and_cosmic_strips_computed_once(archive, 
     summary, built = _run_session(archive, tmp_path)
     assert len(cosmics) == 4  # one per strip (overlap rows are context, not extra runs)
     e91 = [str(p) for p in load_session(archive / KEY).e91]
+    assert e91, KEY
     rows = {}
     for ref, y0, y1 in reads:
         if str(ref.path) in e91:
@@ -58,8 +59,8 @@ def test_every_e91_row_is_decoded_once_and_cosmic_strips_computed_once(archive, 
         for y0, y1 in spans:
             covered[y0:y1] += 1
         assert covered.max() == 1, (path, index)  # no row decoded twice
-        offset = summary["offsets"][e91.index(path)]
-        assert covered.sum() == ny - abs(round(offset["dy"])), (path, index)  # exactly the rows the shift keeps
+        offset = summary.registration[e91.index(path)]
+        assert covered.sum() == ny - abs(round(offset.dy)), (path, index)  # exactly the rows the shift keeps
 
 
 def test_measure_offsets_prepares_the_reference_once_and_agrees_with_measure_offset(monkeypatch):

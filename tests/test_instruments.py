@@ -12,8 +12,8 @@ from distributed import Client
 from pipeline.config import Config
 from pipeline.graph import build_session
 from pipeline.io.discover import load_session
+from pipeline.io.index import complete_sessions
 from pipeline.io.keywords import PROFILES_ENV, MissingKeyword, lookup, select_profile
-from pipeline.io.store import complete_sessions
 from pipeline.runner import run
 from pipeline.synth import SynthSpec, write_archive
 

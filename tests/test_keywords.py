@@ -1,7 +1,7 @@
 import pytest
 from astropy.io import fits
 
-from pipeline.io.keywords import MissingKeyword, dictionary, lookup, profiles, select_profile
+from pipeline.io.keywords import MissingKeyword, dictionary, lookup, profiles, records, resolve, select_profile
 from pipeline.io.sections import Section
 
 
@@ -42,3 +42,26 @@ def test_profile_selected_from_header_then_folder_then_generic():
     assert select_profile(fits.Header({"INSTRUME": "muscat3"}), override="mosaic").name == "mosaic"
     with pytest.raises(ValueError, match="unknown instrument profile"):
         select_profile(fits.Header(), override="nope")
+
+
+def test_an_extension_without_inherit_takes_a_missing_keyword_from_the_primary_and_says_so():
+    generic = profiles()["generic"]
+    primary = fits.Header({"RDNOISE": 4.5, "EXPTIME": 30.0})
+    extension = fits.Header({"EXPTIME": 31.0})
+    found = resolve(extension, "Detector.Amp.rdnoise", generic, "raw.fits[im1]", primary)
+    assert found.value == 4.5
+    assert found.record() == {"value": 4.5, "units": "electron", "keyword": "RDNOISE", "source": "primary"}
+    assert resolve(extension, "Exposure.exptime", generic, "raw.fits[im1]", primary).record()["value"] == 31.0
+    assert "source" not in resolve(extension, "Exposure.exptime", generic, "raw.fits[im1]", primary).record()
+    assert records(extension, ["Detector.Amp.rdnoise"], generic, "raw.fits[im1]", amp=1, primary=primary) == {
+        "Detector.Amp[1].rdnoise": {"value": 4.5, "units": "electron", "keyword": "RDNOISE", "source": "primary"}
+    }
+
+
+def test_inherit_false_is_respected_and_without_a_primary_nothing_is_substituted():
+    generic = profiles()["generic"]
+    primary = fits.Header({"RDNOISE": 4.5})
+    with pytest.raises(MissingKeyword, match=r"raw.fits\[im1\].*Detector.Amp.rdnoise"):
+        lookup(fits.Header({"INHERIT": False}), "Detector.Amp.rdnoise", generic, "raw.fits[im1]", primary)
+    with pytest.raises(MissingKeyword):
+        lookup(fits.Header(), "Detector.Amp.rdnoise", generic, "raw.fits[im1]")

@@ -16,9 +16,20 @@ GAIN, READNOISE = 1.7, 5.0
 
 def _reference(data, excluded, variance, sigclip=4.5, sigfrac=0.3, objlim=5.0, niter=2):
     return astroscrappy.detect_cosmics(
-        data, inmask=excluded, invar=variance, sigclip=sigclip, sigfrac=sigfrac, objlim=objlim, gain=GAIN,
-        readnoise=READNOISE, satlevel=np.inf, niter=niter, sepmed=True, cleantype="meanmask", fsmode="median",
-    )[0]  # fmt: skip
+        data,
+        inmask=excluded,
+        invar=variance,
+        sigclip=sigclip,
+        sigfrac=sigfrac,
+        objlim=objlim,
+        gain=GAIN,
+        readnoise=READNOISE,
+        satlevel=np.inf,
+        niter=niter,
+        sepmed=True,
+        cleantype="meanmask",
+        fsmode="median",
+    )[0]
 
 
 def _ours(data, excluded, variance, sigclip=4.5, sigfrac=0.3, objlim=5.0, niter=2):

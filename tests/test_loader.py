@@ -12,10 +12,14 @@ import pytest
 import xarray as xr
 import zarr
 
-from pipeline.io.store import index, mark_complete, record_split, splits, write_session
+from pipeline.io.index import index, mark_complete, record_split, splits
+from pipeline.io.provenance import Provenance
+from pipeline.io.store import write_session
 from pipeline.steps.masks import Flag
 from pipeline.tools.loader import LoaderParams, PatchDataset, tile_origins
 from pipeline.tools.splits import assign, from_json, to_json
+
+NO_PROVENANCE = Provenance(registration=[], inputs=[], array_sha256={}, reference_check={}, config={})
 
 CHUNK = 64
 SESSIONS = {  # key: (shape, e91 frames)
@@ -41,12 +45,14 @@ def _session(rng, shape, frames):
 
 def _write(path, key, arrays):
     dims = {2: ("y", "x"), 3: ("frame", "y", "x")}
-    data = {name: (dims[a.ndim], da.from_array(a, chunks=(1,) * (a.ndim - 2) + (CHUNK, CHUNK)))
-            for name, a in arrays.items()}  # fmt: skip
+    data = {
+        name: (dims[a.ndim], da.from_array(a, chunks=(1,) * (a.ndim - 2) + (CHUNK, CHUNK)))
+        for name, a in arrays.items()
+    }
     dask.compute(write_session(xr.Dataset(data), path, key, CHUNK))
     inst_band, obs_id = key.split("/")
     instrument, band = inst_band.split("_")
-    mark_complete(path, key, {"instrument": instrument, "band": band, "obs_id": obs_id}, {})
+    mark_complete(path, key, {"instrument": instrument, "band": band, "obs_id": obs_id}, NO_PROVENANCE)
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +106,9 @@ def test_e91_frame_input_carries_its_mask_and_skips_sessions_without_it(store):
 
 def test_nan_is_flagged_no_data_and_asinh_matches_numpy(store):
     path, truth = store
-    params = LoaderParams(input="e91[0]", target="mean", patch_px=64, mode="tiled", normalise="asinh",
-                          asinh_scale_adu=7.0)  # fmt: skip
+    params = LoaderParams(
+        input="e91[0]", target="mean", patch_px=64, mode="tiled", normalise="asinh", asinh_scale_adu=7.0
+    )
     sample = PatchDataset(path, params)[0]
     assert tuple(sample["index"]) == (0, 0, 0)
     t = truth["muscat3_g/obs1"]
@@ -149,8 +156,10 @@ def test_bad_parameters_are_refused(store):
 
 
 def test_split_is_reproducible_and_grouped():
-    records = {f"m{i % 2}_{'gr'[i % 2]}/o{i}": {"instrument": f"m{i % 2}", "band": "gr"[i % 2], "obs_id": f"o{i}"}
-               for i in range(10)}  # fmt: skip
+    records = {
+        f"m{i % 2}_{'gr'[i % 2]}/o{i}": {"instrument": f"m{i % 2}", "band": "gr"[i % 2], "obs_id": f"o{i}"}
+        for i in range(10)
+    }
     first = assign(records, 0.3, seed=4)
     assert first == assign(records, 0.3, seed=4)
     assert sum(v == "test" for v in first.values()) == 3
@@ -184,7 +193,7 @@ def test_split_command_records_the_split_and_the_loader_respects_it(store, tmp_p
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     recorded = splits(path)
-    assert recorded == assign(index(path), 0.34, seed=5)
+    assert set(recorded) == set(SESSIONS) and recorded == assign(index(path), 0.34, seed=5)
     assert all(record["split"] == recorded[key] for key, record in index(path).items())
     exported = tmp_path / "split.json"
     exported.write_text(json.dumps(to_json(recorded)))
@@ -367,3 +376,13 @@ def test_a_patch_as_xarray_sits_on_the_frame_pixel_grid(store):
     assert int(view.y[0]) == y and int(view.x[-1]) == x + 31
     np.testing.assert_array_equal(view["input"].values, _window(truth[ds.sessions[s]]["os"], y, x, 32))
     np.testing.assert_array_equal(view["mask"].values, ds[2]["mask"][0])
+
+
+def test_preview_of_a_session_without_a_finite_pixel_draws_it_blank(tmp_path):
+    from pipeline.tools.preview import preview
+
+    path = tmp_path / "nan.zarr"
+    nan = np.full((64, 64), np.nan, np.float32)
+    _write(path, "muscat3_g/nan1", {"os": nan, "calib": nan, "mask": np.zeros((64, 64), np.uint16)})
+    out = preview(path, "muscat3_g/nan1", tmp_path / "nan.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_NAMES = {"dask[array]": "dask", "torch": "pytorch"}
+CONDA_NAMES = {"dask[array]": "dask", "torch": "pytorch", "moto[server]": "moto"}
 
 
 def _name(requirement: str) -> str:

@@ -7,7 +7,8 @@ from astropy.stats import mad_std
 from distributed import Client
 
 from pipeline.config import Config
-from pipeline.io.store import index, open_store
+from pipeline.io.index import index
+from pipeline.io.store import open_store
 from pipeline.runner import run
 from pipeline.steps.reference import robust_difference
 from pipeline.tools.info import describe

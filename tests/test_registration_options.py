@@ -28,7 +28,7 @@ def _truth_drift(root):
 def _offsets(root, config):
     graph = build_session(load_session(root / KEY), config)
     (summary,) = dask.compute(graph.summary, scheduler="synchronous")
-    return summary["offsets"]
+    return summary.offsets
 
 
 def _dataset(root, config):
@@ -97,7 +97,7 @@ def _registered_variance(root, shifts):
 
 
 def test_weighted_stack_is_the_inverse_variance_mean_of_the_kept_values(archive_copy):
-    """Two frames made 3x noisier (their ERR says so): the stored mean is the numpy
+    """Two frames with three times the noise (their ERR says so): the stored mean is the numpy
     inverse-variance weighted mean of the values the store says were kept."""
     rng = np.random.default_rng(7)
     for path in sorted((archive_copy / KEY / "e91").iterdir())[:2]:

@@ -52,8 +52,9 @@ def test_strip_of_a_window_equals_the_whole_frame_result():
     frame = np.random.default_rng(2).normal(0, 1, (64, 20))
     whole, whole_mask, _ = _shift_whole(frame, 1.4, -0.6)
     window_y0 = 20 - 4
-    strip, strip_mask, _ = shift_rows(frame[window_y0:44 + 4], np.zeros((32, 20), MASK_DTYPE), None,
-                                      window_y0, 20, 44, 1.4, -0.6)  # fmt: skip
+    strip, strip_mask, _ = shift_rows(
+        frame[window_y0 : 44 + 4], np.zeros((32, 20), MASK_DTYPE), None, window_y0, 20, 44, 1.4, -0.6
+    )
     np.testing.assert_array_equal(strip, whole[20:44])
     np.testing.assert_array_equal(strip_mask, whole_mask[20:44])
 

@@ -26,8 +26,9 @@ def written(tmp_path_factory):
         "e91_mask": rng.integers(0, 2, (3, 96, 64)).astype(np.uint16),
     }
     dims = {2: ("y", "x"), 3: ("frame", "y", "x")}
-    dataset = xr.Dataset({name: (dims[a.ndim], da.from_array(a, chunks=(1,) * (a.ndim - 2) + (64, 64)))
-                          for name, a in truth.items()})  # fmt: skip
+    dataset = xr.Dataset(
+        {name: (dims[a.ndim], da.from_array(a, chunks=(1,) * (a.ndim - 2) + (64, 64))) for name, a in truth.items()}
+    )
     store = tmp_path_factory.mktemp("store") / "s.zarr"
     (digests,) = dask.compute(write_session(dataset, store, KEY, CHUNK), scheduler="synchronous")
     return store, truth, digests
@@ -57,7 +58,9 @@ def test_digests_are_the_sha256_of_each_arrays_files(written):
     for name, digest in digests.items():
         array_dir = store / KEY / name
         expected = hashlib.sha256()
-        for path in sorted(p for p in array_dir.rglob("*") if p.is_file()):
+        files = sorted(p for p in array_dir.rglob("*") if p.is_file())
+        assert files, array_dir
+        for path in files:
             expected.update(str(path.relative_to(array_dir)).encode() + b"\0" + path.read_bytes())
         assert digest == expected.hexdigest()
 
@@ -72,11 +75,13 @@ def test_codec_benchmark_runs_on_a_written_store(written):
 
 
 def test_sessions_are_not_added_to_a_store_of_another_version(written, tmp_path):
-    from pipeline.errors import InputError
-    from pipeline.io.store import INDEX_KEY, STORE_VERSION
+    from pipeline.io.contract import STORE_VERSION
+    from pipeline.io.index import INDEX_KEY, StoreIndexError
 
     store = tmp_path / "old.zarr"
     zarr.open_group(str(store), mode="w", zarr_format=3).attrs[INDEX_KEY] = {"store_version": 1, "sessions": {}}
     dataset = xr.Dataset({"calib": (("y", "x"), da.zeros((64, 64), dtype=np.float32, chunks=64))})
-    with pytest.raises(InputError, match=f"store version 1; this skyprep writes version {STORE_VERSION}"):
+    with pytest.raises(
+        StoreIndexError, match=f"store version 1; this skyprep reads and writes version {STORE_VERSION}"
+    ):
         write_session(dataset, store, KEY, CHUNK)

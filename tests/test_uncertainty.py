@@ -5,10 +5,12 @@ import pytest
 from distributed import Client
 
 from pipeline.config import Config
+from pipeline.errors import InputError, SkyprepError
 from pipeline.io.store import open_store
 from pipeline.runner import run
 from pipeline.steps.calibrate import Masters, variance_e2
-from pipeline.steps.uncertainty import variance_from_model, variance_from_terms, variance_terms
+from pipeline.steps.uncertainty import variance_from_terms, variance_terms
+from pipeline.tools.variance import variance_from_model
 
 
 def test_terms_reproduce_the_observatory_propagation():
@@ -56,5 +58,14 @@ def test_model_refuses_a_changed_master(store, archive, archive_copy):
     master = next(p for p in (archive_copy / "mosaic_g" / "20240315_001_000" / "calib").iterdir() if "BIAS" in p.name)
     master.write_bytes(master.read_bytes() + b" " * 2880)
     ds.attrs["inputs"] = inputs
-    with pytest.raises(ValueError, match=master.name):
+    ds.attrs["session_dir"] = ds.attrs["session_dir"].replace(str(archive), str(archive_copy))
+    with pytest.raises(InputError, match=master.name):
         variance_from_model(ds).compute()
+
+
+def test_model_needs_the_recorded_session_folder(store):
+    ds = open_store(store)["mosaic_g/20240315_001_000"].to_dataset()
+    assert ds.attrs["session_dir"].endswith("mosaic_g/20240315_001_000")
+    del ds.attrs["session_dir"]
+    with pytest.raises(SkyprepError, match="session_dir"):
+        variance_from_model(ds)

@@ -17,8 +17,10 @@ GAIN, SECONDS = 1.7, 37.0
 
 def _astropy_factor(from_unit, to_unit):
     """The same conversion with astropy.units and a gain equivalency (the independent reference)."""
-    gain = [(u.adu, u.electron, lambda x: x * GAIN, lambda x: x / GAIN),
-            (u.adu / u.s, u.electron / u.s, lambda x: x * GAIN, lambda x: x / GAIN)]  # fmt: skip
+    gain = [
+        (u.adu, u.electron, lambda x: x * GAIN, lambda x: x / GAIN),
+        (u.adu / u.s, u.electron / u.s, lambda x: x * GAIN, lambda x: x / GAIN),
+    ]
     quantity = 1.0 * u.Unit(from_unit)
     if quantity.unit.is_equivalent(u.Unit(to_unit) * u.s, equivalencies=gain):
         quantity = quantity / (SECONDS * u.s)
@@ -27,10 +29,19 @@ def _astropy_factor(from_unit, to_unit):
     return quantity.to(u.Unit(to_unit), equivalencies=gain).value
 
 
-@pytest.mark.parametrize("from_unit,to_unit", [
-    ("adu", "electron"), ("electron", "adu"), ("electron", "electron/s"), ("electron/s", "electron"),
-    ("adu", "electron/s"), ("adu/s", "electron"), ("electron/s", "adu/s"), ("adu", "adu"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "from_unit,to_unit",
+    [
+        ("adu", "electron"),
+        ("electron", "adu"),
+        ("electron", "electron/s"),
+        ("electron/s", "electron"),
+        ("adu", "electron/s"),
+        ("adu/s", "electron"),
+        ("electron/s", "adu/s"),
+        ("adu", "adu"),
+    ],
+)
 def test_conversion_factor_matches_astropy_units(from_unit, to_unit):
     factor = conversion_factor(from_unit, to_unit, GAIN, lambda: SECONDS)
     assert factor == pytest.approx(_astropy_factor(from_unit, to_unit), rel=1e-12)
@@ -77,7 +88,12 @@ def test_masters_and_frames_in_other_units_give_the_same_products(archive, archi
     converted = build_session(load_session(directory), Config()).dataset
     for name in ("calib", "variance"):
         expected = original[name].compute(scheduler="sync")
-        np.testing.assert_allclose(converted[name].compute(scheduler="sync"), expected,
-                                   rtol=2e-5, atol=2e-5 * float(np.abs(expected).max()), err_msg=name)  # fmt: skip
+        np.testing.assert_allclose(
+            converted[name].compute(scheduler="sync"),
+            expected,
+            rtol=2e-5,
+            atol=2e-5 * float(np.abs(expected).max()),
+            err_msg=name,
+        )
     frame_e91 = converted["e91"][1].compute(scheduler="sync")
     np.testing.assert_allclose(frame_e91, original["e91"][1].compute(scheduler="sync"), rtol=1e-5, equal_nan=True)

@@ -9,7 +9,7 @@ import zarr
 from distributed import Client
 
 from pipeline.config import Config
-from pipeline.io.store import index
+from pipeline.io.index import index
 from pipeline.runner import run
 from pipeline.synth import SynthSpec, write_archive
 from pipeline.tools.verify import array_sha256, verify
@@ -35,8 +35,9 @@ def store(clean_store, tmp_path):
 
 
 def _verify_cli(store):
-    return subprocess.run([sys.executable, "-m", "pipeline", "verify", str(store)], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "verify", str(store)], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_clean_store_verifies(store):

@@ -5,6 +5,12 @@ keyword, its substitutes and the instrument profile's overrides and defaults, al
 (``profiles/keywords.yaml``, ``profiles/instruments.yaml``). Further profiles may come from YAML
 files of the same form named in the environment variable ``SKYPREP_PROFILES`` (paths separated
 by ``os.pathsep``); a profile there replaces a packaged one of the same name.
+
+Inheritance: an extension inherits the primary header only with ``INHERIT = T`` (the FITS
+convention, applied when the headers are read). An extension with no ``INHERIT`` keyword at all
+was written by a camera that forgot it: an element its header lacks is then taken from the
+``primary`` header when one is given (as the observatory pipeline does for ``RDNOISE``), and its
+record says so (``"source": "primary"``). ``INHERIT = F`` is respected.
 """
 
 from __future__ import annotations
@@ -18,16 +24,16 @@ from typing import Any
 
 import yaml
 
-from ..errors import SkyprepError
+from ..errors import InputError
 from .sections import Section
 
 
-class MissingKeyword(SkyprepError, KeyError):
-    """A logical element that no keyword, substitute or default provides."""
+class MissingKeyword(InputError, KeyError):
+    """A logical element that no keyword, substitute or default provides in ``source`` (the file)."""
 
     def __init__(self, element: str, tried: tuple[str, ...], source: str):
         self.element, self.tried, self.source = element, tried, source
-        super().__init__(f"{source}: no value for {element} (tried keywords {', '.join(tried)}; no profile default)")
+        super().__init__(source, f"no value for {element} (tried keywords {', '.join(tried)}; no profile default)")
 
     def __str__(self) -> str:
         return self.args[0]
@@ -140,45 +146,57 @@ class Resolved:
     value: Any
     units: str
     keyword: str
+    from_primary: bool = False  # substituted from the primary header (extension without INHERIT)
 
     def record(self) -> dict:
-        """``{value, units, keyword}`` for the store's attributes."""
+        """``{value, units, keyword}`` (and ``source: primary`` when substituted) for the store's attributes."""
         value = str(self.value) if isinstance(self.value, Section) else self.value
-        return {"value": value, "units": self.units, "keyword": self.keyword}
+        found = {"value": value, "units": self.units, "keyword": self.keyword}
+        return {**found, "source": "primary"} if self.from_primary else found
 
 
-def resolve(header, element: str, profile: Profile, source: str) -> Resolved:
-    """Logical ``element`` of ``header`` with its units and the keyword that gave it."""
+def _present(header, key: str) -> bool:
+    return key in header and header[key] is not None and str(header[key]).strip() != ""
+
+
+def resolve(header, element: str, profile: Profile, source: str, primary=None) -> Resolved:
+    """Logical ``element`` of ``header`` with its units and the keyword that gave it; ``primary``
+    stands in when ``header`` lacks it and has no ``INHERIT`` keyword (module docstring)."""
     spec = dictionary()[element]
     keyword = profile.keywords.get(element, spec.keyword)
     tried = (keyword, *spec.substitutes)
-    for key in tried:
-        if key in header and header[key] is not None and str(header[key]).strip() != "":
-            try:
-                return Resolved(_convert(header[key], spec.type), spec.units, key)
-            except ValueError as err:
-                raise ValueError(
-                    f"{source}: {element} from {key}={header[key]!r} is not a valid {spec.type} ({err})"
-                ) from None
+    places = [(header, False)]
+    if primary is not None and "INHERIT" not in header:
+        places.append((primary, True))
+    for place, from_primary in places:
+        for key in tried:
+            if _present(place, key):
+                try:
+                    return Resolved(_convert(place[key], spec.type), spec.units, key, from_primary)
+                except ValueError as err:
+                    where = " (primary header)" if from_primary else ""
+                    raise ValueError(
+                        f"{source}: {element} from {key}={place[key]!r}{where} is not a valid {spec.type} ({err})"
+                    ) from None
     default = profile.defaults.get(element, spec.default)
     if default is None:
         raise MissingKeyword(element, tried, source)
     return Resolved(_convert(default, spec.type), spec.units, "default")
 
 
-def lookup(header, element: str, profile: Profile, source: str) -> Any:
+def lookup(header, element: str, profile: Profile, source: str, primary=None) -> Any:
     """The value of logical ``element`` in ``header`` (``source`` names the file in errors)."""
-    return resolve(header, element, profile, source).value
+    return resolve(header, element, profile, source, primary).value
 
 
-def records(header, elements, profile: Profile, source: str, amp: int | None = None) -> dict[str, dict]:
+def records(header, elements, profile: Profile, source: str, amp: int | None = None, primary=None) -> dict[str, dict]:
     """``{element: {value, units, keyword}}`` of the ``elements`` that ``header`` provides;
     with ``amp`` = n, ``Detector.Amp.x`` is named ``Detector.Amp[n].x``."""
     found = {}
     for element in elements:
         name = element if amp is None else element.replace(".Amp.", f".Amp[{amp}].", 1)
         try:
-            found[name] = resolve(header, element, profile, source).record()
+            found[name] = resolve(header, element, profile, source, primary).record()
         except MissingKeyword:
             continue
     return found

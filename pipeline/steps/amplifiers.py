@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..io.fits_reader import ImageRef
+from ..errors import InputError
+from ..io.fits_headers import ImageRef
 from ..io.keywords import MissingKeyword, Profile, lookup
 from ..io.sections import Section, detsec_from_datasec
 from .masks import MASK_DTYPE, Flag
@@ -27,21 +28,23 @@ class Amplifier:
     trimsec: Section
     detsec: Section
     binning: tuple[int, int]  # (bx, by)
+    detsec_rebuilt: bool = False  # DETSEC absent: rebuilt from DATASEC and CCDSUM
 
     @classmethod
-    def from_header(cls, ref: ImageRef, profile: Profile) -> Amplifier:
-        """Read an amplifier through the keyword dictionary (``DETSEC`` rebuilt when absent)."""
+    def from_header(cls, ref: ImageRef, profile: Profile, primary=None) -> Amplifier:
+        """Read an amplifier through the keyword dictionary (``DETSEC`` rebuilt when absent;
+        ``primary`` stands in for keywords of an extension without ``INHERIT``)."""
         header, source = ref.header, ref.label
 
         def get(element):
-            return lookup(header, element, profile, source)
+            return lookup(header, element, profile, source, primary)
 
         datasec = get("Detector.Amp.datasec")
         ccdsum = get("Detector.ccdsum")
         try:
-            detsec = get("Detector.Amp.detsec")
+            detsec, rebuilt = get("Detector.Amp.detsec"), False
         except MissingKeyword:
-            detsec = detsec_from_datasec(datasec, ccdsum)
+            detsec, rebuilt = detsec_from_datasec(datasec, ccdsum), True
         bx, by = (int(v) for v in ccdsum.split())
         amp = cls(
             ref=ref,
@@ -54,6 +57,7 @@ class Amplifier:
             trimsec=get("Detector.Amp.trimsec"),
             detsec=detsec,
             binning=(bx, by),
+            detsec_rebuilt=rebuilt,
         )
         amp.validate()
         return amp
@@ -77,6 +81,11 @@ class Amplifier:
             raise ValueError(
                 f"{self.ref.label}: DETSEC {self.detsec} does not match DATASEC {self.datasec} binned {bx}x{by}"
             )
+
+    @property
+    def described(self) -> str:
+        """``file[EXTNAME] DETSEC [..]``, saying when DETSEC was rebuilt, for error messages."""
+        return f"{self.ref.label} DETSEC {self.detsec}" + (" (rebuilt from DATASEC)" if self.detsec_rebuilt else "")
 
     @property
     def target(self) -> tuple[slice, slice]:
@@ -124,12 +133,48 @@ def _rows(level: np.ndarray, amp: Amplifier) -> np.ndarray:
 
 
 def detector_shape(amps: list[Amplifier]) -> tuple[slice, slice]:
-    """The bounding box (y, x slices) of all amplifiers' trimmed data on the detector."""
+    """The bounding box (y, x slices) of all amplifiers' trimmed data on the detector; raise
+    :class:`~pipeline.errors.InputError` naming the amplifiers unless they tile it exactly once."""
     targets = [a.target for a in amps]
-    return (
+    box = (
         slice(min(t[0].start for t in targets), max(t[0].stop for t in targets)),
         slice(min(t[1].start for t in targets), max(t[1].stop for t in targets)),
     )
+    _check_tiling(amps, box)
+    return box
+
+
+def _area(ys: slice, xs: slice) -> int:
+    return max(0, ys.stop - ys.start) * max(0, xs.stop - xs.start)
+
+
+def _check_tiling(amps: list[Amplifier], box: tuple[slice, slice]) -> None:
+    """Refuse amplifiers that overlap on the detector or leave part of their bounding box empty."""
+    path = amps[0].ref.path
+    for i, a in enumerate(amps):
+        for b in amps[i + 1 :]:
+            (ay, ax), (by, bx) = a.target, b.target
+            shared = _area(slice(max(ay.start, by.start), min(ay.stop, by.stop)),
+                           slice(max(ax.start, bx.start), min(ax.stop, bx.stop)))  # fmt: skip
+            if shared:
+                raise InputError(
+                    path, f"amplifiers overlap on the detector ({shared} px): {a.described} and {b.described}"
+                )
+    covered = sum(_area(*a.target) for a in amps)
+    if covered != _area(*box):
+        hole = np.ones((box[0].stop - box[0].start, box[1].stop - box[1].start), bool)
+        for a in amps:
+            ty, tx = a.target
+            hole[ty.start - box[0].start : ty.stop - box[0].start, tx.start - box[1].start : tx.stop - box[1].start] = (
+                False
+            )
+        ys, xs = np.nonzero(hole)
+        empty = f"[{xs.min() + box[1].start + 1}:{xs.max() + box[1].start + 1},{ys.min() + box[0].start + 1}:{ys.max() + box[0].start + 1}]"
+        raise InputError(
+            path,
+            f"amplifiers leave {hole.sum()} detector px empty (within {empty}, binned pixels): "
+            + "; ".join(a.described for a in amps),
+        )
 
 
 def mosaic(pieces: list[np.ndarray], amps: list[Amplifier], fill=0) -> np.ndarray:

@@ -14,19 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .masks import MASK_DTYPE, Flag
-
-
-@dataclass(frozen=True)
-class CalibParams:
-    """Thresholds of the calibration masks.
-
-    ``low_flat``: flat-field values below this are flagged LOW_FLAT (the observatory's 0.2).
-    ``hot_pixel_rdnoise``: a pixel whose dark signal (dark rate x dark time, e-) exceeds this
-    many read-noise sigmas is flagged HOT_PIXEL.
-    """
-
-    low_flat: float = 0.2
-    hot_pixel_rdnoise: float = 5.0
+from .params import CalibParams
 
 
 @dataclass(frozen=True)

@@ -12,44 +12,15 @@ Everything works on any block of rows; a block needs ``margin_px()`` rows of con
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import ndimage
 
 from .lacosmic import detect_cosmics
 from .masks import Flag
+from .params import CosmicParams
 
 _EXCLUDED = Flag.BAD_PIXEL | Flag.LOW_FLAT | Flag.NO_DATA
 _EDGE_PAD_PX = 8  # mirrored context at the block's edges, so stars cut by an edge keep their shape
-
-
-@dataclass(frozen=True)
-class CosmicParams:
-    """L.A.Cosmic parameters (astroscrappy's names and meanings).
-
-    ``sigclip``: Laplacian-to-noise detection limit (sigma). ``sigfrac``: fraction of
-    ``sigclip`` for neighbours of a detection. ``objlim``: minimum contrast of the Laplacian to
-    the fine-structure image (raise it if star cores are flagged). ``niter``: iterations.
-    ``saturation_grow_px``: saturated pixels are excluded together with this many pixels around
-    them. ``enabled``: false leaves the COSMIC_RAY bit unset.
-    """
-
-    sigclip: float = 4.5
-    sigfrac: float = 0.3
-    objlim: float = 5.0
-    niter: int = 2
-    saturation_grow_px: int = 2
-    enabled: bool = True
-
-    def margin_px(self) -> int:
-        """Rows of context a block needs each side so that its result equals the whole frame's.
-
-        Each iteration reaches about 8 px: Laplacian of the 2x subsampled frame (1 px), 5 x 5
-        noise median (2 px), fine structure 3 x 3 then 7 x 7 medians (4 px), two 1-px growths,
-        and the 5 x 5 cleaning read by the next iteration.
-        """
-        return self.niter * 8 + self.saturation_grow_px
 
 
 def cosmic_rays(calib_adu: np.ndarray, variance_adu2: np.ndarray, mask: np.ndarray, gain_e_per_adu: float,

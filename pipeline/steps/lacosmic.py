@@ -9,8 +9,8 @@ in which its compiled C sums the Laplacian inside the frame), the same median-fi
 test (tests/test_lacosmic.py); the Laplacian S can differ by a few float32 ulps, mostly on the
 frame's outer pixels, where astroscrappy's compiled sums are reassociated in ways not reproduced.
 
-It is about 25x faster than astroscrappy on one core (0.12 s against 3.1 s for 2048 x 2048,
-two iterations), which made cosmic-ray detection the job's largest cost no more: the separable
+It is much faster than astroscrappy on one core (docs/calibration.md; benchmarks/README.md,
+"Cosmic-ray detection"), which made cosmic-ray detection the job's largest cost no more: the separable
 medians are evaluated a whole row at a time with branch-free sorting networks so that LLVM
 vectorises them, and the fine-structure image is evaluated only at candidate pixels.
 """
@@ -112,9 +112,17 @@ def _lines(a, first, step, n, hw):
     ``step`` 1 gives shifted views of a row, ``step`` equal to the row length gives successive rows.
     """
     w = 2 * hw
-    return (a[first:first + n], a[first + min(1, w) * step:][:n], a[first + min(2, w) * step:][:n],
-            a[first + min(3, w) * step:][:n], a[first + min(4, w) * step:][:n], a[first + min(5, w) * step:][:n],
-            a[first + min(6, w) * step:][:n], a[first + min(7, w) * step:][:n], a[first + min(8, w) * step:][:n])  # fmt: skip
+    return (
+        a[first : first + n],
+        a[first + min(1, w) * step :][:n],
+        a[first + min(2, w) * step :][:n],
+        a[first + min(3, w) * step :][:n],
+        a[first + min(4, w) * step :][:n],
+        a[first + min(5, w) * step :][:n],
+        a[first + min(6, w) * step :][:n],
+        a[first + min(7, w) * step :][:n],
+        a[first + min(8, w) * step :][:n],
+    )
 
 
 @njit(cache=True)
@@ -236,9 +244,17 @@ def _m7(f5, j, i):
     ny, nx = f5.shape
     if j < 4 or j >= ny - 4 or i < 4 or i >= nx - 4:
         return f5[j, i]
-    return _med9(_med9_at(f5[j - 4], i), _med9_at(f5[j - 3], i), _med9_at(f5[j - 2], i), _med9_at(f5[j - 1], i),
-                 _med9_at(f5[j], i), _med9_at(f5[j + 1], i), _med9_at(f5[j + 2], i), _med9_at(f5[j + 3], i),
-                 _med9_at(f5[j + 4], i))  # fmt: skip
+    return _med9(
+        _med9_at(f5[j - 4], i),
+        _med9_at(f5[j - 3], i),
+        _med9_at(f5[j - 2], i),
+        _med9_at(f5[j - 1], i),
+        _med9_at(f5[j], i),
+        _med9_at(f5[j + 1], i),
+        _med9_at(f5[j + 2], i),
+        _med9_at(f5[j + 3], i),
+        _med9_at(f5[j + 4], i),
+    )
 
 
 @njit(cache=True)
@@ -337,8 +353,16 @@ def _lower_median(values: np.ndarray) -> np.float32:
     return np.partition(values, k)[k]
 
 
-def detect_cosmics(data_adu: np.ndarray, excluded: np.ndarray, variance_adu2: np.ndarray, gain_e_per_adu: float,
-                   sigclip: float, sigfrac: float, objlim: float, niter: int) -> np.ndarray:  # fmt: skip
+def detect_cosmics(
+    data_adu: np.ndarray,
+    excluded: np.ndarray,
+    variance_adu2: np.ndarray,
+    gain_e_per_adu: float,
+    sigclip: float,
+    sigfrac: float,
+    objlim: float,
+    niter: int,
+) -> np.ndarray:
     """Cosmic-ray map of a float32 frame (ADU) with its variance (ADU^2); ``excluded`` pixels are never used.
 
     Equals astroscrappy's crmask for ``satlevel=np.inf, sepmed=True, cleantype="meanmask",

@@ -6,28 +6,11 @@ the level to subtract from every data row: shape ``(ny, 1)``, so it broadcasts o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 
+from .params import OverscanParams
+
 ROBUST_SIGMA_PER_MAD = 1.4826
-
-
-@dataclass(frozen=True)
-class OverscanParams:
-    """How the overscan level is estimated.
-
-    ``clipped_mean`` (default, the observatory's): one scalar per amplifier, the mean of the
-    overscan pixels within ``sigma`` robust sigma (1.4826 MAD) of their median, one pass.
-    ``row_median``: the median of each row's overscan pixels (``ccdproc.subtract_overscan``
-    with ``median=True, overscan_axis=1``). ``polynomial``: a Legendre series of ``order`` fitted
-    to the row medians along y, evaluated at every row.
-    """
-
-    method: Literal["clipped_mean", "row_median", "polynomial"] = "clipped_mean"
-    sigma: float = 3.0
-    order: int = 3
 
 
 def clipped_mean_adu(overscan_adu: np.ndarray, sigma: float) -> float:

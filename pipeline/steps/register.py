@@ -33,6 +33,8 @@ from astropy.wcs import WCS
 from scipy import fft, ndimage
 from scipy.signal.windows import tukey
 
+from .params import RegisterParams
+
 _BACKGROUND_BOX_PX = 32  # block size of the smooth background
 _OUTLIER_SIGMA = 5.0  # a pixel this far above its 2 x 2 opening (in sky rms) ...
 _OUTLIER_SHARPNESS = 2.0  # ... and more than this many times the opening's value is replaced
@@ -45,26 +47,6 @@ _PEAK_EXCLUSION_PX = 5 / (2 * np.pi * _LOWPASS_CYCLES_PER_PX)  # 5 sigma of the 
 _SOURCE_SMOOTH_PX = 1.0  # Gaussian sigma of the smoothing before source counting
 _SOURCE_SIGMA = 5.0  # source detection threshold, in rms of the smoothed frame's good pixels
 _SOURCE_MIN_AREA_PX = 3
-
-
-@dataclass(frozen=True)
-class RegisterParams:
-    """Acceptance limits of a measured offset.
-
-    max_shift_px: larger offsets (pixels, Euclidean) are refused.
-    min_peak_ratio: correlation peak over the highest correlation value more than ~10 px
-        away from it; unrelated frames and pure noise give 1.0-2.0, good pairs 10 and more.
-    min_sources: fewer significant sources (5 sigma, >= 3 px) in either frame -> refused.
-    min_matched_fraction: fewer of the reference's sources landing on an image source at the
-        measured offset -> refused; ~1 for the same field, < 0.15 for another one. Catches
-        unrelated fields whose correlation is dominated by one bright star in each (MuSCAT
-        targets), for which the peak ratio alone can exceed 5.
-    """
-
-    max_shift_px: float = 16.0
-    min_peak_ratio: float = 3.0
-    min_sources: int = 5
-    min_matched_fraction: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -108,8 +90,9 @@ def measure_offsets(
     return [_offset(ref_spectrum, reference.shape, ref_centres, image, mask, params) for image, mask in images]
 
 
-def _offset(ref_spectrum: np.ndarray, shape: tuple[int, int], ref_centres: np.ndarray, image, image_mask,
-            params: RegisterParams) -> Offset:  # fmt: skip
+def _offset(
+    ref_spectrum: np.ndarray, shape: tuple[int, int], ref_centres: np.ndarray, image, image_mask, params: RegisterParams
+) -> Offset:
     image = np.asarray(image, dtype=np.float64)
     if image.shape != shape:
         raise ValueError(f"need two 2-D frames of one shape, got {shape}, {image.shape}")

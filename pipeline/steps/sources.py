@@ -14,26 +14,15 @@ tell them apart keep their own mask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import sep
 from scipy import ndimage
 
+from .params import SourceParams
+
 SOURCE = 0
 BACKGROUND = 1
 _BACKGROUND_BOX_PX = 64  # sep.Background mesh size
-
-
-@dataclass(frozen=True)
-class SourceParams:
-    """threshold_sigma: detection threshold in background rms (or sqrt(variance) when given).
-    min_area_px: smallest footprint kept, in pixels above threshold.
-    dilate_px: radius (pixels) of the disk that grows footprints over the PSF wings."""
-
-    threshold_sigma: float = 3.0
-    min_area_px: int = 5
-    dilate_px: int = 2
 
 
 def source_mask(

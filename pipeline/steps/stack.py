@@ -98,50 +98,16 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
+from .params import ClipParams
+
 __all__ = ["ClipParams", "StackResult", "sigma_clip_stack"]
 
 _MAD_TO_STD = 1.482602218505602  # astropy's mad_std factor (compute_bounds.c and funcs.py)
-
-
-@dataclass(frozen=True)
-class ClipParams:
-    """Sigma-clipping and combine parameters (see the module docstring for the semantics)."""
-
-    sigma_lower: float = 3.0
-    sigma_upper: float = 3.0
-    maxiters: int | None = 5  # None (or 0, as in astropy) = iterate to convergence
-    cenfunc: Literal["median", "mean"] = "median"
-    stdfunc: Literal["std", "mad_std"] = "std"
-    combine: Literal["mean", "median"] = "mean"
-    weighted: bool = False  # inverse-variance weighted mean (needs variance)
-    # "final_bounds": astropy sigma_clip with string cenfunc/stdfunc and axis (C fast path);
-    # "union": astropy's _sigmaclip_withaxis (callable functions), union of all rejections.
-    rejection: Literal["final_bounds", "union"] = "final_bounds"
-
-    def __post_init__(self) -> None:
-        for name in ("sigma_lower", "sigma_upper"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float, np.integer, np.floating)) and value >= 0):
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        if self.maxiters is not None and (
-            not isinstance(self.maxiters, (int, np.integer)) or isinstance(self.maxiters, bool) or self.maxiters < 0
-        ):
-            raise ValueError(f"maxiters must be None or an int >= 0, got {self.maxiters!r}")
-        if self.cenfunc not in ("median", "mean"):
-            raise ValueError(f"cenfunc must be 'median' or 'mean', got {self.cenfunc!r}")
-        if self.stdfunc not in ("std", "mad_std"):
-            raise ValueError(f"stdfunc must be 'std' or 'mad_std', got {self.stdfunc!r}")
-        if self.combine not in ("mean", "median"):
-            raise ValueError(f"combine must be 'mean' or 'median', got {self.combine!r}")
-        if self.weighted and self.combine != "mean":
-            raise ValueError("weighted=True needs combine='mean'")
-        if self.rejection not in ("final_bounds", "union"):
-            raise ValueError(f"rejection must be 'final_bounds' or 'union', got {self.rejection!r}")
 
 
 @dataclass(frozen=True)
@@ -174,6 +140,93 @@ _COMBINE_MEAN = 0
 _COMBINE_MEDIAN = 1
 _COMBINE_WEIGHTED = 2
 _JIT = dict(cache=True, fastmath=False, error_model="numpy", nogil=True)
+
+
+# The kernel's arguments travel in named tuples (numba compiles them to plain structs: fields are
+# read by name at no cost, and a call site cannot mix up their order).
+class _Cube(NamedTuple):
+    """The inputs: data (n, ny, nx) native float; mask and variance the same shape, or (1, 1, 1)
+    placeholders when unused (one specialisation); pairs: the sorting network for n."""
+
+    data: np.ndarray
+    mask: np.ndarray
+    has_mask: bool
+    variance: np.ndarray
+    pairs: np.ndarray
+
+
+class _Clip(NamedTuple):
+    """The clipping and combine settings of a ``ClipParams``, as the kernel reads them."""
+
+    sigma_lower: float
+    sigma_upper: float
+    use_median: bool  # cenfunc == "median"
+    use_mad: bool  # stdfunc == "mad_std"
+    maxiters: int  # 0: until convergence
+    union: bool  # rejection == "union"
+    combine: int  # _COMBINE_MEAN, _COMBINE_MEDIAN or _COMBINE_WEIGHTED
+
+
+class _Outputs(NamedTuple):
+    """The result arrays the kernel fills (``StackResult``'s fields)."""
+
+    mean: np.ndarray  # (ny, nx) float32
+    std: np.ndarray  # (ny, nx) float32
+    count: np.ndarray  # (ny, nx) uint16
+    clipped: np.ndarray  # (n, ny, nx) bool
+
+
+class _Scratch(NamedTuple):
+    """One thread's work arrays for a block of _BLOCK pixels: the values ``vals`` (n, _BLOCK)
+    float64 in frame order and ``srt`` sorted, then per-pixel vectors. Separate vectors (not
+    rows of one 2-D array): LLVM vectorises without alias checks."""
+
+    vals: np.ndarray  # float64, NaN = invalid
+    srt: np.ndarray  # the data's dtype, +inf = invalid
+    L: np.ndarray  # float64: lower end of the kept interval
+    U: np.ndarray  # upper end
+    lower: np.ndarray  # last lower bound
+    upper: np.ndarray  # last upper bound
+    s: np.ndarray  # frame-order sum of the kept values
+    mu: np.ndarray  # their mean
+    cen: np.ndarray  # their centre
+    std: np.ndarray  # their std
+    nL: np.ndarray  # the next interval's ends, sum
+    nU: np.ndarray
+    ns: np.ndarray
+    m: np.ndarray  # int64: number of valid values
+    k: np.ndarray  # number of kept values
+    below: np.ndarray  # number of valid values below L
+    active: np.ndarray  # 1 while the pixel iterates
+    nk: np.ndarray  # the next interval's count, below
+    nbelow: np.ndarray
+
+
+@njit(**_JIT)
+def _scratch(data):
+    """Work arrays for the frames of ``data`` (``srt`` keeps exact copies: float32 fills more SIMD lanes than float64)."""
+    n, b = data.shape[0], _BLOCK
+    return _Scratch(
+        vals=np.empty((n, b), np.float64),
+        srt=np.empty((n, b), data.dtype),
+        L=np.empty(b),
+        U=np.empty(b),
+        lower=np.empty(b),
+        upper=np.empty(b),
+        s=np.empty(b),
+        mu=np.empty(b),
+        cen=np.empty(b),
+        std=np.empty(b),
+        nL=np.empty(b),
+        nU=np.empty(b),
+        ns=np.empty(b),
+        m=np.empty(b, np.int64),
+        k=np.empty(b, np.int64),
+        below=np.empty(b, np.int64),
+        active=np.empty(b, np.int64),
+        nk=np.empty(b, np.int64),
+        nbelow=np.empty(b, np.int64),
+    )
 
 
 @lru_cache(maxsize=64)
@@ -390,14 +443,16 @@ def _pass_final(vals, n, w, lo, hi, cnt, acc, clipped, y, x0):
 
 
 @njit(**_JIT)
-def _finish_pixel(
-    vals, srt, n, i, iteration, maxiters, sigma_lower, sigma_upper, use_median, use_mad, L, U, lower, upper, k, s, below
-):
-    """The clipping iterations of pixel i from the current state on, one pixel at a time.
+def _finish_pixel(vals, srt, L, U, lower, upper, k, s, below, clip, n, i, iteration):
+    """The clipping iterations of pixel i (of n frames) from the current state on, one pixel at a
+    time, after ``iteration`` iterations; the arrays are those of ``_Scratch`` (called with them
+    by name: it runs once per pixel, and a structure would be passed member by member).
 
     Same arithmetic, in the same order, as the block loop of _do_block (used there once few
     pixels of a block are still iterating).
     """
+    sigma_lower, sigma_upper, maxiters = clip.sigma_lower, clip.sigma_upper, clip.maxiters
+    use_median, use_mad = clip.use_median, clip.use_mad
     need_mean = (not use_median) or (not use_mad)
     need_sorted = use_median or use_mad
     Li = L[i]
@@ -457,35 +512,18 @@ def _finish_pixel(
 
 
 @njit(**_JIT)
-def _do_block(
-    y,
-    x0,
-    w,
-    data,
-    mask,
-    has_mask,
-    variance,
-    pairs,
-    sigma_lower,
-    sigma_upper,
-    use_median,
-    use_mad,
-    maxiters,
-    union,
-    combine,
-    vals,
-    srt,
-    fs,
-    ii,
-    out_mean,
-    out_std,
-    out_count,
-    out_clipped,
-):
+def _do_block(y, x0, w, cube, clip, scratch, out):
+    """Pixels ``[y, x0:x0 + w]`` (w <= _BLOCK) of ``cube`` clipped by ``clip`` into ``out``."""
+    data, mask, has_mask, variance, pairs = cube.data, cube.mask, cube.has_mask, cube.variance, cube.pairs
+    sigma_lower, sigma_upper, maxiters = clip.sigma_lower, clip.sigma_upper, clip.maxiters
+    use_median, use_mad, union, combine = clip.use_median, clip.use_mad, clip.union, clip.combine
+    out_mean, out_std, out_count, out_clipped = out.mean, out.std, out.count, out.clipped
+    vals, srt = scratch.vals, scratch.srt
+    L, U, lower, upper, s, mu = scratch.L, scratch.U, scratch.lower, scratch.upper, scratch.s, scratch.mu
+    cen, std, nL, nU, ns = scratch.cen, scratch.std, scratch.nL, scratch.nU, scratch.ns
+    m, k, below, active, nk, nbelow = scratch.m, scratch.k, scratch.below, scratch.active, scratch.nk, scratch.nbelow
     n = data.shape[0]
     weighted = combine == _COMBINE_WEIGHTED
-    L, U, lower, upper, s, mu, cen, std, nL, nU, ns = fs
-    m, k, below, active, nk, nbelow = ii
     inf = np.inf
     nan = np.nan
     need_mean = (not use_median) or (not use_mad)
@@ -556,23 +594,19 @@ def _do_block(
             for i in range(w):
                 if active[i]:
                     _finish_pixel(
-                        vals,
-                        srt,
-                        n,
-                        i,
-                        iteration,
-                        maxiters,
-                        sigma_lower,
-                        sigma_upper,
-                        use_median,
-                        use_mad,
-                        L,
-                        U,
-                        lower,
-                        upper,
-                        k,
-                        s,
-                        below,
+                        vals=vals,
+                        srt=srt,
+                        L=L,
+                        U=U,
+                        lower=lower,
+                        upper=upper,
+                        k=k,
+                        s=s,
+                        below=below,
+                        clip=clip,
+                        n=n,
+                        i=i,
+                        iteration=iteration,
                     )
             break
         # centre and std of the kept values
@@ -685,81 +719,13 @@ def _do_block(
 
 
 @njit(**_JIT)
-def _do_rows(
-    y0,
-    y1,
-    data,
-    mask,
-    has_mask,
-    variance,
-    pairs,
-    sigma_lower,
-    sigma_upper,
-    use_median,
-    use_mad,
-    maxiters,
-    union,
-    combine,
-    out_mean,
-    out_std,
-    out_count,
-    out_clipped,
-):
+def _do_rows(y0, y1, cube, clip, out):
     """Rows y0 <= y < y1, block by block, with one set of scratch arrays (serial)."""
-    n, ny, nx = data.shape
-    b = _BLOCK
-    vals = np.empty((n, b), np.float64)
-    srt = np.empty((n, b), data.dtype)  # exact copies of the values: float32 sorts 2x wider
-    # separate per-pixel vectors (not rows of one 2-D array): LLVM vectorises without alias
-    # checks
-    fs = (
-        np.empty(b),
-        np.empty(b),
-        np.empty(b),
-        np.empty(b),
-        np.empty(b),
-        np.empty(b),
-        np.empty(b),
-        np.empty(b),
-        np.empty(b),
-        np.empty(b),
-        np.empty(b),
-    )
-    ii = (
-        np.empty(b, np.int64),
-        np.empty(b, np.int64),
-        np.empty(b, np.int64),
-        np.empty(b, np.int64),
-        np.empty(b, np.int64),
-        np.empty(b, np.int64),
-    )
+    nx = cube.data.shape[2]
+    scratch = _scratch(cube.data)
     for y in range(y0, y1):
-        for x0 in range(0, nx, b):
-            _do_block(
-                y,
-                x0,
-                min(b, nx - x0),
-                data,
-                mask,
-                has_mask,
-                variance,
-                pairs,
-                sigma_lower,
-                sigma_upper,
-                use_median,
-                use_mad,
-                maxiters,
-                union,
-                combine,
-                vals,
-                srt,
-                fs,
-                ii,
-                out_mean,
-                out_std,
-                out_count,
-                out_clipped,
-            )
+        for x0 in range(0, nx, _BLOCK):
+            _do_block(y, x0, min(_BLOCK, nx - x0), cube, clip, scratch, out)
 
 
 # Parallelism: the kernel is compiled with nogil=True and row chunks are run on a small thread
@@ -864,32 +830,25 @@ def sigma_clip_stack(
         out_clipped.fill(False)
         return StackResult(out_mean, out_std, out_count, out_clipped)
 
-    args = (
-        data,
-        mask_arr,
-        has_mask,
-        var_arr,
-        _sorting_network(n),
-        float(params.sigma_lower),
-        float(params.sigma_upper),
-        params.cenfunc == "median",
-        params.stdfunc == "mad_std",
-        int(params.maxiters or 0),  # None / 0 -> until convergence (astropy: `maxiters or inf`)
-        params.rejection == "union",
-        combine,
-        out_mean,
-        out_std,
-        out_count,
-        out_clipped,
+    cube = _Cube(data=data, mask=mask_arr, has_mask=has_mask, variance=var_arr, pairs=_sorting_network(n))
+    clip = _Clip(
+        sigma_lower=float(params.sigma_lower),
+        sigma_upper=float(params.sigma_upper),
+        use_median=params.cenfunc == "median",
+        use_mad=params.stdfunc == "mad_std",
+        maxiters=int(params.maxiters or 0),  # None / 0 -> until convergence (astropy: `maxiters or inf`)
+        union=params.rejection == "union",
+        combine=combine,
     )
+    out = _Outputs(mean=out_mean, std=out_std, count=out_count, clipped=out_clipped)
     nthreads = _n_threads() if parallel else 1
     if nthreads > 1 and ny > 1:
         # a few row chunks per thread balance the load (blocks iterate unequally)
         nchunks = min(ny, 4 * nthreads)
         bounds = [c * ny // nchunks for c in range(nchunks + 1)]
-        futures = [_pool().submit(_do_rows, bounds[c], bounds[c + 1], *args) for c in range(nchunks)]
+        futures = [_pool().submit(_do_rows, bounds[c], bounds[c + 1], cube, clip, out) for c in range(nchunks)]
         for fut in futures:
             fut.result()
     else:
-        _do_rows(0, ny, *args)
+        _do_rows(0, ny, cube, clip, out)
     return StackResult(out_mean, out_std, out_count, out_clipped)

@@ -15,20 +15,14 @@ since the Poisson signal after bias is ``calib * g * F + D``. The terms depend o
 masters, the dark time and the read noise per amplifier, never on the exposure's pixels: the
 store keeps ``calib`` and the few parameters (``amp_rdnoise``, ``amp_gain``, ``gain``,
 ``darktime``, the amplifier layout in the raw file's headers, the masters named with their
-SHA-256 in ``inputs``), and :func:`variance_from_model` regenerates the variance lazily.
+SHA-256 in ``inputs``), and :func:`pipeline.tools.variance.variance_from_model` regenerates the
+variance lazily.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-
-import dask.array as da
 import numpy as np
-import xarray as xr
 
-from ..config import Config
-from ..io.discover import load_session
 from .calibrate import Masters
 
 
@@ -51,25 +45,3 @@ def variance_from_terms(calib_adu: np.ndarray, k0, k1, k2, k3) -> np.ndarray:
     calib = np.asarray(calib_adu, np.float64)
     with np.errstate(invalid="ignore"):
         return (k0 + k2 * np.abs(calib + k1) + k3 * calib**2).astype(np.float32)
-
-
-def variance_from_model(ds: xr.Dataset) -> xr.DataArray:
-    """The variance of ``ds.calib`` (ADU^2), lazy, regenerated from the stored frame and parameters.
-
-    The masters are read (lazily) from the input files recorded in ``ds.attrs['inputs']``; their
-    SHA-256 must still match, else ``ValueError`` names the file.
-    """
-    from ..graph import variance_model_terms  # the graph module builds every lazy array (and imports this one)
-
-    inputs = ds.attrs["inputs"]
-    session = load_session(Path(inputs[0]["path"]).parent.parent)
-    config = dataclasses.replace(Config(), instrument=ds.attrs.get("config", {}).get("instrument"))
-    terms = variance_model_terms(session, config, _recorded_sha256(inputs))
-    calib = ds["calib"].data
-    data = da.map_blocks(variance_from_terms, calib, *(t.rechunk(calib.chunks) for t in terms), dtype=np.float32)
-    return xr.DataArray(data, dims=ds["calib"].dims, coords=ds["calib"].coords,
-                        attrs={"long_name": "variance of calib (from the uncertainty model)", "units": "adu2"})  # fmt: skip
-
-
-def _recorded_sha256(inputs: list[dict]) -> dict[str, str]:
-    return {str(Path(entry["path"])): entry["sha256"] for entry in inputs}

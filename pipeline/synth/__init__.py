@@ -25,9 +25,10 @@ Units and conventions. Electrons ``= ADU * GAIN``. Every map is size x size in d
 orientation; positions are numpy ``(y, x)`` of pixel centres, 0-based. The raw exposure is
 
     raw = clip(rint(overscan + (Poisson(scene_e * flat + dark_e_per_s * EXPTIME) + cosmic rays
-                                + bias_e + N(0, rdnoise)) / gain), 0, SATURATE)
+                                + bias_e + row offset + N(0, rdnoise)) / gain), 0, SATURATE)
 
-per amplifier (bad columns replace the charge: dead = 0 e-, hot = 40 ke-), so
+per amplifier (the row offset, ``SynthSpec.row_noise_e`` RMS, AR(1) along the readout rows with
+coefficient ``row_noise_rho``, is shared by a raw row's data and overscan pixels; none by default) (bad columns replace the charge: dead = 0 e-, hot = 40 ke-), so
 ``((raw - overscan) * gain - bias_e - dark_e_per_s * EXPTIME) / flat / gain_nominal`` recovers
 ``scene_e / gain_nominal`` within noise. e91 frame ``k`` is another exposure of the scene moved
 by ``drift[k]``: content at ``(y, x)`` in the raw appears at ``(y + dy_k, x + dx_k)``, rendered
@@ -56,7 +57,8 @@ to fpack quantisation); their ERR describes notional stacks (``ccd.BIAS_FRAMES``
 gain_nominal, rdnoise_nominal, saturate, maxlin, amp_layout {rows, cols}, amps [{name, gain,
 rdnoise, overscan_level, datasec, biassec, detsec}], star_count, psf {profile, fwhm_px, beta},
 sky {level_e, slope_e_per_px}, bad_columns {dead, hot} (0-based x), n_saturated,
-n_cosmic_ray_pixels. The truth is written last: its presence marks a complete session.
+n_cosmic_ray_pixels, row_noise_e, row_noise_rho, cosmic_rays_per_px_s (hits per pixel per
+second of exposure; tracks of ``ccd.cosmic_rays_e``). The truth is written last: its presence marks a complete session.
 
 Modules: ``spec`` (what to make, random streams), ``scene`` (sky and stars), ``ccd`` (the
 detector), ``layout`` (amplifier geometry and raw HDUs), ``session`` (one session's truth),

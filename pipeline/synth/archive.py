@@ -123,7 +123,7 @@ def _write_raw_products(
     """The raw frame and what the dataset derives from it: ``_os``, ``_calib`` and ``_mask``."""
     obs_id = session.ident.obs_id
     cards = session.cards(session.date_obs())
-    arrays = exposure.raw_amplifiers(session, raw.adu, raw_rng)
+    arrays = exposure.raw_amplifiers(session, raw, raw_rng)
     primary, hdus = raw_hdus(cards, session.amps, session.readouts, arrays, session.size)
     write_fits(data / f"{obs_id}_raw.fits.fz", hdus, primary)
 
@@ -209,4 +209,7 @@ def _truth_parameters(spec: SynthSpec, session: Session, raw: exposure.Exposure)
         "bad_columns": {"dead": session.dead_column, "hot": session.hot_column},
         "n_saturated": int(raw.saturated.sum()),
         "n_cosmic_ray_pixels": int(raw.cosmic_rays.sum()),
+        "row_noise_e": session.row_noise_e,
+        "row_noise_rho": session.row_noise_rho,
+        "cosmic_rays_per_px_s": ccd.COSMIC_RAYS_PER_PX_S,
     }

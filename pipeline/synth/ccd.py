@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import signal
 
 SATURATE_ADU = 62000
 MAXLIN_ADU = 55000
@@ -21,7 +22,7 @@ LOW_FLAT = 0.2  # flat values below this are "low flat" (BANZAI)
 DARK_E_PER_S = 0.003  # typical dark current of a cooled CCD
 HOT_PIXEL_FRACTION = 1e-4
 HOT_COLUMN_E = 40_000.0  # charge a hot (stuck-high) column reads, whatever the light
-COSMIC_RAYS_PER_PX_S = 6e-7  # ~10 hits in 60 s on 512 x 512
+COSMIC_RAYS_PER_PX_S = 6e-7  # about 10 hits on 512 x 512 pixels in a minute
 PRNU = 0.01  # pixel-to-pixel flat variation, 1 sigma
 
 # How the master calibrations were notionally made; sets their ERR extensions.
@@ -143,10 +144,24 @@ def digitise_adu(
     return np.clip(adu, 0, SATURATE_ADU).astype(np.uint16), saturated
 
 
-def overscan_adu(readout: Readout, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Overscan columns (uint16 ADU): the amplifier's level plus its read noise in ADU."""
+def overscan_adu(
+    readout: Readout, shape: tuple[int, int], rng: np.random.Generator, row_offsets_e: np.ndarray | None = None
+) -> np.ndarray:
+    """Overscan columns (uint16 ADU): the amplifier's level plus its read noise in ADU, plus the
+    rows' readout offsets ``row_offsets_e`` (e-, one per raw row) when given."""
     sigma_adu = readout.rdnoise_e / readout.gain_e_per_adu
-    return np.rint(readout.overscan_adu + sigma_adu * rng.standard_normal(shape)).astype(np.uint16)
+    level = readout.overscan_adu
+    if row_offsets_e is not None:
+        level = level + (np.asarray(row_offsets_e, np.float64) / readout.gain_e_per_adu)[:, None]
+    return np.rint(level + sigma_adu * rng.standard_normal(shape)).astype(np.uint16)
+
+
+def row_offsets_e(rows: int, rms_e: float, rho: float, rng: np.random.Generator) -> np.ndarray:
+    """Per-row readout offsets (e-, float64, readout order): a stationary AR(1) sequence of RMS
+    ``rms_e`` whose consecutive rows correlate by ``rho`` (autocorrelation ``rho**lag``)."""
+    innovations = rng.standard_normal(rows)
+    innovations[1:] *= math.sqrt(1.0 - rho**2)
+    return rms_e * signal.lfilter([1.0], [1.0, -rho], innovations)
 
 
 def bias_error_e(size: int, rdnoise_e: float, rng: np.random.Generator) -> np.ndarray:

@@ -27,6 +27,7 @@ class Exposure:
     adu: np.ndarray  # uint16 raw values, trimmed and assembled
     saturated: np.ndarray  # bool, raw reached SATURATE
     cosmic_rays: np.ndarray  # bool, hit by a cosmic ray
+    row_offsets_e: tuple[np.ndarray, ...] | None = None  # per amplifier, per raw row (readout order)
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,19 +53,37 @@ def expose(session: Session, expected_scene_e: np.ndarray, rng: np.random.Genera
     cosmic_e = ccd.cosmic_rays_e(session.size, rng, session.exptime_s)
     expected_e = expected_scene_e * session.flat + session.dark_e_per_s * np.float32(session.exptime_s)
     charge_e = ccd.spoil_bad_columns(ccd.collect_e(expected_e, rng) + cosmic_e, session.dead_column, session.hot_column)
+    offsets = None
+    bias_e = session.bias_e
+    if session.row_noise_e > 0:
+        offsets = tuple(
+            ccd.row_offsets_e(amp.datasec.shape[0], session.row_noise_e, session.row_noise_rho, rng)
+            for amp in session.amps
+        )
+        bias_e = bias_e + row_offset_map_e(session, offsets)
     adu, saturated = ccd.digitise_adu(
-        charge_e, session.bias_e, session.gain_map, session.rdnoise_map, session.overscan_map, rng
+        charge_e, bias_e, session.gain_map, session.rdnoise_map, session.overscan_map, rng
     )
-    return Exposure(adu, saturated, cosmic_e > 0)
+    return Exposure(adu, saturated, cosmic_e > 0, offsets)
 
 
-def raw_amplifiers(session: Session, adu: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-    """Per-amplifier raw arrays (uint16): data in readout order, then fresh overscan columns."""
+def row_offset_map_e(session: Session, offsets: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Detector-frame map (e-, float32) of each amplifier's per-row readout offsets."""
+    image = np.empty((session.size, session.size), dtype=np.float32)
+    for amp, rows in zip(session.amps, offsets, strict=True):
+        image[amp.detsec.slices] = amp.detsec.orient(np.broadcast_to(rows[:, None], amp.datasec.shape))
+    return image
+
+
+def raw_amplifiers(session: Session, exposure: Exposure, rng: np.random.Generator) -> list[np.ndarray]:
+    """Per-amplifier raw arrays (uint16): data in readout order, then fresh overscan columns
+    carrying the exposure's row offsets."""
     arrays = []
-    for amp, readout in zip(session.amps, session.readouts, strict=True):
+    offsets = exposure.row_offsets_e or (None,) * len(session.amps)
+    for amp, readout, rows in zip(session.amps, session.readouts, offsets, strict=True):
         raw = np.empty(amp.raw_shape, dtype=np.uint16)
-        raw[amp.datasec.slices] = read_out(adu, amp)
-        raw[amp.biassec.slices] = ccd.overscan_adu(readout, amp.biassec.shape, rng)
+        raw[amp.datasec.slices] = read_out(exposure.adu, amp)
+        raw[amp.biassec.slices] = ccd.overscan_adu(readout, amp.biassec.shape, rng, rows)
         arrays.append(raw)
     return arrays
 

@@ -41,6 +41,8 @@ class Session:
     flat: np.ndarray
     dead_column: int  # 0-based x
     hot_column: int
+    row_noise_e: float = 0.0  # RMS per-row readout offset, e-
+    row_noise_rho: float = 0.0  # correlation of consecutive rows' offsets
 
     @property
     def object_name(self) -> str:
@@ -181,4 +183,6 @@ def draw_session(spec: SynthSpec, index: int) -> Session:
         flat=ccd.sky_flat(spec.size, rng(spec.seed, Stream.FLAT, index)),
         dead_column=dead_column,
         hot_column=hot_column,
+        row_noise_e=float(spec.row_noise_e),
+        row_noise_rho=float(spec.row_noise_rho),
     )

@@ -52,6 +52,8 @@ class SynthSpec:
     seed: int = 0
     overscan: int = 32  # overscan columns per amplifier
     max_drift: float = 4.0  # pixels, drift between e91 exposures is uniform in +-max_drift
+    row_noise_e: float = 0.0  # RMS of the per-row readout offset (banding), e-; 0 = none
+    row_noise_rho: float = 0.5  # correlation of consecutive rows' offsets (AR(1)), in [0, 1)
 
     def __post_init__(self) -> None:
         for name in ("sessions", "size", "frames", "amps", "seed", "overscan"):
@@ -75,6 +77,10 @@ class SynthSpec:
             raise ValueError(
                 f"SynthSpec.size={self.size} is not divisible by the {cols} x {rows} amplifier grid of amps={self.amps}"
             )
+        if not float(self.row_noise_e) >= 0.0:
+            raise ValueError(f"SynthSpec.row_noise_e must be >= 0 e-, got {self.row_noise_e}")
+        if not 0.0 <= float(self.row_noise_rho) < 1.0:
+            raise ValueError(f"SynthSpec.row_noise_rho must be in [0, 1), got {self.row_noise_rho}")
         drift = float(self.max_drift)
         if not 0.0 <= drift <= self.size / 8:
             raise ValueError(

@@ -46,7 +46,9 @@ from zarr.codecs import BytesCodec
 
 from .. import DASK_YAML
 from ..errors import InputError
-from ..io.store import index, splits
+from ..io.contract import Presence, named
+from ..io.index import index, splits
+from ..io.objects import ObjectPath, location, zarr_store
 from ..steps.masks import Flag
 
 _VARIABLE = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)(\[(?P<frame>\d+)\])?$")
@@ -105,7 +107,7 @@ def parse_variable(spec: str) -> tuple[str, int | None]:
 
 
 # Variables that only sessions with e91 frames hold (the store contract).
-STACK_VARIABLES = ("e91", "e91_mask", "shift", "mean", "count", "std", "source_mask")
+STACK_VARIABLES = named(Presence.E91)
 
 
 def _needs_frames(spec: str) -> int:
@@ -250,6 +252,19 @@ class _TensorstoreArray:
         return self.store[(*lead, slice(y, y + p), slice(x, x + p))].read()
 
 
+class _ZarrArray:
+    """An array in an object store (``s3://``, ``gs://``, ``memory://``...): windows read by
+    zarr-python through the store's obstore client, one window at a time (no memory map there)."""
+
+    def __init__(self, array: zarr.Array):
+        self.array = array
+
+    def window(self, lead: tuple[int, ...], y: int, x: int, out: np.ndarray) -> None:
+        """Copy ``array[*lead, y:y+P, x:x+P]`` into ``out`` (P, P)."""
+        p_y, p_x = out.shape
+        out[...] = self.array[(*lead, slice(y, y + p_y), slice(x, x + p_x))]
+
+
 def tune_allocator() -> None:
     """Give this process the allocator settings of skyprep's Dask workers (``pipeline/dask.yaml``).
 
@@ -269,8 +284,8 @@ def tune_allocator() -> None:
 class _StoreReader:
     """The store's arrays, opened once per process (least recently used closed beyond ``OPEN_ARRAYS``)."""
 
-    def __init__(self, store: str, mapped_mb: int):
-        self.store, self.pid = Path(store), os.getpid()
+    def __init__(self, store: Path | ObjectPath, mapped_mb: int):
+        self.store, self.pid = store, os.getpid()
         tune_allocator()
         self.maps = _ChunkMaps(mapped_mb * 2**20)
         self._arrays, self._context = OrderedDict(), None
@@ -282,10 +297,12 @@ class _StoreReader:
             return self._arrays[key]
         directory = self.store / session / name
         try:
-            array = zarr.open_array(str(directory), mode="r", zarr_format=3)
+            array = zarr.open_array(zarr_store(directory), mode="r", zarr_format=3)
         except FileNotFoundError as error:
             raise InputError(directory, f"session {session} has no variable {name!r}") from error
-        if _MappedArray.suits(array):
+        if isinstance(directory, ObjectPath):
+            self._arrays[key] = _ZarrArray(array)
+        elif _MappedArray.suits(array):
             self._arrays[key] = _MappedArray(array, directory, self.maps)
         else:
             self._arrays[key] = _TensorstoreArray(directory, self._tensorstore_context())
@@ -306,7 +323,7 @@ class _StoreReader:
         name, frame = parse_variable(spec)
         array = self.array(session, name)
         lead = () if frame is None else (frame,)
-        if isinstance(array, _MappedArray):
+        if isinstance(array, _MappedArray | _ZarrArray):
             return array.window(lead, y, x, out)
         return array.read(lead, y, x, out.shape[0])
 
@@ -316,7 +333,7 @@ class PatchDataset:
     ``__getitems__(indices)`` and ``to_xarray(i)``."""
 
     def __init__(self, store: Path | str, params: LoaderParams = LoaderParams()):
-        self.store = str(store)
+        self.store = location(store)  # a local path or an object-store prefix (pickles to DataLoader workers)
         self.params = params
         self.sessions = select_sessions(store, params)
         if not self.sessions:

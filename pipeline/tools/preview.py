@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ..io.store import complete_sessions
+from ..io.index import complete_sessions
+from ..io.objects import ObjectPath, location, writable_file, zarr_store
 
 PANELS = ("os", "calib", "mean", "mask")
 PANEL_IN = 4.0  # width of one panel, inches
@@ -23,7 +24,7 @@ def figure_size_px(n_panels: int) -> tuple[int, int]:
     return int(n_panels * PANEL_IN * DPI), int(PANEL_IN * 1.1 * DPI)
 
 
-def preview(store: Path | str, session: str, out: Path | str) -> Path:
+def preview(store: Path | ObjectPath | str, session: str, out: Path | ObjectPath | str) -> Path | ObjectPath:
     """Write the session's panels (those it holds) to ``out`` (PNG) and return its path."""
     import matplotlib
 
@@ -33,7 +34,7 @@ def preview(store: Path | str, session: str, out: Path | str) -> Path:
 
     if session not in complete_sessions(store):
         raise FileNotFoundError(f"{store}: no complete session {session!r}")
-    group = zarr.open_group(str(store), path=session, mode="r", zarr_format=3)
+    group = zarr.open_group(zarr_store(store), path=session, mode="r", zarr_format=3)
     names = [name for name in PANELS if name in group]
     width, height = figure_size_px(len(names))
     fig, axes = plt.subplots(1, len(names), figsize=(width / DPI, height / DPI), dpi=DPI, squeeze=False)
@@ -42,6 +43,9 @@ def preview(store: Path | str, session: str, out: Path | str) -> Path:
         if name == "mask":
             image = ax.imshow(data != 0, origin="lower", cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title("mask (any flag)")
+        elif not np.isfinite(data).any():
+            image = ax.imshow(np.zeros(data.shape), origin="lower", cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{name} (no finite pixel)")
         else:
             norm = ImageNormalize(data[np.isfinite(data)], interval=ZScaleInterval(), stretch=AsinhStretch())
             image = ax.imshow(data, origin="lower", cmap="gray", norm=norm, interpolation="nearest")
@@ -50,7 +54,8 @@ def preview(store: Path | str, session: str, out: Path | str) -> Path:
         ax.set_yticks([])
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
     fig.suptitle(f"{session}")
-    out = Path(out)
-    fig.savefig(out, dpi=DPI, format="png")
+    out = location(out)
+    with writable_file(out) as local:
+        fig.savefig(local, dpi=DPI, format="png")
     plt.close(fig)
     return out

@@ -1,0 +1,272 @@
+"""The store's completeness index: which sessions are complete, their records and the split.
+
+The index lives in the root group's attributes (``INDEX_KEY``); only the client writes it, and a
+session is recorded complete only after all its arrays are written (:mod:`pipeline.io.store`).
+Every write puts the index and the consolidated metadata of exactly its complete sessions into
+the root's ``zarr.json`` together, atomically: readers never see one disagree with the other.
+Needs zarr alone (no xarray or Dask), so ``skyprep info`` and ``skyprep split`` start quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .contract import STORE_VERSION
+from .lock import StoreError
+from .objects import ObjectPath, location, zarr_store
+
+if TYPE_CHECKING:
+    from .provenance import Provenance
+
+INDEX_KEY = "skyprep"
+
+
+class StoreIndexError(StoreError):
+    """A store skyprep cannot use: not a Zarr v3 store, another tool's, a malformed index or another version."""
+
+
+_NO_MEMBERS = {"kind": "inline", "must_understand": False, "metadata": {}}
+
+
+def _read_json(path: Path | ObjectPath) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise StoreIndexError(f"{path}: unreadable metadata ({err})") from None
+    if not isinstance(value, dict):
+        raise StoreIndexError(f"{path}: metadata is not a JSON object")
+    return value
+
+
+def _names(where: Path | ObjectPath) -> list[str]:
+    """What lies directly in a store folder or under a store prefix."""
+    if isinstance(where, ObjectPath):
+        return where.names()
+    return sorted(p.name for p in where.iterdir())
+
+
+def _root_document(store: Path | ObjectPath | str) -> dict | None:
+    """The root ``zarr.json``; ``None`` for a missing store or an empty directory or prefix."""
+    where = location(store)
+    path = where / "zarr.json"
+    if isinstance(where, Path):
+        if not where.exists():
+            return None
+        if not where.is_dir():
+            raise StoreIndexError(f"{where}: not a directory, so not a Zarr store")
+    if not path.exists():
+        others = any(not name.startswith(".skyprep-") for name in _names(where))
+        if not others:
+            return None
+        if not path.exists():  # looked again: a run writes the root's zarr.json before any other node
+            raise StoreIndexError(f"{where}: not a Zarr v3 store (no zarr.json) and not empty; choose another store")
+    document = _read_json(path)
+    if document.get("zarr_format") != 3 or document.get("node_type") != "group":
+        raise StoreIndexError(f"{path}: not the root group of a Zarr v3 store")
+    return document
+
+
+def _index_problem(meta) -> str:
+    """What makes ``meta`` not an index (empty when it is one)."""
+    if not isinstance(meta, dict):
+        return "not a mapping"
+    version = meta.get("store_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        return f"store_version {version!r} is not an integer"
+    if not isinstance(meta.get("sessions"), dict):
+        return "'sessions' is not a mapping"
+    bad = [key for key, record in meta["sessions"].items() if not isinstance(record, dict)]
+    if bad:
+        return f"the record of {bad[0]!r} is not a mapping"
+    if not isinstance(meta.get("split", {}), dict) or not isinstance(meta.get("split", {}).get("sessions", {}), dict):
+        return "'split' is not a mapping of sessions"
+    return ""
+
+
+def index_document(store: Path | ObjectPath | str) -> dict | None:
+    """The store's index ``{store_version, sessions, split}``, ``None`` when it has none yet; raise
+    :class:`StoreIndexError` for another tool's store, a malformed index or another store version."""
+    document = _root_document(store)
+    if document is None:
+        return None
+    attributes = document.get("attributes", {})
+    if not isinstance(attributes, dict) or INDEX_KEY not in attributes:
+        if _members(store):
+            raise StoreIndexError(
+                f"{store}: a Zarr store written by another tool (its root has no skyprep index); "
+                "skyprep does not write into it: choose another store"
+            )
+        return None
+    meta = attributes[INDEX_KEY]
+    problem = _index_problem(meta)
+    if problem:
+        raise StoreIndexError(f"{store}: malformed skyprep index in zarr.json ({problem})")
+    if meta["store_version"] != STORE_VERSION:
+        raise StoreIndexError(
+            f"{store}: written as store version {meta['store_version']}; this skyprep reads and writes "
+            f"version {STORE_VERSION}"
+        )
+    return meta
+
+
+def _members(store: Path | ObjectPath | str) -> list[str]:
+    """Names of the root's child nodes (folders or prefixes holding a ``zarr.json``)."""
+    where = location(store)
+    return [name for name in _names(where) if name != "zarr.json" and (where / name / "zarr.json").exists()]
+
+
+def index(store: Path | ObjectPath | str) -> dict[str, dict]:
+    """The root's session index: ``{key: record}`` (empty for a new or missing store or an empty
+    directory); raise :class:`StoreIndexError` when the store cannot be a skyprep store."""
+    meta = index_document(store)
+    return dict(meta["sessions"]) if meta else {}
+
+
+def is_complete(record: dict) -> bool:
+    """Whether an index record says complete: ``"complete": true`` exactly (``"false"`` is not)."""
+    return record.get("complete") is True
+
+
+def complete_sessions(store: Path | ObjectPath | str) -> set[str]:
+    """Keys of the sessions whose every array has been written."""
+    return {key for key, record in index(store).items() if is_complete(record)}
+
+
+def open_index(store: Path | ObjectPath | str) -> None:
+    """Make ``store`` ready for a run: refuse a store skyprep cannot use (:class:`StoreIndexError`),
+    create the index of a new one, and rebuild the consolidated metadata from the index (a store
+    left by an older version or a killed run is consistent again)."""
+    meta = index_document(store) or {"store_version": STORE_VERSION, "sessions": {}}
+    where = location(store)
+    if isinstance(where, Path):
+        where.mkdir(parents=True, exist_ok=True)
+    _write_index(store, meta, rebuild=True)
+
+
+def _write_index(store: Path | ObjectPath | str, meta: dict, rebuild: bool = False) -> None:
+    """Write the index and the consolidated metadata of exactly its complete sessions, together
+    in the root's ``zarr.json``, atomically: a reader sees the old document or the new one (a
+    local file is replaced by a rename, an object by one PUT)."""
+    root = location(store) / "zarr.json"
+    document = _root_document(store) or {"zarr_format": 3, "node_type": "group", "attributes": {}}
+    document["attributes"] = {**document.get("attributes", {}), INDEX_KEY: meta}
+    previous = {} if rebuild else document.get("consolidated_metadata", {}).get("metadata", {})
+    document["consolidated_metadata"] = {**_NO_MEMBERS, "metadata": _consolidated(store, meta, previous)}
+    text = json.dumps(document, indent=2)
+    if isinstance(root, ObjectPath):
+        root.write_text(text)
+        return
+    tmp = root.with_name(f".zarr.json.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, root)
+
+
+def _consolidated(store: Path | ObjectPath | str, meta: dict, previous: dict) -> dict:
+    """Every node's metadata under the complete sessions (and their instrument groups), by path;
+    entries of sessions already consolidated are kept from ``previous``, the others read."""
+    entries = {}
+    for key in sorted(k for k, record in meta["sessions"].items() if is_complete(record)):
+        kept = {path: entry for path, entry in previous.items() if path == key or path.startswith(key + "/")}
+        entries.update(kept or _node_entries(store, key))
+        parent = key.rsplit("/", 1)[0]
+        if "/" in key and parent not in entries:
+            entries[parent] = previous.get(parent) or _entry(location(store) / parent / "zarr.json")
+    return dict(sorted(entries.items()))
+
+
+def _entry(path: Path | ObjectPath) -> dict:
+    document = _read_json(path)
+    return {**document, "consolidated_metadata": _NO_MEMBERS} if document.get("node_type") == "group" else document
+
+
+def _node_entries(store: Path | ObjectPath | str, key: str) -> dict:
+    """The metadata of the group ``key`` and of every node under it, by path from the root."""
+    group = location(store) / key
+    if isinstance(group, ObjectPath):
+        found = [name for name, _ in group.files() if name == "zarr.json" or name.endswith("/zarr.json")]
+    else:
+        found = [p.relative_to(group).as_posix() for p in group.rglob("zarr.json")]
+    nodes = sorted(name.removesuffix("zarr.json").rstrip("/") for name in found)
+    return {"/".join(filter(None, (key, node))): _entry(group / node / "zarr.json") for node in nodes}
+
+
+def _update_index(store: Path | ObjectPath | str, key: str, record: dict | None) -> None:
+    meta = index_document(store) or {"store_version": STORE_VERSION, "sessions": {}}
+    sessions = dict(meta["sessions"])
+    if record is None:
+        sessions.pop(key, None)
+    else:
+        split = meta.get("split", {}).get("sessions", {}).get(key)
+        sessions[key] = {**record, "split": split} if split else record
+    _write_index(store, {**meta, "sessions": dict(sorted(sessions.items()))})
+
+
+def splits(store: Path | ObjectPath | str) -> dict[str, str]:
+    """The recorded train/test split, ``{key: 'train' | 'test'}`` (empty when none is recorded)."""
+    meta = index_document(store)
+    return dict(meta.get("split", {}).get("sessions", {})) if meta else {}
+
+
+def record_split(store: Path | ObjectPath | str, assignment: dict[str, str], how: dict) -> None:
+    """Record a split (``{key: 'train' | 'test'}`` and how it was made) in the root index.
+
+    The split outlives rewrites of its sessions: ``_update_index`` copies it into each record.
+    """
+    meta = index_document(store) or {"store_version": STORE_VERSION, "sessions": {}}
+    sessions = {key: {**record, "split": assignment.get(key)} for key, record in meta["sessions"].items()}
+    split = {**_jsonable(how), "sessions": dict(sorted(assignment.items()))}
+    _write_index(store, {**meta, "split": split, "sessions": sessions})
+
+
+def unmark(store: Path | ObjectPath | str, key: str) -> None:
+    """Drop ``key`` from the index (before its group is rewritten)."""
+    if key in index(store):
+        _update_index(store, key, None)
+
+
+def mark_complete(store: Path | ObjectPath | str, key: str, attrs: dict, provenance: Provenance) -> None:
+    """Record the session's ``attrs`` and ``provenance`` in its group, then mark it complete in the root index."""
+    import zarr  # here, not at the top: reading the index (``skyprep info``) needs no zarr
+
+    group = zarr.open_group(zarr_store(store), path=key, mode="r+", zarr_format=3)
+    group.attrs.update(_jsonable({**attrs, **provenance.attrs()}))
+    record = {
+        "complete": True,
+        "written": datetime.now(UTC).isoformat(timespec="seconds"),
+        "shape": list(group["calib"].shape),
+        "n_frames": int(group["e91"].shape[0]) if "e91" in group else 0,
+        "instrument": attrs.get("instrument"),
+        "band": attrs.get("band"),
+        "obs_id": attrs.get("obs_id"),
+    }
+    _update_index(store, key, _jsonable({**record, **provenance.index_fields()}))
+
+
+def consolidate(store: Path | ObjectPath | str) -> None:
+    """Rebuild the consolidated metadata (``xarray.open_datatree`` opens the store with one read)
+    from the index: it lists exactly the complete sessions. Every index write keeps it so; this
+    repairs a store whose consolidated copy was written otherwise."""
+    meta = index_document(store)
+    if meta is not None:
+        _write_index(store, meta, rebuild=True)
+
+
+def _jsonable(value):
+    """Attributes as plain JSON types (numpy scalars and arrays converted, NaN as None)."""
+    import numpy as np  # here, not at the top: reading the index needs no numpy
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

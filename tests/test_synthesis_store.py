@@ -1,0 +1,183 @@
+"""``syn`` and ``noise_model`` in the store: written by ``skyprep run``, redrawn by ``skyprep
+synthesize`` (idempotent, resumable, deterministic), reported by ``skyprep noise``, exported in
+the archive's layout; fitted values checked against the generator's truth."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from astropy.io import fits
+
+from pipeline.cli import main
+from pipeline.config import Config
+from pipeline.io.index import complete_sessions
+from pipeline.runner import run
+from pipeline.steps.params import SynthesisParams
+from pipeline.tools.export import export_syn
+from pipeline.tools.noise_report import noise_report
+from pipeline.tools.synthesize import synthesize_store
+from pipeline.tools.verify import verify
+
+CONFIG = Config(synthesis=SynthesisParams(realizations=2, seed=0))
+
+
+@pytest.fixture(scope="module")
+def store(archive, client, tmp_path_factory):
+    path = tmp_path_factory.mktemp("syn") / "store.zarr"
+    report = run(archive, path, CONFIG, client, echo=lambda line: None)
+    assert report.exit_code == 0, report.table()
+    assert len(complete_sessions(path)) == 3
+    return path
+
+
+def _open(store, key):
+    return xr.open_zarr(str(store), group=key, consolidated=False)
+
+
+def test_run_writes_syn_and_the_noise_model(store, archive):
+    for key in sorted(complete_sessions(store)):
+        ds = _open(store, key)
+        syn = ds["syn"]
+        assert syn.dims == ("realization", "y", "x") and syn.dtype == np.float32 and syn.shape[0] == 2
+        assert syn.attrs["units"] == "adu"
+        assert ds.attrs["syn"] == {"realizations": 2, "seed": 0, "subtract_base_noise": True}
+        for name in ("flat", "dark", "bias"):
+            assert ds[name].shape == ds["os"].shape
+        model = ds.attrs["noise_model"]
+        truth = json.loads((archive / key / "truth" / "truth.json").read_text())
+        assert model["warnings"] == []
+        for amp, true in zip(model["amps"], truth["amps"], strict=True):
+            assert abs(amp["gain_ptc"]["gain_e_per_adu"] / true["gain"] - 1) < 0.05
+            assert abs(amp["read"]["white_adu"] * true["gain"] / true["rdnoise"] - 1) < 0.03
+        assert model["cosmic_rate_unit"] == "hits per pixel per second of exposure"
+        values = syn.values
+        finite = np.isfinite(values[0])
+        assert finite.mean() > 0.95
+        assert not np.array_equal(values[0][finite], values[1][finite])
+        raw = values[0][finite] + model["amps"][0]["overscan_adu"]
+        if len(model["amps"]) == 1:  # integer ADU before the overscan level is removed
+            assert np.allclose(raw, np.rint(raw), atol=1e-3)
+    assert not any(verify(store).values())
+
+
+def test_synthesize_is_idempotent_deterministic_and_resumable(store, tmp_path, client):
+    copy = tmp_path / "copy.zarr"
+    import shutil
+
+    shutil.copytree(store, copy)
+    key = sorted(complete_sessions(copy))[0]
+    before = _open(copy, key)["syn"].values
+    results = synthesize_store(copy, CONFIG.synthesis, echo=lambda line: None)
+    assert {r.status for r in results} == {"skipped"}
+
+    other = dataclasses.replace(CONFIG.synthesis, seed=5, realizations=1)
+    results = synthesize_store(copy, other, pattern=key, echo=lambda line: None)
+    assert [(r.key, r.status) for r in results] == [(key, "ok")]
+    redrawn = _open(copy, key)["syn"].values
+    assert redrawn.shape[0] == 1 and not np.array_equal(redrawn[0], before[0], equal_nan=True)
+
+    # an interrupted redraw: syn written but its record missing
+    group = zarr.open_group(str(copy), path=key, mode="r+", zarr_format=3)
+    del group.attrs["syn"]
+    assert any("not recorded" in p for p in verify(copy)[key])
+    assert main(["synthesize", str(copy), "--realizations", "2", "--scheduler", client.scheduler.address]) == 0
+    again = _open(copy, key)["syn"].values
+    np.testing.assert_array_equal(again, before)  # the run's draw, strip by strip from the store
+    assert not any(verify(copy).values())
+
+    assert synthesize_store(copy, dataclasses.replace(CONFIG.synthesis, realizations=0), pattern=key,
+                            echo=lambda line: None)[0].status == "ok"  # fmt: skip
+    assert "syn" not in _open(copy, key)
+    assert not any(verify(copy).values())
+
+
+def test_noise_report_compares_syn_with_os(store, tmp_path):
+    key = sorted(complete_sessions(store))[-1]
+    out = tmp_path / "report.png"
+    figures = noise_report(store, key, out)
+    assert out.stat().st_size > 10_000
+    assert max(abs(v) for v in figures.variance_ratio_minus_1) < 0.10
+    with pytest.raises(FileNotFoundError):
+        noise_report(store, "muscat3_g/nothing", out)
+
+
+def test_export_syn_in_the_archive_layout(store, archive, tmp_path):
+    key = sorted(complete_sessions(store))[-1]
+    path = export_syn(store, key, tmp_path, realization=1)
+    obs_id = key.split("/")[1]
+    assert path == tmp_path / key / "data" / f"{obs_id}_syn.fits.fz"
+    with fits.open(path) as hdul, fits.open(archive / key / "data" / f"{obs_id}_os.fits.fz") as original:
+        assert len(hdul) == 2 and isinstance(hdul[1], fits.CompImageHDU)
+        header = hdul[1].header
+        for keyword in ("EXPTIME", "FILTER", "OBJECT", "DATE-OBS", "GAIN"):
+            assert header[keyword] == original[1].header[keyword]
+        stored = _open(store, key)["syn"].values
+        syn, finite = stored[1], np.isfinite(stored[1])
+        np.testing.assert_array_equal(np.isfinite(hdul[1].data), finite)
+        # fpack quantisation: a step of (row noise) / 64, a fraction of an ADU in the background
+        error = np.abs(hdul[1].data[finite] - syn[finite])
+        assert np.median(error) < 0.1
+        assert np.median(np.abs(hdul[1].data[finite] - stored[0][finite])) > 5
+    with pytest.raises(ValueError, match="realization 5"):
+        export_syn(store, key, tmp_path, realization=5)
+
+
+def _zarr_reader(store):
+    def read(session, name, lead, y, x, out):
+        array = zarr.open_array(str(store), path=f"{session}/{name}", mode="r", zarr_format=3)
+        p, q = out.shape
+        out[...] = array[(*lead, slice(y, y + p), slice(x, x + q))]
+
+    return read
+
+
+def _fresh_in_a_process(store, session, y, x, p, seed, epoch, index):
+    from pipeline.tools.syn_patches import SynPatches
+
+    out = np.empty((p, p), np.float32)
+    SynPatches(store).fresh(session, y, x, out, seed, epoch, index, _zarr_reader(store))
+    return out
+
+
+def test_loader_patches_stored_and_on_the_fly(store):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipeline.steps.noise_model import NoiseModel
+    from pipeline.steps.synthesize import Patch, SynthKey, synthesize_patch
+    from pipeline.tools.syn_patches import SynPatches, realization_of
+
+    key = sorted(complete_sessions(store))[0]
+    source, read = SynPatches(store), _zarr_reader(store)
+    y, x, p = 37, 61, 96
+    out = np.empty((p, p), np.float32)
+    source.stored(key, y, x, out, 0, 1, 5, read)
+    r = realization_of(0, 1, 5, 2)
+    np.testing.assert_array_equal(out, _open(store, key)["syn"].values[r, y : y + p, x : x + p])
+    assert {realization_of(0, 1, i, 2) for i in range(20)} == {0, 1}
+
+    fresh = _fresh_in_a_process(store, key, y, x, p, 3, 1, 5)
+    ds = _open(store, key)
+    whole = synthesize_patch(Patch(0, 0, *(ds[n].values for n in ("mean", "flat", "dark", "bias", "count"))),
+                             NoiseModel.from_attrs(ds.attrs["noise_model"]), SynthKey(3, key, (1, 5)))  # fmt: skip
+    np.testing.assert_array_equal(fresh, whole[y : y + p, x : x + p])  # the right windows, the frame's draw
+    assert not np.array_equal(fresh, _fresh_in_a_process(store, key, y, x, p, 3, 1, 6), equal_nan=True)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        again = list(pool.map(_fresh_in_a_process, *zip(*[(store, key, y, x, p, 3, 1, 5)] * 2)))
+    for other in again:  # the same sample in every worker process
+        np.testing.assert_array_equal(other, fresh)
+
+
+def test_info_shows_the_noise_models(store):
+    from pipeline.tools.info import describe
+
+    text = describe(store)
+    assert "noise model" in text
+    for key in complete_sessions(store):
+        noise = zarr.open_group(str(store), mode="r", zarr_format=3).attrs["skyprep"]["sessions"][key]["noise"]
+        assert f"{noise['gain_e_per_adu']:.3f} / {noise['gain_ptc_e_per_adu']:.3f}" in text
