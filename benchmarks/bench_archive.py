@@ -53,13 +53,20 @@ def _write_v2(store: Path, key: str, arrays: dict) -> None:
     import xarray as xr
 
     from pipeline.config import ChunkParams
-    from pipeline.io.store import mark_complete, write_session
+    from pipeline.io.index import mark_complete
+    from pipeline.io.provenance import Provenance
+    from pipeline.io.store import write_session
 
     chunks = ChunkParams()
     data = {name: (("y", "x"), da.from_array(a, chunks=(chunks.strip_rows, a.shape[1]))) for name, a in arrays.items()}
     dask.compute(write_session(xr.Dataset(data), store, key, chunks.store_chunk_px))
     instrument, obs_id = key.split("/")
-    mark_complete(store, key, {"instrument": instrument, "band": "x", "obs_id": obs_id}, {})
+    mark_complete(
+        store,
+        key,
+        {"instrument": instrument, "band": "x", "obs_id": obs_id},
+        Provenance(registration=[], inputs=[], array_sha256={}, reference_check={}, config={}),
+    )
 
 
 def _write_v1(store: Path, key: str, arrays: dict) -> None:
@@ -67,8 +74,11 @@ def _write_v1(store: Path, key: str, arrays: dict) -> None:
     import zarr
     from zarr.codecs import BloscCodec, ZstdCodec
 
-    from pipeline.io.store import mark_complete
+    from pipeline.io.index import index_document, mark_complete, open_index
+    from pipeline.io.provenance import Provenance
 
+    if index_document(store) is None:
+        open_index(store)
     group = zarr.open_group(str(store), mode="a", zarr_format=3).require_group(key)
     for name, a in arrays.items():
         floating = np.issubdtype(a.dtype, np.floating)
@@ -77,12 +87,17 @@ def _write_v1(store: Path, key: str, arrays: dict) -> None:
                                    dimension_names=("y", "x"), overwrite=True)  # fmt: skip
         array[...] = a
     instrument, obs_id = key.split("/")
-    mark_complete(store, key, {"instrument": instrument, "band": "x", "obs_id": obs_id}, {})
+    mark_complete(
+        store,
+        key,
+        {"instrument": instrument, "band": "x", "obs_id": obs_id},
+        Provenance(registration=[], inputs=[], array_sha256={}, reference_check={}, config={}),
+    )
 
 
 def build(workdir: Path, sessions: int, size_px: int) -> dict[str, Path]:
     """Write (or reuse) the three copies of the archive; ``{"v2": store, "v1": store, "npy": dir}``."""
-    from pipeline.io.store import complete_sessions
+    from pipeline.io.index import complete_sessions
 
     paths = {"v2": workdir / f"archive-{sessions}x{size_px}.zarr", "v1": workdir / f"archive-{sessions}x{size_px}-v1.zarr",
              "npy": workdir / f"archive-{sessions}x{size_px}-npy"}  # fmt: skip

@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from pipeline.io.index import index, mark_complete, record_split, splits
+from pipeline.io.index import index, index_document, mark_complete, open_index, record_split, splits
 from pipeline.io.provenance import Provenance
 from pipeline.io.store import write_session
 from pipeline.steps.masks import Flag
@@ -294,6 +294,8 @@ def test_random_origins_are_uniform_over_every_patch_position(store):
 
 def _write_raw_session(path, key, arrays, chunks=(32, 32), compressors=None, shards=None):
     """A session written by zarr-python directly (any layout), then marked complete."""
+    if index_document(path) is None:
+        open_index(path)
     group = zarr.open_group(str(path), mode="a", zarr_format=3).require_group(key)
     for name, a in arrays.items():
         lead = (1,) * (a.ndim - 2)
@@ -302,7 +304,7 @@ def _write_raw_session(path, key, arrays, chunks=(32, 32), compressors=None, sha
         array[...] = a
     inst_band, obs_id = key.split("/")
     instrument, band = inst_band.split("_")
-    mark_complete(path, key, {"instrument": instrument, "band": band, "obs_id": obs_id}, {})
+    mark_complete(path, key, {"instrument": instrument, "band": band, "obs_id": obs_id}, NO_PROVENANCE)
 
 
 @pytest.mark.parametrize("normalise", [None, "asinh"])
