@@ -32,7 +32,6 @@ it, so bright stars do not dominate the loss.
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 import re
 from collections import OrderedDict
@@ -42,10 +41,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 import zarr
-from zarr.codecs import BytesCodec
 
 from .. import DASK_YAML
 from ..errors import InputError
+from ..io.chunk_files import ChunkFileArray, ChunkMaps, readable
 from ..io.contract import Presence, named
 from ..io.index import index, splits
 from ..io.objects import ObjectPath, location, zarr_store
@@ -104,6 +103,12 @@ def parse_variable(spec: str) -> tuple[str, int | None]:
         raise ValueError(f"variable {spec!r}: expected 'name' or 'name[frame]'")
     frame = match["frame"]
     return match["name"], None if frame is None else int(frame)
+
+
+def _split(spec: str) -> tuple[str, tuple[int, ...]]:
+    """``'e91[3]' -> ('e91', (3,))``, ``'calib' -> ('calib', ())``: the array and its leading index."""
+    name, frame = parse_variable(spec)
+    return name, () if frame is None else (frame,)
 
 
 # Variables that only sessions with e91 frames hold (the store contract).
@@ -169,75 +174,6 @@ def uniform_draws(key: int, counters: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-class _MappedArray:
-    """An uncompressed Zarr v3 array whose windows are copied from memory-mapped chunk files.
-
-    Only for arrays whose sole codec is little-endian ``bytes`` on a regular chunk grid (the
-    store's layout): a chunk file is then the chunk's values in C order, a missing file is a
-    chunk of the fill value (zarr skips writing those).
-    """
-
-    def __init__(self, array: zarr.Array, directory: Path, maps: _ChunkMaps):
-        self.directory, self.maps = directory, maps
-        self.chunks, self.dtype, self.fill = array.chunks, array.dtype.newbyteorder("<"), array.fill_value
-        self._key = array.metadata.encode_chunk_key
-
-    @staticmethod
-    def suits(array: zarr.Array) -> bool:
-        codecs = array.metadata.codecs
-        return (array.shards is None and len(codecs) == 1 and isinstance(codecs[0], BytesCodec)
-                and (array.dtype.itemsize == 1 or codecs[0].endian is not None and codecs[0].endian.value == "little"))  # fmt: skip
-
-    def window(self, lead: tuple[int, ...], y: int, x: int, out: np.ndarray) -> None:
-        """Copy ``array[*lead, y:y+P, x:x+P]`` into ``out`` (P, P)."""
-        p_y, p_x = out.shape
-        c_y, c_x = self.chunks[-2:]
-        lead_chunk = tuple(k // c for k, c in zip(lead, self.chunks))
-        lead_within = tuple(k % c for k, c in zip(lead, self.chunks))
-        for iy in range(y // c_y, (y + p_y - 1) // c_y + 1):
-            y0, y1 = max(y, iy * c_y), min(y + p_y, (iy + 1) * c_y)
-            for ix in range(x // c_x, (x + p_x - 1) // c_x + 1):
-                x0, x1 = max(x, ix * c_x), min(x + p_x, (ix + 1) * c_x)
-                chunk = self.maps.get(self.directory / self._key((*lead_chunk, iy, ix)), self.dtype, self.chunks)
-                target = out[y0 - y : y1 - y, x0 - x : x1 - x]
-                if chunk is None:
-                    target[...] = self.fill
-                else:
-                    target[...] = chunk[
-                        (*lead_within, slice(y0 - iy * c_y, y1 - iy * c_y), slice(x0 - ix * c_x, x1 - ix * c_x))
-                    ]
-
-
-class _ChunkMaps:
-    """Memory maps of chunk files, least recently used unmapped beyond ``budget_bytes``."""
-
-    def __init__(self, budget_bytes: int):
-        self.budget, self.mapped, self._maps = budget_bytes, 0, OrderedDict()
-
-    def get(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray | None:
-        """The chunk at ``path`` as a read-only array (None when the file does not exist)."""
-        values = self._maps.get(path)
-        if values is not None:
-            self._maps.move_to_end(path)
-            return values
-        try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                expected = int(np.prod(shape)) * dtype.itemsize
-                if size != expected:
-                    raise InputError(
-                        path, f"chunk file of {size} bytes, expected {expected} (truncated or not this layout)"
-                    )
-                values = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=dtype).reshape(shape)
-        except FileNotFoundError:
-            return None
-        self._maps[path] = values
-        self.mapped += values.nbytes
-        while self.mapped > self.budget and len(self._maps) > 1:
-            self.mapped -= self._maps.popitem(last=False)[1].nbytes
-        return values
-
-
 class _TensorstoreArray:
     """Any other Zarr v3 array (compressed, sharded, older layouts), windows read by tensorstore."""
 
@@ -287,10 +223,10 @@ class _StoreReader:
     def __init__(self, store: Path | ObjectPath, mapped_mb: int):
         self.store, self.pid = store, os.getpid()
         tune_allocator()
-        self.maps = _ChunkMaps(mapped_mb * 2**20)
+        self.maps = ChunkMaps(mapped_mb * 2**20)
         self._arrays, self._context = OrderedDict(), None
 
-    def array(self, session: str, name: str) -> _MappedArray | _TensorstoreArray:
+    def array(self, session: str, name: str) -> ChunkFileArray | _TensorstoreArray | _ZarrArray:
         key = (session, name)
         if key in self._arrays:
             self._arrays.move_to_end(key)
@@ -302,8 +238,8 @@ class _StoreReader:
             raise InputError(directory, f"session {session} has no variable {name!r}") from error
         if isinstance(directory, ObjectPath):
             self._arrays[key] = _ZarrArray(array)
-        elif _MappedArray.suits(array):
-            self._arrays[key] = _MappedArray(array, directory, self.maps)
+        elif readable(array):
+            self._arrays[key] = ChunkFileArray(array, directory, self.maps)
         else:
             self._arrays[key] = _TensorstoreArray(directory, self._tensorstore_context())
         if len(self._arrays) > OPEN_ARRAYS:
@@ -317,15 +253,13 @@ class _StoreReader:
             self._context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
         return self._context
 
-    def window(self, session: str, spec: str, y: int, x: int, out: np.ndarray):
-        """Fill ``out`` (P, P) with ``store[session][name][frame, y:y+P, x:x+P]`` now, or return the
+    def window(self, session: str, name: str, lead: tuple[int, ...], y: int, x: int, out: np.ndarray):
+        """Fill ``out`` (P, P) with ``store[session][name][*lead, y:y+P, x:x+P]`` now, or return the
         future that gives it (tensorstore reads, kept in flight until the batch is assembled)."""
-        name, frame = parse_variable(spec)
         array = self.array(session, name)
-        lead = () if frame is None else (frame,)
-        if isinstance(array, _MappedArray | _ZarrArray):
-            return array.window(lead, y, x, out)
-        return array.read(lead, y, x, out.shape[0])
+        if isinstance(array, _TensorstoreArray):
+            return array.read(lead, y, x, out.shape[0])
+        return array.window(lead, y, x, out)
 
 
 class PatchDataset:
@@ -387,45 +321,57 @@ class PatchDataset:
             self._reader = _StoreReader(self.store, self.params.mapped_mb)
         return self._reader
 
+    def _reads(self) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+        """``(role, variable, leading index)`` of every window a sample reads: the roles of the
+        sample, then ``frame_mask`` for each ``e91_mask[k]`` OR-ed into ``mask``."""
+        params = self.params
+        roles = [("input", params.input), ("target", params.target)]
+        roles += [("variance", "variance")] * params.with_variance + [("mask", "mask")]
+        frames = sorted({(name, frame) for name, frame in map(parse_variable, (params.input, params.target))
+                         if frame is not None})  # fmt: skip
+        reads = [(role, *_split(spec)) for role, spec in roles]
+        return tuple(reads + [("frame_mask", f"{name}_mask", (frame,)) for name, frame in frames])
+
     def __getitems__(self, indices) -> list[dict[str, np.ndarray]]:
-        """Samples ``indices``, read together (PyTorch's batched fetching calls this). Each sample is
-        assembled as soon as its windows are in (while they are in the CPU's cache); reads through
-        tensorstore are all in flight first."""
-        params, p = self.params, self.params.patch_px
+        """Samples ``indices``, read together (PyTorch's batched fetching calls this) into one
+        array per role, each sample a view of it. A sample is assembled as soon as its windows are
+        in (while they are in the CPU's cache); reads through tensorstore are all in flight first."""
+        p = self.params.patch_px
         origins = self.origins(indices)
-        specs = {"input": params.input, "target": params.target} | (
-            {"variance": "variance"} if params.with_variance else {}
-        )
-        frame_masks = sorted({f"{name}_mask[{frame}]" for name, frame in map(parse_variable, (params.input, params.target))
-                              if frame is not None})  # fmt: skip
-        reader, samples, pending = self._store_reader(), [], {}
-        for j, (s, y, x) in enumerate(origins):
-            sample = {role: np.empty((1, p, p), np.float32) for role in specs} | {"mask": np.empty((1, p, p), np.int32)}
-            extra = np.empty((len(frame_masks), p, p), np.int32)
-            reads = [(sample[role][0], spec) for role, spec in specs.items()] + [(sample["mask"][0], "mask")]
-            reads += [(extra[k], spec) for k, spec in enumerate(frame_masks)]
-            for target, spec in reads:
-                future = reader.window(self.sessions[s], spec, int(y), int(x), target)
+        reads = self._reads()
+        batch = {role: np.empty((len(origins), 1, p, p), np.int32 if role == "mask" else np.float32)
+                 for role, _, _ in reads if role != "frame_mask"}  # fmt: skip
+        frame_masks = np.empty((len(origins), sum(role == "frame_mask" for role, _, _ in reads), p, p), np.int32)
+        reader, pending = self._store_reader(), {}
+        for j, (s, y, x) in enumerate(origins.tolist()):
+            session, k = self.sessions[s], 0
+            for role, name, lead in reads:
+                if role == "frame_mask":
+                    target, k = frame_masks[j, k], k + 1
+                else:
+                    target = batch[role][j, 0]
+                future = reader.window(session, name, lead, y, x, target)
                 if future is not None:
                     pending.setdefault(j, []).append((target, future))
-            samples.append((sample, extra))
             if j not in pending:
-                self._assemble(sample, extra)
+                self._assemble({role: values[j, 0] for role, values in batch.items()}, frame_masks[j])
         for j, futures in pending.items():
             for target, future in futures:
                 target[...] = future.result()
-            self._assemble(*samples[j])
-        return [sample | {"index": origin} for (sample, _), origin in zip(samples, origins)]
+            self._assemble({role: values[j, 0] for role, values in batch.items()}, frame_masks[j])
+        return [{role: values[j] for role, values in batch.items()} | {"index": origin}
+                for j, origin in enumerate(origins)]  # fmt: skip
 
     def _assemble(self, sample: dict[str, np.ndarray], frame_masks: np.ndarray) -> None:
-        """A sample in place: frame masks OR-ed in, NaN/inf to 0 and flagged ``no_data``, normalised."""
-        mask = sample["mask"][0]
+        """A sample's (P, P) windows in place: frame masks OR-ed in, NaN/inf to 0 and flagged
+        ``no_data``, normalised."""
+        mask = sample["mask"]
         for frame_mask in frame_masks:
             mask |= frame_mask
         for role in ("input", "target", "variance"):
-            if role not in sample:
+            values = sample.get(role)
+            if values is None:
                 continue
-            values = sample[role][0]
             with np.errstate(invalid="ignore", over="ignore"):
                 finite = np.isfinite(values.sum())  # False for NaN or inf anywhere (or a sum too large)
             if not finite:
