@@ -21,6 +21,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -225,6 +226,95 @@ def one_repeat(paths: dict[str, Path], n: int, workers: tuple[int, ...]) -> dict
     return r
 
 
+def profile(store: Path, n: int, rounds: int = 3) -> dict[str, float]:
+    """Where a default sample's time goes, in microseconds per sample: each variable's window copy
+    (``reader.window``), the NaN/inf check of the three float windows, ``asinh`` of the two
+    normalised ones (not in the default parameters), and the whole ``__getitems__`` (batches of
+    32) with the default page budget, none and every chunk resident; stages interleaved, best of
+    ``rounds`` (the machine is shared)."""
+    from pipeline.tools.loader import LoaderParams, PatchDataset, all_finite, asinh_normalise
+
+    budgets = {"default": LoaderParams().mapped_mb, "none": 0, "all": int(_du_mb(store)) + 64}
+    datasets = {k: PatchDataset(store, LoaderParams(patches_per_epoch=n, mapped_mb=mb)) for k, mb in budgets.items()}
+    dataset = datasets["default"]
+    origins = [(dataset.sessions[s], y, x) for s, y, x in dataset.origins(range(n)).tolist()]
+    windows = np.empty((n, PATCH, PATCH), np.float32)
+    masks = np.empty((n, PATCH, PATCH), np.int32)
+    reader = dataset._store_reader()
+
+    def copy(name, out):
+        for j, (key, y, x) in enumerate(origins):
+            reader.window(key, name, (), y, x, out[j])
+
+    def batches(ds):
+        for i in range(0, n, BATCH):
+            ds.__getitems__(range(i, min(i + BATCH, n)))
+
+    stages = {f"window copy, {name}": (lambda name=name: copy(name, masks if name == "mask" else windows))
+              for name in VARIABLES}  # fmt: skip
+    stages["NaN/inf check, 3 float windows"] = lambda: [all_finite(w) for w in windows for _ in range(3)]
+    stages["asinh, 2 windows (normalise='asinh' only)"] = lambda: [asinh_normalise(w, 10.0, out=w) for w in windows
+                                                                   for _ in range(2)]  # fmt: skip
+    stages |= {f"whole sample, batches of 32, mapped_mb {k} ({mb})": (lambda ds=datasets[k]: batches(ds))
+               for k, mb in budgets.items()}  # fmt: skip
+    for ds in datasets.values():
+        batches(ds)  # opens the arrays and maps
+    best = {k: float("inf") for k in stages}
+    for _ in range(rounds):
+        for key, stage in stages.items():
+            start = time.perf_counter()
+            stage()
+            best[key] = min(best[key], (time.perf_counter() - start) / n * 1e6)
+    parts = sum(v for k, v in best.items() if k.startswith(("window copy", "NaN/inf")))
+    best["rest of a default sample (Python, allocation, origins)"] = best[
+        f"whole sample, batches of 32, mapped_mb default ({budgets['default']})"] - parts  # fmt: skip
+    return best
+
+
+_TILED = """
+import sys, time
+from pipeline.tools.loader import LoaderParams, PatchDataset
+ds = PatchDataset(sys.argv[1], LoaderParams(mode="tiled"))
+tiles = [i for i in range(len(ds)) if ds.origin(i)[0] < int(sys.argv[2])]
+[ds[i] for i in tiles[:4]]
+start = time.perf_counter()
+[ds[i] for i in tiles]
+print(len(tiles) / (time.perf_counter() - start))
+"""
+
+
+def frames_against(paths: dict[str, Path], rev: str, rounds: int, frames: int = 8) -> dict[str, list[float]]:
+    """Whole frames (tiled mode, ``ds[i]``, the first ``frames`` sessions) read by revision ``rev``'s
+    loader from the v1-layout store and by this tree's loader from the v2 store, each a fresh
+    process, alternating; patches/s per round. ``rev``'s copy of the v1 store shares its chunk
+    files (hard links) and carries that revision's store version in its index."""
+    import tempfile
+
+    from benchmarks.bench_revisions import ROOT, unpack
+
+    rates: dict[str, list[float]] = {rev: [], "this": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        code = unpack(rev, Path(tmp) / "code")
+        version = subprocess.run([sys.executable, "-c", "from pipeline.io.contract import STORE_VERSION as v; print(v)"],
+                                 cwd=code, env={**os.environ, "PYTHONPATH": str(code)}, check=True,
+                                 capture_output=True, text=True).stdout.strip()  # fmt: skip
+        store = paths["v1"].with_name(f"{paths['v1'].stem}-as-version-{version}.zarr")
+        if not store.exists():
+            subprocess.run(["cp", "-al", str(paths["v1"]), str(store)], check=True)
+            root = json.loads((store / "zarr.json").read_text())
+            root["attributes"]["skyprep"]["store_version"] = int(version)
+            (store / "zarr.json").unlink()
+            (store / "zarr.json").write_text(json.dumps(root))
+        runs = {rev: (code, store), "this": (ROOT, paths["v2"])}
+        for _ in range(rounds):
+            for name, (tree, path) in runs.items():
+                done = subprocess.run([sys.executable, "-W", "ignore", "-c", _TILED, str(path), str(frames)], cwd=tree,
+                                      env={**os.environ, "PYTHONPATH": str(tree)}, check=True, capture_output=True,
+                                      text=True)  # fmt: skip
+                rates[name].append(float(done.stdout.split()[-1]))
+    return rates
+
+
 def _dataloader(store: Path, params, workers: int) -> tuple[float, list[float]]:
     """Samples per second of the second epoch through a DataLoader, and each worker's peak RSS (MB)."""
     from torch.utils.data import DataLoader
@@ -321,7 +411,28 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", default="2,4", help="DataLoader worker counts ('' for none)")
     p.add_argument("--json", type=Path, help="write the report here")
+    p.add_argument("--profile", action="store_true", help="only the per-sample time split (microseconds per sample)")
+    p.add_argument("--frames-against", metavar="REV", help="only whole-frame reads against revision REV's loader")
     args = p.parse_args(argv)
+    if args.frames_against:
+        paths = build(args.workdir, args.sessions, args.size)
+        _warm([paths["v1"], paths["v2"]])
+        load = os.getloadavg()[0]
+        rates = frames_against(paths, args.frames_against, args.repeats)
+        print(f"whole frames, tiled ds[i], patches/s per round (load average {load:.1f} -> {os.getloadavg()[0]:.1f})")
+        ratio = statistics.median(a / b for a, b in zip(rates["this"], rates[args.frames_against]))
+        print(f"{rates}; this / {args.frames_against}: {ratio:.2f} (median of the rounds)")
+        return rates
+    if args.profile:
+        paths = build(args.workdir, args.sessions, args.size)
+        _warm([paths["v2"]])
+        load = os.getloadavg()[0]
+        split = profile(paths["v2"], args.samples, args.repeats)
+        print(
+            f"per-sample time split, us (best of {args.repeats}; load average {load:.1f} -> {os.getloadavg()[0]:.1f})"
+        )
+        print("\n".join(f"| {k} | {v:.0f} |" for k, v in split.items()))
+        return split
     workers = tuple(int(w) for w in args.workers.split(",") if w)
     report = run_benchmark(args.workdir, args.sessions, args.size, args.samples, args.repeats, workers)
     print(format_table(report))

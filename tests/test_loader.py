@@ -388,3 +388,13 @@ def test_preview_of_a_session_without_a_finite_pixel_draws_it_blank(tmp_path):
     _write(path, "muscat3_g/nan1", {"os": nan, "calib": nan, "mask": np.zeros((64, 64), np.uint16)})
     out = preview(path, "muscat3_g/nan1", tmp_path / "nan.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, None, 3e38, -3e38])
+def test_all_finite_agrees_with_numpy(bad):
+    from pipeline.tools.loader import all_finite
+
+    values = np.random.default_rng(1).normal(0, 1e3, (48, 48)).astype(np.float32)
+    if bad is not None:
+        values[17, 5] = bad
+    assert all_finite(values) == bool(np.isfinite(values).all())
