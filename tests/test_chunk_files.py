@@ -10,7 +10,6 @@ from zarr.codecs import BloscCodec
 
 from pipeline.io.chunk_files import ChunkFileArray, ChunkMaps, readable
 
-
 FILL = 7
 
 

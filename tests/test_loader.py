@@ -84,6 +84,8 @@ def test_patches_equal_the_stored_arrays_at_their_origin(store, mapped_mb):
         np.testing.assert_array_equal(sample["target"][0], _window(t["calib"], y, x, 64))
         np.testing.assert_array_equal(sample["mask"][0], _window(t["mask"], y, x, 64))
         np.testing.assert_array_equal(sample["variance"][0], _window(t["variance"], y, x, 64))
+        stored = zarr.open_group(str(path), mode="r")[ds.sessions[s]]
+        np.testing.assert_array_equal(sample["target"][0], stored["calib"][y : y + 64, x : x + 64])
     maps = ds._reader.maps
     assert maps.mapped <= max(mapped_mb * 2**20, CHUNK * CHUNK * 4) and len(maps) >= 1
 
@@ -208,7 +210,8 @@ def test_split_command_records_the_split_and_the_loader_respects_it(store, tmp_p
         assert {ds.sessions[int(ds[i]["index"][0])] for i in range(10)} <= set(ds.sessions)
 
 
-def test_torch_dataloader_with_two_workers_gives_the_numpy_batches(store):
+@pytest.mark.parametrize("start", ["forkserver", "spawn"])
+def test_torch_dataloader_with_two_workers_gives_the_numpy_batches(store, start):
     torch = pytest.importorskip("torch")
     from torch.utils.data import DataLoader
 
@@ -219,7 +222,7 @@ def test_torch_dataloader_with_two_workers_gives_the_numpy_batches(store):
     PatchDataset(path, params)[0]  # the parent has read the store before the workers start
     ds = torch_dataset(path, params)
     assert isinstance(ds, torch.utils.data.Dataset)
-    loader = DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context="forkserver", pin_memory=True)
+    loader = DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context=start, pin_memory=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator")  # a CPU-only machine
         batches = list(loader)
@@ -398,3 +401,26 @@ def test_all_finite_agrees_with_numpy(bad):
     if bad is not None:
         values[17, 5] = bad
     assert all_finite(values) == bool(np.isfinite(values).all())
+
+
+def test_incomplete_sessions_are_never_served(tmp_path):
+    """Sessions written but never marked complete, unmarked (as before a rewrite), or with a
+    record that only looks complete are left out; the complete one is the only one served."""
+    from pipeline.io import index as store_index
+
+    rng = np.random.default_rng(6)
+    path = tmp_path / "s.zarr"
+    for key in ("muscat3_g/done", "muscat3_g/unmarked", "muscat3_g/string"):
+        _write(path, key, _session(rng, (64, 64), 0))
+    unfinished = {
+        name: (("y", "x"), da.from_array(a, chunks=(CHUNK, CHUNK))) for name, a in _session(rng, (64, 64), 0).items()
+    }
+    dask.compute(write_session(xr.Dataset(unfinished), path, "muscat3_g/never", CHUNK))  # written, never marked
+    store_index.unmark(path, "muscat3_g/unmarked")
+    root = json.loads((path / "zarr.json").read_text())
+    root["attributes"]["skyprep"]["sessions"]["muscat3_g/string"]["complete"] = "true"  # edited by hand
+    (path / "zarr.json").write_text(json.dumps(root))
+    assert set(index(path)) == {"muscat3_g/done", "muscat3_g/string"}
+    ds = PatchDataset(path, LoaderParams(patch_px=32, patches_per_epoch=50))
+    assert ds.sessions == ["muscat3_g/done"]
+    assert {int(ds[i]["index"][0]) for i in range(50)} == {0}

@@ -19,9 +19,9 @@ reads every window of a batch before assembling it; ``dataset.to_xarray(i)`` is 
 ``xarray.Dataset`` with the frame's pixel coordinates.
 
 Windows are read straight from the store, never through a cache of whole frames: an array in
-the store's layout (``docs/store-layout.md``: uncompressed chunks) by memory-mapping the chunk
-files a window touches, any other Zarr v3 array (older stores, compressed cubes) through
-tensorstore. The store is opened lazily in the process that reads (so each DataLoader worker
+the store's layout (``docs/store-layout.md``: uncompressed chunks) copied out of the memory maps
+of the chunk files a window touches (``pipeline.io.chunk_files``), any other Zarr v3 array
+(compressed cubes, other layouts) through tensorstore. The store is opened lazily in the process that reads (so each DataLoader worker
 opens its own: BRIEF section 5 on forked workers), and only the root index is read up front.
 
 Normalisation ``asinh``: ``v -> asinh(v / asinh_scale_adu)``, linear (``v / scale``) for
@@ -46,7 +46,7 @@ from .. import DASK_YAML
 from ..errors import InputError
 from ..io.chunk_files import ChunkFileArray, ChunkMaps, readable
 from ..io.contract import Presence, named
-from ..io.index import index, splits
+from ..io.index import index, is_complete, splits
 from ..io.objects import ObjectPath, location, zarr_store
 from ..steps.masks import Flag
 
@@ -66,8 +66,8 @@ class LoaderParams:
     area, origin uniform: every patch position of the split equally likely); ``tiled`` covers
     every frame with ``patch_px`` tiles (the last row/column of tiles is moved inside the frame).
     ``asinh_scale_adu``: the ``asinh`` normalisation's linear scale. ``mapped_mb``: per-process
-    budget of memory-mapped chunk files (page-cache pages, but counted in the process's RSS;
-    least recently used unmapped beyond it).
+    budget, in MiB, of resident chunk-file pages (page-cache pages, but counted in the process's
+    RSS; the least recently read released beyond it, ``pipeline.io.chunk_files.ChunkMaps``).
     """
 
     input: str = "os"
@@ -131,7 +131,7 @@ def select_sessions(store: Path | str, params: LoaderParams) -> list[str]:
         raise ValueError(f"{store}: no split recorded (run `skyprep split {store} ...` first)")
     chosen = []
     for key, record in sorted(records.items()):
-        if not record.get("complete"):
+        if not is_complete(record):
             continue
         if params.split is not None and assignment.get(key) != params.split:
             continue
