@@ -192,9 +192,10 @@ class _TensorstoreArray:
         spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(directory)}}
         self.store = ts.open(spec, read=True, context=context).result()
 
-    def read(self, lead: tuple[int, ...], y: int, x: int, p: int):
-        """A future of ``array[*lead, y:y+p, x:x+p]``."""
-        return self.store[(*lead, slice(y, y + p), slice(x, x + p))].read()
+    def window(self, lead: tuple[int, ...], y: int, x: int, out: np.ndarray):
+        """A future of ``array[*lead, y:y+P, x:x+P]`` (``out`` is P x P), to be copied into ``out``."""
+        p_y, p_x = out.shape
+        return self.store[(*lead, slice(y, y + p_y), slice(x, x + p_x))].read()
 
 
 class _ZarrArray:
@@ -265,10 +266,7 @@ class _StoreReader:
     def window(self, session: str, name: str, lead: tuple[int, ...], y: int, x: int, out: np.ndarray):
         """Fill ``out`` (P, P) with ``store[session][name][*lead, y:y+P, x:x+P]`` now, or return the
         future that gives it (tensorstore reads, kept in flight until the batch is assembled)."""
-        array = self.array(session, name)
-        if isinstance(array, _TensorstoreArray):
-            return array.read(lead, y, x, out.shape[0])
-        return array.window(lead, y, x, out)
+        return self.array(session, name).window(lead, y, x, out)
 
 
 class PatchDataset:
