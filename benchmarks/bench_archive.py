@@ -48,26 +48,28 @@ def session_arrays(k: int, size_px: int) -> dict[str, np.ndarray]:
     return {"os": os_adu, "calib": calib, "variance": variance, "mask": mask}
 
 
+def _mark_complete(store: Path, key: str) -> None:
+    """Mark a benchmark session complete, with an empty provenance."""
+    from pipeline.io.index import mark_complete
+    from pipeline.io.provenance import Provenance
+
+    instrument, obs_id = key.split("/")
+    mark_complete(store, key, {"instrument": instrument, "band": "x", "obs_id": obs_id},
+                  Provenance(registration=[], inputs=[], array_sha256={}, reference_check={}, config={}))  # fmt: skip
+
+
 def _write_v2(store: Path, key: str, arrays: dict) -> None:
     import dask
     import dask.array as da
     import xarray as xr
 
     from pipeline.config import ChunkParams
-    from pipeline.io.index import mark_complete
-    from pipeline.io.provenance import Provenance
     from pipeline.io.store import write_session
 
     chunks = ChunkParams()
     data = {name: (("y", "x"), da.from_array(a, chunks=(chunks.strip_rows, a.shape[1]))) for name, a in arrays.items()}
     dask.compute(write_session(xr.Dataset(data), store, key, chunks.store_chunk_px))
-    instrument, obs_id = key.split("/")
-    mark_complete(
-        store,
-        key,
-        {"instrument": instrument, "band": "x", "obs_id": obs_id},
-        Provenance(registration=[], inputs=[], array_sha256={}, reference_check={}, config={}),
-    )
+    _mark_complete(store, key)
 
 
 def _write_v1(store: Path, key: str, arrays: dict) -> None:
@@ -75,8 +77,7 @@ def _write_v1(store: Path, key: str, arrays: dict) -> None:
     import zarr
     from zarr.codecs import BloscCodec, ZstdCodec
 
-    from pipeline.io.index import index_document, mark_complete, open_index
-    from pipeline.io.provenance import Provenance
+    from pipeline.io.index import index_document, open_index
 
     if index_document(store) is None:
         open_index(store)
@@ -87,13 +88,7 @@ def _write_v1(store: Path, key: str, arrays: dict) -> None:
         array = group.create_array(name, shape=a.shape, dtype=a.dtype, chunks=(512, 512), compressors=[codec],
                                    dimension_names=("y", "x"), overwrite=True)  # fmt: skip
         array[...] = a
-    instrument, obs_id = key.split("/")
-    mark_complete(
-        store,
-        key,
-        {"instrument": instrument, "band": "x", "obs_id": obs_id},
-        Provenance(registration=[], inputs=[], array_sha256={}, reference_check={}, config={}),
-    )
+    _mark_complete(store, key)
 
 
 def build(workdir: Path, sessions: int, size_px: int) -> dict[str, Path]:
