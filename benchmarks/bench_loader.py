@@ -16,7 +16,6 @@ does during training).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 import tempfile
 import time
@@ -117,32 +116,16 @@ def loader_rows(frames: np.ndarray, root: Path, n: int) -> list[dict]:
     assert len(index(store)) == len(frames)
     params = LoaderParams(input="os", target="calib", patch_px=PATCH, patches_per_epoch=n, with_variance=False)
     dataset = PatchDataset(store, params)
-    rows = [
-        {
-            "route": "skyprep PatchDataset (os + calib + mask), 1 process",
-            "patches/s": rate_per_s(lambda i: dataset[i], np.arange(n)),
-        }
-    ]
-    uncached = PatchDataset(store, dataclasses.replace(params, cache_mb=0))
-    rows.append(
-        {
-            "route": "skyprep PatchDataset, cache_mb=0 (every patch from Zarr), 1 process",
-            "patches/s": rate_per_s(lambda i: uncached[i], np.arange(n // 4)),
-        }
-    )
+    rows = [{"route": "skyprep PatchDataset (os + calib + mask), 1 process",
+             "patches/s": rate_per_s(lambda i: dataset[i], np.arange(n))}]  # fmt: skip
     try:
         from torch.utils.data import DataLoader
 
         from pipeline.tools.loader import torch_dataset
 
-        loader = DataLoader(
-            torch_dataset(store, params),
-            batch_size=32,
-            num_workers=2,
-            multiprocessing_context="forkserver",
-            persistent_workers=True,
-        )
-        sum(len(batch["input"]) for batch in loader)  # first epoch: each worker fills its frame cache
+        loader = DataLoader(torch_dataset(store, params), batch_size=32, num_workers=2,
+                            multiprocessing_context="forkserver", persistent_workers=True)  # fmt: skip
+        sum(len(batch["input"]) for batch in loader)  # first epoch: the workers start and open the arrays
         start = time.perf_counter()
         count = sum(len(batch["input"]) for batch in loader)
         rows.append(

@@ -28,7 +28,7 @@ import yaml
 from dask.base import tokenize
 from distributed import Client, Future, LocalCluster, as_completed, wait
 
-from . import __version__
+from . import DASK_YAML, __version__
 from .config import Config
 from .errors import Interrupted, SkyprepError, UsageError
 from .graph import build_session, load_kernels
@@ -38,7 +38,6 @@ from .io.objects import ObjectPath, location
 from .io.provenance import Provenance, SessionSummary
 from .io.store import write_session
 
-DASK_YAML = Path(__file__).with_name("dask.yaml")  # worker settings (allocator), as Dask defaults
 dask.config.update_defaults(yaml.safe_load(DASK_YAML.read_text()))
 
 

@@ -123,12 +123,17 @@ def test_open_errors_name_the_file_and_the_reason(tmp_path):
 
 def test_no_other_module_opens_a_fits_file():
     """Every FITS read opens its file through pipeline/io/fits_files.py: the one place where
-    another byte source (object storage) would plug in."""
-    opener = re.compile(r"fits\.open\(|fitsio\.FITS\(|mmap\.mmap\(|fits\.get(data|header|val)\(|fitsio\.read")
+    another byte source (object storage) would plug in. Files are memory-mapped only at the two
+    edges of io/: the FITS one and io/chunk_files.py (Zarr chunk files), which uses no FITS code."""
+    fits_opener = re.compile(r"fits\.open\(|fitsio\.FITS\(|fits\.get(data|header|val)\(|fitsio\.read")
+    mapper = re.compile(r"mmap\.mmap\(|\bmemmap\(|os\.open\(")
     root = pathlib.Path(pipeline.__file__).parent
-    sources = sorted(root.rglob("*.py"))
-    users = {path.relative_to(root).as_posix() for path in sources if opener.search(path.read_text())}
-    assert len(sources) > 20 and users == {"io/fits_files.py"}
+    texts = {path.relative_to(root).as_posix(): path.read_text() for path in sorted(root.rglob("*.py"))}
+    assert len(texts) > 20
+    assert {name for name, text in texts.items() if fits_opener.search(text)} == {"io/fits_files.py"}
+    assert {name for name, text in texts.items() if mapper.search(text)} == {"io/fits_files.py", "io/chunk_files.py"}
+    imports = re.findall(r"^\s*(?:from|import) (\S+)", texts["io/chunk_files.py"], re.MULTILINE)
+    assert imports and not [name for name in imports if re.search(r"fits|astropy", name)]
 
 
 def test_an_object_is_read_as_the_local_file_is(tmp_path):

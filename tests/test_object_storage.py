@@ -193,7 +193,7 @@ def test_synthesize_noise_and_syn_export_accept_urls(s3_store, local_store, buck
 
 
 def test_loader_reads_patches_from_the_bucket(s3_store, local_store):
-    params = LoaderParams(input="os", target="calib", patch_px=32, patches_per_epoch=8, seed=2, cache_mb=0)
+    params = LoaderParams(input="os", target="calib", patch_px=32, patches_per_epoch=8, seed=2)
     remote, local = PatchDataset(s3_store, params), PatchDataset(local_store, params)
     assert remote.sessions == local.sessions
     for i in range(len(remote)):

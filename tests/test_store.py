@@ -1,4 +1,4 @@
-"""The Zarr writer: region writes of known arrays, the codec per dtype and the per-array digests."""
+"""The Zarr writer: region writes of known arrays, the codec per variable and the per-array digests."""
 
 import hashlib
 
@@ -23,6 +23,7 @@ def written(tmp_path_factory):
         "calib": rng.normal(1000, 30, (96, 64)).astype(np.float32),
         "mask": rng.integers(0, 8, (96, 64)).astype(np.uint16),
         "e91": rng.normal(500, 20, (3, 96, 64)).astype(np.float32),
+        "e91_mask": rng.integers(0, 2, (3, 96, 64)).astype(np.uint16),
     }
     dims = {2: ("y", "x"), 3: ("frame", "y", "x")}
     dataset = xr.Dataset(
@@ -41,13 +42,13 @@ def test_values_round_trip(written):
         assert group[name].chunks[-2:] == (CHUNK, CHUNK)
 
 
-def test_floats_use_blosc_lz4_with_shuffle_and_integers_zstd_level_1(written):
+def test_image_variables_are_uncompressed_and_integer_cubes_zstd_level_1(written):
     store, _, _ = written
     group = zarr.open_group(str(store), path=KEY, mode="r")
-    for name in ("calib", "e91"):
-        (codec,) = group[name].compressors
-        assert (type(codec).__name__, codec.cname.value, codec.shuffle.value) == ("BloscCodec", "lz4", "shuffle")
-    (codec,) = group["mask"].compressors
+    for name in ("calib", "e91", "mask"):
+        assert group[name].compressors == () and group[name].shards is None
+        assert [type(c).__name__ for c in group[name].metadata.codecs] == ["BytesCodec"]
+    (codec,) = group["e91_mask"].compressors
     assert (type(codec).__name__, codec.level) == ("ZstdCodec", 1)
 
 
@@ -71,3 +72,16 @@ def test_codec_benchmark_runs_on_a_written_store(written):
     for row in report["arrays"].values():
         assert all(row[label]["ratio"] > 0 for label in bench_codecs.CODECS)
     assert "| e91 | float32 |" in bench_codecs.format_table(report)
+
+
+def test_sessions_are_not_added_to_a_store_of_another_version(written, tmp_path):
+    from pipeline.io.contract import STORE_VERSION
+    from pipeline.io.index import INDEX_KEY, StoreIndexError
+
+    store = tmp_path / "old.zarr"
+    zarr.open_group(str(store), mode="w", zarr_format=3).attrs[INDEX_KEY] = {"store_version": 1, "sessions": {}}
+    dataset = xr.Dataset({"calib": (("y", "x"), da.zeros((64, 64), dtype=np.float32, chunks=64))})
+    with pytest.raises(
+        StoreIndexError, match=f"store version 1; this skyprep reads and writes version {STORE_VERSION}"
+    ):
+        write_session(dataset, store, KEY, CHUNK)

@@ -98,7 +98,7 @@ def _damage_index(store, change):
         (lambda meta: meta.update(sessions=[1, 2]), "'sessions' is not a mapping"),
         (lambda meta: meta["sessions"].update({"cam_g/obs1": "yes"}), "record of 'cam_g/obs1'"),
         (lambda meta: meta.pop("store_version"), "store_version None"),
-        (lambda meta: meta.update(store_version=2), "store version 2; this skyprep reads and writes version 1"),
+        (lambda meta: meta.update(store_version=1), "store version 1; this skyprep reads and writes version 2"),
     ],
 )
 def test_a_malformed_index_or_another_store_version_is_an_error_naming_the_store(tmp_path, change, match):

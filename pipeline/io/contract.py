@@ -15,7 +15,7 @@ import numpy as np
 
 from ..steps.masks import cf_attrs
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: uncompressed image variables (docs/store-layout.md); 1: blosc-lz4 floats, zstd ints
 
 
 class Presence(Enum):

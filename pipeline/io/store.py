@@ -16,22 +16,22 @@ import numpy as np
 import xarray as xr
 import zarr
 from dask.base import tokenize
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import ZstdCodec
 
 from ..blocks import freeing
 from .index import index_document, open_index, unmark
 from .objects import ObjectPath, location, zarr_store
 
-# Codecs by dtype (measured in docs/store-layout.md). Noisy float pixels: blosc-lz4 on shuffled
-# bytes writes and reads faster and is smaller than zarr's default zstd (level 3). Bit masks and
-# counts: zstd at level 1, as fast as level 3 or faster and as small, much smaller than blosc-lz4.
-FLOAT_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
-INTEGER_CODEC = ZstdCodec(level=1)
+# Codecs (store version 2, docs/store-layout.md). Image variables (floats and the 2-D mask) are
+# stored uncompressed (the ``bytes`` codec alone): noisy float pixels barely compress, and
+# uncompressed chunks let the training loader memory-map the windows it reads. Integer cubes
+# (``e91_mask``) compress by two orders of magnitude and are read a frame at a time: zstd level 1.
+INTEGER_CUBE_CODEC = ZstdCodec(level=1)
 
 
 def encoding(dataset: xr.Dataset, chunk_px: int) -> dict:
     """Zarr chunks for every variable: ``chunk_px`` squares (no larger than the frame), one frame
-    deep for cubes; float variables compressed with ``FLOAT_CODEC``, integers with ``INTEGER_CODEC``."""
+    deep for cubes; integer cubes compressed with ``INTEGER_CUBE_CODEC``, everything else not."""
     result = {}
     for name, variable in dataset.data_vars.items():
         if variable.dims[-2:] == ("y", "x"):
@@ -39,7 +39,8 @@ def encoding(dataset: xr.Dataset, chunk_px: int) -> dict:
             result[name] = {"chunks": (*lead, *(min(chunk_px, n) for n in variable.shape[-2:]))}
         else:
             result[name] = {"chunks": variable.shape}
-        result[name]["compressors"] = [FLOAT_CODEC if np.issubdtype(variable.dtype, np.floating) else INTEGER_CODEC]
+        integer_cube = variable.ndim > 2 and not np.issubdtype(variable.dtype, np.floating)
+        result[name]["compressors"] = [INTEGER_CUBE_CODEC] if integer_cube else None
     return result
 
 

@@ -5,23 +5,33 @@
 - ``input``, ``target``: float32 ``(1, P, P)``, the chosen variables (``os``, ``calib``, ``mean``,
   ``e91[k]`` for frame k, ... any pair of image variables), optionally normalised;
 - ``mask``: int32 ``(1, P, P)``, the session's ``mask`` OR-ed with ``e91_mask[k]`` of every
-  ``e91[k]`` involved (bits of ``pipeline.steps.masks.Flag``);
+  ``e91[k]`` involved, and ``no_data`` wherever input, target or variance is NaN or inf
+  (bits of ``pipeline.steps.masks.Flag``);
 - ``variance``: float32 ``(1, P, P)``, the variance of ``calib`` in ADU^2, never normalised
-  (only when ``with_variance`` and the store holds it);
+  (when ``with_variance``);
 - ``index``: int64 ``(3,)``, the session's position in ``dataset.sessions`` and the patch
   origin ``(y, x)`` in pixels: ``input == store[session][var][y:y+P, x:x+P]``.
 
-Patches are deterministic: patch ``i`` depends only on ``(seed, epoch, i)``, never on the worker
-that draws it. The store is opened lazily in the process that reads (so each DataLoader worker
+NaN and inf never leave the loader: they become 0 (in ADU, and under every normalisation) and
+are flagged ``no_data``. Patch ``i`` depends only on ``(seed, epoch, i)``, never on the worker
+or the batch that draws it. ``dataset.__getitems__(indices)`` (PyTorch's batched fetching)
+reads every window of a batch before assembling it; ``dataset.to_xarray(i)`` is a patch as an
+``xarray.Dataset`` with the frame's pixel coordinates.
+
+Windows are read straight from the store, never through a cache of whole frames: an array in
+the store's layout (``docs/store-layout.md``: uncompressed chunks) copied out of the memory maps
+of the chunk files a window touches (``pipeline.io.chunk_files``), any other Zarr v3 array
+(compressed cubes, other layouts) through tensorstore. The store is opened lazily in the process that reads (so each DataLoader worker
 opens its own: BRIEF section 5 on forked workers), and only the root index is read up front.
 
 Normalisation ``asinh``: ``v -> asinh(v / asinh_scale_adu)``, linear (``v / scale``) for
 ``|v|`` below the scale (about the sky noise, a few ADU to tens of ADU) and logarithmic above
-it, so bright stars do not dominate the loss. NaN (no data) becomes 0 and is flagged in ``mask``.
+it, so bright stars do not dominate the loss.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 from collections import OrderedDict
@@ -29,16 +39,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 import zarr
 
+from .. import DASK_YAML
+from ..errors import InputError
+from ..io.chunk_files import ChunkFileArray, ChunkMaps, readable
 from ..io.contract import Presence, named
-from ..io.index import index, splits
-from ..io.objects import location, zarr_store
+from ..io.index import index, is_complete, splits
+from ..io.objects import ObjectPath, location, zarr_store
 from ..steps.masks import Flag
 
 _VARIABLE = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)(\[(?P<frame>\d+)\])?$")
 MODES = ("random", "tiled")
 NORMALISATIONS = (None, "asinh")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+OPEN_ARRAYS = 1024  # per process: (session, variable) handles kept open, least recently used closed
 
 
 @dataclass(frozen=True)
@@ -47,11 +63,11 @@ class LoaderParams:
 
     ``split``: ``train``, ``test`` or None for every complete session. ``mode``: ``random``
     draws ``patches_per_epoch`` patches (session chosen with probability proportional to its
-    area); ``tiled`` covers every frame with ``patch_px`` tiles (the last row/column of tiles is
-    moved inside the frame). ``asinh_scale_adu``: the ``asinh`` normalisation's linear scale.
-    ``cache_mb``: per-process budget for decoded whole frames (least recently used are dropped;
-    0 reads every patch from the store). A frame is decoded once and then sliced, which is what
-    makes random patches fast (see ``benchmarks/README.md``); set it below the worker's memory.
+    area, origin uniform: every patch position of the split equally likely); ``tiled`` covers
+    every frame with ``patch_px`` tiles (the last row/column of tiles is moved inside the frame).
+    ``asinh_scale_adu``: the ``asinh`` normalisation's linear scale. ``mapped_mb``: per-process
+    budget, in MiB, of resident chunk-file pages (page-cache pages, but counted in the process's
+    RSS; the least recently read released beyond it, ``pipeline.io.chunk_files.ChunkMaps``).
     """
 
     input: str = "os"
@@ -64,7 +80,7 @@ class LoaderParams:
     normalise: str | None = None
     asinh_scale_adu: float = 10.0
     with_variance: bool = True
-    cache_mb: int = 2048
+    mapped_mb: int = 256
 
     def __post_init__(self):
         for spec in (self.input, self.target):
@@ -76,8 +92,8 @@ class LoaderParams:
             raise ValueError(f"normalise {self.normalise!r}: expected one of {NORMALISATIONS}")
         if self.split not in (None, "train", "test"):
             raise ValueError(f"split {self.split!r}: expected 'train', 'test' or None")
-        if self.patch_px <= 0 or self.patches_per_epoch <= 0 or self.asinh_scale_adu <= 0 or self.cache_mb < 0:
-            raise ValueError("patch_px, patches_per_epoch, asinh_scale_adu must be positive, cache_mb >= 0")
+        if self.patch_px <= 0 or self.patches_per_epoch <= 0 or self.asinh_scale_adu <= 0 or self.mapped_mb < 0:
+            raise ValueError("patch_px, patches_per_epoch, asinh_scale_adu must be positive, mapped_mb >= 0")
 
 
 def parse_variable(spec: str) -> tuple[str, int | None]:
@@ -87,6 +103,12 @@ def parse_variable(spec: str) -> tuple[str, int | None]:
         raise ValueError(f"variable {spec!r}: expected 'name' or 'name[frame]'")
     frame = match["frame"]
     return match["name"], None if frame is None else int(frame)
+
+
+def _split(spec: str) -> tuple[str, tuple[int, ...]]:
+    """``'e91[3]' -> ('e91', (3,))``, ``'calib' -> ('calib', ())``: the array and its leading index."""
+    name, frame = parse_variable(spec)
+    return name, () if frame is None else (frame,)
 
 
 # Variables that only sessions with e91 frames hold (the store contract).
@@ -109,7 +131,7 @@ def select_sessions(store: Path | str, params: LoaderParams) -> list[str]:
         raise ValueError(f"{store}: no split recorded (run `skyprep split {store} ...` first)")
     chosen = []
     for key, record in sorted(records.items()):
-        if not record.get("complete"):
+        if not is_complete(record):
             continue
         if params.split is not None and assignment.get(key) != params.split:
             continue
@@ -132,13 +154,124 @@ def tile_origins(height_px: int, width_px: int, patch_px: int) -> list[tuple[int
     return [(y, x) for y in starts(height_px) for x in starts(width_px)]
 
 
-def asinh_normalise(values, scale_adu: float):
-    """``asinh(v / scale_adu)`` (dimensionless), NaN as 0."""
-    return np.nan_to_num(np.arcsinh(values / np.float32(scale_adu)), nan=0.0).astype(np.float32)
+def asinh_normalise(values: np.ndarray, scale_adu: float, out: np.ndarray | None = None) -> np.ndarray:
+    """``asinh(v / scale_adu)`` (dimensionless, float32) of finite values (the loader zeroes the
+    others first); ``out`` may be ``values`` (in place)."""
+    scaled = np.multiply(values, np.float32(1.0 / scale_adu), out=out, dtype=np.float32)
+    return np.arcsinh(scaled, out=scaled)
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether a C-contiguous float array holds no NaN and no inf. Fast path: the dot product of
+    the array with itself is finite (it is NaN or inf when the array holds one, or values beyond
+    about 1e19, which the exact check then clears)."""
+    flat = values.reshape(-1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return bool(np.isfinite(np.dot(flat, flat)) or np.isfinite(flat).all())
+
+
+def uniform_draws(key: int, counters: np.ndarray) -> np.ndarray:
+    """Uniform floats in [0, 1), one per uint64 counter: SplitMix64 of ``key + counter``.
+
+    A pure function of (key, counter), vectorised, so a batch of patches costs one call.
+    """
+    with np.errstate(over="ignore"):
+        z = np.uint64(key) + counters.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+class _TensorstoreArray:
+    """Any other Zarr v3 array (compressed, sharded, older layouts), windows read by tensorstore."""
+
+    def __init__(self, directory: Path, context):
+        import tensorstore as ts
+
+        spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(directory)}}
+        self.store = ts.open(spec, read=True, context=context).result()
+
+    def window(self, lead: tuple[int, ...], y: int, x: int, out: np.ndarray):
+        """A future of ``array[*lead, y:y+P, x:x+P]`` (``out`` is P x P), to be copied into ``out``."""
+        p_y, p_x = out.shape
+        return self.store[(*lead, slice(y, y + p_y), slice(x, x + p_x))].read()
+
+
+class _ZarrArray:
+    """An array in an object store (``s3://``, ``gs://``, ``memory://``...): windows read by
+    zarr-python through the store's obstore client, one window at a time (no memory map there)."""
+
+    def __init__(self, array: zarr.Array):
+        self.array = array
+
+    def window(self, lead: tuple[int, ...], y: int, x: int, out: np.ndarray) -> None:
+        """Copy ``array[*lead, y:y+P, x:x+P]`` into ``out`` (P, P)."""
+        p_y, p_x = out.shape
+        out[...] = self.array[(*lead, slice(y, y + p_y), slice(x, x + p_x))]
+
+
+def tune_allocator() -> None:
+    """Give this process the allocator settings of skyprep's Dask workers (``pipeline/dask.yaml``).
+
+    Samples are freshly allocated arrays of a few hundred KiB; with glibc's defaults every batch
+    freed hands its memory back to the OS and the next one page-faults it in again, which made
+    batches of 32 about half as fast as single samples (benchmarks/README.md). glibc only.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    environ = yaml.safe_load(DASK_YAML.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
+    libc.mallopt(_M_TRIM_THRESHOLD, int(environ["MALLOC_TRIM_THRESHOLD_"]))
+    libc.mallopt(_M_MMAP_THRESHOLD, int(environ["MALLOC_MMAP_THRESHOLD_"]))
+
+
+class _StoreReader:
+    """The store's arrays, opened once per process (least recently used closed beyond ``OPEN_ARRAYS``)."""
+
+    def __init__(self, store: Path | ObjectPath, mapped_mb: int):
+        self.store, self.pid = store, os.getpid()
+        tune_allocator()
+        self.maps = ChunkMaps(mapped_mb * 2**20)
+        self._arrays, self._context = OrderedDict(), None
+
+    def array(self, session: str, name: str) -> ChunkFileArray | _TensorstoreArray | _ZarrArray:
+        key = (session, name)
+        if key in self._arrays:
+            self._arrays.move_to_end(key)
+            return self._arrays[key]
+        directory = self.store / session / name
+        try:
+            array = zarr.open_array(zarr_store(directory), mode="r", zarr_format=3)
+        except FileNotFoundError as error:
+            raise InputError(directory, f"session {session} has no variable {name!r}") from error
+        if isinstance(directory, ObjectPath):
+            self._arrays[key] = _ZarrArray(array)
+        elif readable(array):
+            self._arrays[key] = ChunkFileArray(array, directory, self.maps)
+        else:
+            self._arrays[key] = _TensorstoreArray(directory, self._tensorstore_context())
+        if len(self._arrays) > OPEN_ARRAYS:
+            self._arrays.popitem(last=False)
+        return self._arrays[key]
+
+    def _tensorstore_context(self):
+        import tensorstore as ts
+
+        if self._context is None:
+            self._context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+        return self._context
+
+    def window(self, session: str, name: str, lead: tuple[int, ...], y: int, x: int, out: np.ndarray):
+        """Fill ``out`` (P, P) with ``store[session][name][*lead, y:y+P, x:x+P]`` now, or return the
+        future that gives it (tensorstore reads, kept in flight until the batch is assembled)."""
+        return self.array(session, name).window(lead, y, x, out)
 
 
 class PatchDataset:
-    """Map-style dataset of patches (see the module docstring); ``len`` and ``[i]`` only."""
+    """Map-style dataset of patches (see the module docstring): ``len``, ``[i]``,
+    ``__getitems__(indices)`` and ``to_xarray(i)``."""
 
     def __init__(self, store: Path | str, params: LoaderParams = LoaderParams()):
         self.store = location(store)  # a local path or an object-store prefix (pickles to DataLoader workers)
@@ -148,16 +281,18 @@ class PatchDataset:
             raise ValueError(f"{store}: no complete session holds {params.input} and {params.target}"
                              f" in split {params.split}")  # fmt: skip
         records = index(store)
-        self.shapes = [tuple(records[key]["shape"]) for key in self.sessions]
+        self.shapes = np.array([records[key]["shape"] for key in self.sessions], dtype=np.int64)
         self.epoch = 0
-        areas = np.array([h * w for h, w in self.shapes], dtype=float)
+        areas = self.shapes.prod(axis=1).astype(float)
         self._cumulative_area = np.cumsum(areas) / areas.sum()
+        self._cumulative_area[-1] = 1.0
         self._tiles = None
         if params.mode == "tiled":
-            self._tiles = [
-                (s, y, x) for s, (h, w) in enumerate(self.shapes) for y, x in tile_origins(h, w, params.patch_px)
-            ]
-        self._root, self._pid, self._arrays, self._cache = None, None, {}, OrderedDict()
+            self._tiles = np.array(
+                [(s, y, x) for s, (h, w) in enumerate(self.shapes) for y, x in tile_origins(h, w, params.patch_px)],
+                dtype=np.int64,
+            )
+        self._reader = None
 
     def __len__(self) -> int:
         return len(self._tiles) if self._tiles is not None else self.params.patches_per_epoch
@@ -167,83 +302,112 @@ class PatchDataset:
         self.epoch = int(epoch)
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state.update(_root=None, _pid=None, _arrays={}, _cache=OrderedDict())
-        return state
+        return {**self.__dict__, "_reader": None}
+
+    def origins(self, indices) -> np.ndarray:
+        """``(B, 3)`` int64 ``(session position, y, x)`` of patches ``indices``; each row a function
+        of ``(seed, epoch, i)`` only."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"patch indices {indices.min()}..{indices.max()} out of range 0..{len(self) - 1}")
+        if self._tiles is not None:
+            return self._tiles[indices]
+        p = self.params.patch_px
+        key = int(np.random.SeedSequence([self.params.seed, self.epoch]).generate_state(1, np.uint64)[0])
+        u = uniform_draws(key, indices[:, None].astype(np.uint64) * np.uint64(3) + np.arange(3, dtype=np.uint64))
+        s = np.minimum(np.searchsorted(self._cumulative_area, u[:, 0], side="right"), len(self.sessions) - 1)
+        span = self.shapes[s] - p + 1  # origins y, x uniform in [0, h - p], [0, w - p]
+        return np.column_stack([s, (u[:, 1] * span[:, 0]).astype(np.int64), (u[:, 2] * span[:, 1]).astype(np.int64)])
 
     def origin(self, i: int) -> tuple[int, int, int]:
-        """``(session position, y, x)`` of patch ``i``; a function of ``(seed, epoch, i)`` only."""
-        if not 0 <= i < len(self):
-            raise IndexError(f"patch {i} out of range 0..{len(self) - 1}")
-        if self._tiles is not None:
-            return self._tiles[i]
+        """``(session position, y, x)`` of patch ``i``."""
+        return tuple(int(v) for v in self.origins([i])[0])
+
+    def _store_reader(self) -> _StoreReader:
+        if self._reader is None or self._reader.pid != os.getpid():
+            self._reader = _StoreReader(self.store, self.params.mapped_mb)
+        return self._reader
+
+    def _reads(self) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+        """``(role, variable, leading index)`` of every window a sample reads: the roles of the
+        sample, then ``frame_mask`` for each ``e91_mask[k]`` OR-ed into ``mask``."""
+        params = self.params
+        roles = [("input", params.input), ("target", params.target)]
+        roles += [("variance", "variance")] * params.with_variance + [("mask", "mask")]
+        frames = sorted({(name, frame) for name, frame in map(parse_variable, (params.input, params.target))
+                         if frame is not None})  # fmt: skip
+        reads = [(role, *_split(spec)) for role, spec in roles]
+        return tuple(reads + [("frame_mask", f"{name}_mask", (frame,)) for name, frame in frames])
+
+    def __getitems__(self, indices) -> list[dict[str, np.ndarray]]:
+        """Samples ``indices``, read together (PyTorch's batched fetching calls this) into one
+        array per role, each sample a view of it. A sample is assembled as soon as its windows are
+        in (while they are in the CPU's cache); reads through tensorstore are all in flight first."""
         p = self.params.patch_px
-        rng = np.random.default_rng([self.params.seed, self.epoch, i])
-        s = int(np.searchsorted(self._cumulative_area, rng.random(), side="right"))
-        h, w = self.shapes[s]
-        return s, int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
+        origins = self.origins(indices)
+        reads = self._reads()
+        batch = {role: np.empty((len(origins), 1, p, p), np.int32 if role == "mask" else np.float32)
+                 for role, _, _ in reads if role != "frame_mask"}  # fmt: skip
+        frame_masks = np.empty((len(origins), sum(role == "frame_mask" for role, _, _ in reads), p, p), np.int32)
+        reader, pending = self._store_reader(), {}
+        for j, (s, y, x) in enumerate(origins.tolist()):
+            session, k = self.sessions[s], 0
+            for role, name, lead in reads:
+                if role == "frame_mask":
+                    target, k = frame_masks[j, k], k + 1
+                else:
+                    target = batch[role][j, 0]
+                future = reader.window(session, name, lead, y, x, target)
+                if future is not None:
+                    pending.setdefault(j, []).append((target, future))
+            if j not in pending:
+                self._assemble({role: values[j, 0] for role, values in batch.items()}, frame_masks[j])
+        for j, futures in pending.items():
+            for target, future in futures:
+                target[...] = future.result()
+            self._assemble({role: values[j, 0] for role, values in batch.items()}, frame_masks[j])
+        return [{role: values[j] for role, values in batch.items()} | {"index": origin}
+                for j, origin in enumerate(origins)]  # fmt: skip
 
-    def _array(self, session: str, name: str) -> zarr.Array | None:
-        """The session's array ``name`` (None if absent), opened once per process."""
-        if self._pid != os.getpid():
-            self._root, self._pid, self._arrays, self._cache = None, os.getpid(), {}, OrderedDict()
-        if (session, name) not in self._arrays:
-            if self._root is None:
-                self._root = zarr.open_group(zarr_store(self.store), mode="r", zarr_format=3)
-            group = self._root[session]
-            self._arrays[(session, name)] = group[name] if name in group else None
-        return self._arrays[(session, name)]
+    def _assemble(self, sample: dict[str, np.ndarray], frame_masks: np.ndarray) -> None:
+        """A sample's (P, P) windows in place: frame masks OR-ed in, NaN/inf to 0 and flagged
+        ``no_data``, normalised."""
+        mask = sample["mask"]
+        for frame_mask in frame_masks:
+            mask |= frame_mask
+        for role in ("input", "target", "variance"):
+            values = sample.get(role)
+            if values is None:
+                continue
+            if not all_finite(values):
+                bad = ~np.isfinite(values)
+                values[bad] = 0.0
+                mask[bad] |= int(Flag.NO_DATA)
+            if self.params.normalise == "asinh" and role != "variance":
+                asinh_normalise(values, self.params.asinh_scale_adu, out=values)
 
-    def _frame(self, session: str, name: str, frame: int | None) -> np.ndarray:
-        """The whole decoded frame, from the per-process LRU cache (``cache_mb``)."""
-        key = (session, name, frame)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        array = self._array(session, name)
-        values = np.asarray(array[...] if frame is None else array[frame])
-        self._cache[key] = values
-        budget = self.params.cache_mb * 2**20
-        while len(self._cache) > 1 and sum(v.nbytes for v in self._cache.values()) > budget:
-            self._cache.popitem(last=False)
-        return values
-
-    def _read(self, session: str, spec: str, y: int, x: int) -> np.ndarray:
-        name, frame = parse_variable(spec)
-        if self._array(session, name) is None:
-            raise KeyError(f"{self.store}/{session}: no variable {name!r}")
-        p = self.params.patch_px
-        window = (slice(y, y + p), slice(x, x + p))
-        if self.params.cache_mb:
-            return self._frame(session, name, frame)[window].copy()
-        return np.asarray(self._array(session, name)[window if frame is None else (frame, *window)])
-
-    def _mask(self, session: str, y: int, x: int) -> np.ndarray:
-        mask = self._read(session, "mask", y, x).astype(np.int32)
-        for spec in {self.params.input, self.params.target}:
-            name, frame = parse_variable(spec)
-            if frame is not None:
-                mask |= self._read(session, f"{name}_mask[{frame}]", y, x).astype(np.int32)
-        return mask
+    def batch(self, indices) -> dict[str, np.ndarray]:
+        """Patches ``indices`` stacked: ``input``, ``target``, ``mask``, ``variance`` ``(B, 1, P, P)``,
+        ``index`` ``(B, 3)``."""
+        samples = self.__getitems__(indices)
+        return {name: np.stack([sample[name] for sample in samples]) for name in samples[0]}
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        s, y, x = self.origin(int(i))
-        session = self.sessions[s]
-        data = {"input": self._read(session, self.params.input, y, x),
-                "target": self._read(session, self.params.target, y, x)}  # fmt: skip
-        mask = self._mask(session, y, x)
-        for name, values in data.items():
-            mask |= np.where(np.isfinite(values), 0, int(Flag.NO_DATA)).astype(np.int32)
-            if self.params.normalise == "asinh":
-                data[name] = asinh_normalise(values, self.params.asinh_scale_adu)
-            else:
-                data[name] = values.astype(np.float32)
-        sample = {name: values[None] for name, values in data.items()}
-        sample["mask"] = mask[None]
-        if self.params.with_variance and self._array(session, "variance") is not None:
-            sample["variance"] = self._read(session, "variance", y, x).astype(np.float32)[None]
-        sample["index"] = np.array([s, y, x], dtype=np.int64)
-        return sample
+        return self.__getitems__([int(i)])[0]
+
+    def to_xarray(self, i: int):
+        """Patch ``i`` as an ``xarray.Dataset`` on the frame's pixel grid (``y``, ``x`` in pixels),
+        the session and origin in its attributes (for xbatcher-style code)."""
+        import xarray as xr
+
+        sample = self[i]
+        s, y, x = (int(v) for v in sample["index"])
+        p = self.params.patch_px
+        variables = {name: (("y", "x"), values[0]) for name, values in sample.items() if name != "index"}
+        coords = {"y": np.arange(y, y + p), "x": np.arange(x, x + p)}
+        attrs = {"session": self.sessions[s], "patch": int(i), "epoch": self.epoch, "input": self.params.input,
+                 "target": self.params.target, "normalise": str(self.params.normalise)}  # fmt: skip
+        return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
 def torch_dataset(store: Path | str, params: LoaderParams = LoaderParams()):
@@ -262,8 +426,12 @@ def _torch_class():
     class TorchPatchDataset(PatchDataset, Dataset):
         """``PatchDataset`` whose samples are tensors, for ``torch.utils.data.DataLoader``."""
 
+        def __getitems__(self, indices):
+            return [{name: torch.from_numpy(values) for name, values in sample.items()}
+                    for sample in super().__getitems__(indices)]  # fmt: skip
+
         def __getitem__(self, i):
-            return {name: torch.from_numpy(values) for name, values in super().__getitem__(i).items()}
+            return self.__getitems__([int(i)])[0]
 
     TorchPatchDataset.__qualname__ = "TorchPatchDataset"
     return TorchPatchDataset

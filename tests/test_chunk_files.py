@@ -1,0 +1,78 @@
+"""Windows copied out of the chunk files of uncompressed Zarr v3 arrays (pipeline/io/chunk_files.py),
+against the arrays written, with the memory maps' bounds checked in the kernel's own accounting."""
+
+import os
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BloscCodec
+
+from pipeline.io.chunk_files import ChunkFileArray, ChunkMaps, readable
+
+FILL = 7
+
+
+def _array(path, values, chunks, **options):
+    array = zarr.create_array(str(path), shape=values.shape, dtype=values.dtype, chunks=chunks, compressors=None,
+                              fill_value=FILL, **options)  # fmt: skip
+    array[...] = values
+    return array
+
+
+def _resident_kb(prefix: str) -> int:
+    """Resident kB of this process's mappings of files under ``prefix`` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and ":" not in fields[0]:
+            inside = len(fields) > 5 and fields[-1].startswith(prefix)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+def test_windows_across_chunks_and_missing_chunks_equal_the_array(tmp_path):
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 60000, (2, 100, 90)).astype(np.uint16)
+    values[1, 40:80, 30:60] = FILL  # whole chunks of the fill value: zarr writes no file for them
+    array = _array(tmp_path / "a.zarr", values, (1, 40, 30))
+    assert readable(array) and not (tmp_path / "a.zarr/c/1/1/1").exists()
+    reader = ChunkFileArray(array, tmp_path / "a.zarr", ChunkMaps(budget_bytes=0, max_maps=2))
+    for frame, y, x, p in [(0, 0, 0, 100 - 10), (1, 35, 25, 50), (1, 41, 31, 9), (0, 79, 59, 21), (1, 0, 60, 30)]:
+        out = np.full((p, min(p, 90 - x)), 99, np.int32)  # cast on the way: uint16 into int32
+        reader.window((frame,), y, x, out)
+        np.testing.assert_array_equal(out, values[frame, y : y + out.shape[0], x : x + out.shape[1]])
+    assert len(reader.maps) <= 2
+
+
+def test_other_layouts_are_not_read_from_chunk_files(tmp_path):
+    values = np.zeros((64, 64), np.float32)
+    compressed = zarr.create_array(str(tmp_path / "c.zarr"), shape=values.shape, dtype=values.dtype, chunks=(32, 32),
+                                   compressors=[BloscCodec(cname="lz4")])  # fmt: skip
+    sharded = zarr.create_array(str(tmp_path / "s.zarr"), shape=values.shape, dtype=values.dtype, chunks=(16, 16),
+                                shards=(32, 32), compressors=None)  # fmt: skip
+    assert not readable(compressed) and not readable(sharded)
+    with pytest.raises(ValueError, match="compressed or sharded"):
+        ChunkFileArray(compressed, tmp_path / "c.zarr", ChunkMaps(2**20))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc/self/smaps")
+@pytest.mark.parametrize("budget_chunks", [1, 6])
+def test_resident_chunk_pages_stay_within_the_budget(tmp_path, budget_chunks):
+    """Reading every chunk of a 1024 x 1024 float32 array (16 chunk files of 1 MiB) keeps at most
+    ``budget`` of their pages in this process's resident set, and at most ``max_maps`` maps."""
+    values = np.random.default_rng(5).normal(0, 1, (1024, 1024)).astype(np.float32)
+    path = tmp_path / "big.zarr"
+    array = _array(path, values, (256, 256))
+    chunk_bytes = 256 * 256 * 4
+    maps = ChunkMaps(budget_bytes=budget_chunks * chunk_bytes, max_maps=10)
+    reader = ChunkFileArray(array, path, maps)
+    out = np.empty((256, 256), np.float32)
+    for y in range(0, 1024, 256):
+        for x in range(0, 1024, 256):
+            reader.window((), y, x, out)
+            np.testing.assert_array_equal(out, values[y : y + 256, x : x + 256])
+            assert _resident_kb(str(path)) <= budget_chunks * chunk_bytes / 1024
+    assert len(maps) == 10 and maps.mapped == budget_chunks * chunk_bytes
+    assert _resident_kb(str(path)) >= chunk_bytes / 1024  # the last chunk read is resident
