@@ -13,32 +13,45 @@ header's, like the calibration's) and the model's gain ``g`` (e-/ADU; ``c = g / 
 so the expected ``syn`` in ADU is the data's whatever ``g`` is; ``g`` sets the shot noise.
 
 ``L`` is the overscan level the pipeline subtracted, so ``syn`` is quantised like ``os``. White
-read noise (ADU) is Gaussian or, where the overscan showed otherwise, drawn from its measured
-quantile function; row offsets (ADU, one per row and amplifier) are a Gaussian process with the
-measured power spectrum; cosmic rays arrive at the measured rate per pixel and second, each a
-measured hit shape. ``s = sqrt(1 - 1/count)`` removes the noise the stack of ``count`` frames
-still carries (``subtract_base_noise``; 1 when off): the result then has one frame's variance
-about the truth, not ``1 + 1/count`` of it. Pixels with no stack value are NaN.
+read noise (ADU) is Gaussian or, where the overscan showed otherwise, the measured quantile
+function of a Gaussian deviate; row offsets (ADU, one per row and amplifier) are a stationary
+Gaussian process with the measured power spectrum (white deviates per row filtered by
+``row_filter``); cosmic rays arrive at the measured rate per pixel and second, each a measured
+hit shape. ``s = sqrt(1 - 1/count)`` removes the noise the stack of ``count`` frames still
+carries (``subtract_base_noise``; 1 when off): the result then has one frame's variance about
+the truth, not ``1 + 1/count`` of it. Pixels with no stack value are NaN.
 
-Randomness: every draw is determined by ``SynthKey`` and by where it lands. A pixel's random
-bits are a hash (splitmix64) of the key and the pixel's index on the session grid, turned into
-a normal deviate through a quantile table of ``2**TABLE_BITS`` levels (tails beyond 4.3 sigma
-are not drawn: one pixel in 60 000); row offsets come from a generator per amplifier (drawn
-whole, sliced), cosmic-ray arrivals from one per ``COSMIC_TILE_PX`` tile. So any patch, or
-strip, is drawn without the rest of the frame and equals the crop of the whole frame drawn at
-once. Shot noise is exact Poisson (inversion) below ``POISSON_EXACT_BELOW_E`` expected
-electrons, above it the Cornish-Fisher expansion ``sqrt(l) z + (z^2 - 1) / 6`` of a normal
-``z`` (the Poisson's mean, variance to ``1/(18 l)``, and skewness). The per-pixel work is one
-compiled loop (``_draw``): the loader draws patches on the fly.
+Randomness is counter-based: every random number is splitmix64 of a 64-bit stream key
+(``SynthKey.stream_key``: the seed, the session, the draw's keys and the stream) plus a counter
+that names what it is for, so a draw needs no generator state and any patch or strip is drawn
+without the rest of the frame and equals the crop of the whole frame drawn at once:
+
+- a pixel: its index on the session grid (``Stream.PIXELS``), 64 bits: the shot noise's deviate
+  (upper 32) and the white read noise's (lower 32); below ``POISSON_EXACT_BELOW_E`` the shot
+  noise's uniform is one more mix of the same bits;
+- a row offset: the white deviate of every session row (``Stream.ROWS``, one key per amplifier),
+  so a patch filters only its rows and ``row_filter``'s reach;
+- cosmic rays: per ``COSMIC_TILE_PX`` tile of the session grid (``Stream.COSMICS``), counter 0..
+  for the tile's hit count, then two per hit (position, shape).
+
+Normal deviates from 32 bits: a table of the normal quantile function at ``2**NORMAL_TABLE_BITS``
+levels, linearly interpolated (at most ``1.4e-4`` off) between the levels ``2**-8`` and
+``1 - 2**-8`` (``|z| < 2.66``), and the tails (one deviate in 128) by Wichura's AS 241
+(``PPND7``, relative error ``1e-7``) at the uniform's midpoint: deviates reach 6.3 sigma. Shot
+noise is exact Poisson (inversion) below ``POISSON_EXACT_BELOW_E`` expected electrons, above it
+the Cornish-Fisher expansion ``sqrt(l - 1/18) z + (z^2 - 1) / 6`` of the normal ``z``: the
+Poisson's mean and variance exactly, its third cumulant to ``1/54`` (``l``; a Poisson's is
+``l``) and its fourth ``4/3 l`` (``l``). The per-pixel work, the row offsets and the cosmic rays
+are one compiled call (``_synthesize``): the loader draws patches on the fly.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
 import hashlib
 import math
 import struct
+import weakref
 import zlib
 from dataclasses import dataclass
 
@@ -51,6 +64,10 @@ from .noise_model import NoiseModel
 
 COSMIC_TILE_PX = 512  # cosmic-ray arrivals: one random stream per tile
 POISSON_EXACT_BELOW_E = 30.0  # expected electrons below which shot noise is drawn exactly
+ROW_FILTER_LOSS = 1e-4  # fraction of the row offsets' variance the truncated filter may leave out
+NORMAL_TABLE_BITS = 12
+WHITE_TABLE_SIGMAS = 4.5  # the measured white quantile function is tabulated over |z| <= this
+WHITE_TABLE_POINTS = 1025
 
 
 class Stream(enum.IntEnum):
@@ -73,13 +90,11 @@ class SynthKey:
     def entropy(self) -> list[int]:
         return [int(self.seed), zlib.crc32(self.session.encode()), len(self.draw), *(int(k) for k in self.draw)]
 
-    def rng(self, *keys: int) -> np.random.Generator:
-        return np.random.default_rng([*self.entropy(), *(int(k) for k in keys)])
-
-    def pixel_key(self) -> np.uint64:
-        """64 bits for the pixels' counter-based random numbers (``Stream.PIXELS``)."""
-        words = struct.pack(f"<{len(self.entropy()) + 1}q", *self.entropy(), Stream.PIXELS)
-        return np.uint64(int.from_bytes(hashlib.blake2b(words, digest_size=8).digest(), "little"))
+    def stream_key(self, stream: Stream, *keys: int) -> np.uint64:
+        """64 bits keying the counter-based random numbers of ``stream`` (and ``keys``, e.g. an amplifier)."""
+        words = [*self.entropy(), int(stream), *(int(k) for k in keys)]
+        digest = hashlib.blake2b(struct.pack(f"<{len(words)}q", *words), digest_size=8).digest()
+        return np.uint64(int.from_bytes(digest, "little"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,109 +115,110 @@ class Patch:
         return self.mean_adu.shape
 
 
-def row_offsets_adu(read: ReadNoise, rows: int, rng: np.random.Generator) -> np.ndarray:
-    """``rows`` stationary Gaussian row offsets (ADU) with the measured spectrum ``read.row_psd_adu2``.
+def row_filter(read: ReadNoise, rows: int) -> np.ndarray:
+    """Taps ``h[0..L]`` (ADU per unit deviate; ``h[-j] = h[j]``) that turn white deviates ``w`` into
+    row offsets ``sum_j h[|j|] w[y - j]`` with the measured spectrum ``read.row_psd_adu2``.
 
-    Drawn on twice the length (and the first half kept) so the first and last rows are not
-    tied together by the periodic transform.
+    The zero-phase filter of the spectrum sampled on ``2 * rows`` frequencies (an amplifier's
+    ``rows``: its lowest measured frequency), cut where the taps left out carry less than
+    ``ROW_FILTER_LOSS`` of the variance. Empty when the model has no row noise.
     """
     if read.row_adu == 0 or rows == 0:
-        return np.zeros(rows)
+        return np.zeros(0)
     n = 2 * rows
-    freq = np.fft.rfftfreq(n)
-    power = np.interp(freq, read.row_psd_freq, read.row_psd_adu2)
-    amplitude = np.sqrt(n * power / 2.0)
-    spectrum = amplitude * (rng.standard_normal(freq.size) + 1j * rng.standard_normal(freq.size))
-    spectrum[0] = math.sqrt(n * power[0]) * spectrum[0].real / amplitude[0] if amplitude[0] > 0 else 0.0
-    if n % 2 == 0:
-        spectrum[-1] = math.sqrt(n * power[-1]) * rng.standard_normal()
-    return np.fft.irfft(spectrum, n)[:rows]
+    power = np.interp(np.fft.rfftfreq(n), read.row_psd_freq, read.row_psd_adu2)
+    taps = np.fft.irfft(np.sqrt(np.maximum(power, 0.0)), n)[: n // 2 + 1]
+    energy = np.cumsum(np.concatenate([taps[:1] ** 2, 2 * taps[1:] ** 2]))
+    keep = int(np.searchsorted(energy, (1 - ROW_FILTER_LOSS) * energy[-1])) + 1
+    return taps[:keep]
 
 
-def cosmic_rays_e(model: NoiseModel, key: SynthKey, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    """Cosmic-ray charge (e-, float32) on rows ``[y0, y1)`` and columns ``[x0, x1)``.
+def white_table(read: ReadNoise) -> np.ndarray:
+    """The measured white read noise (ADU) as a function of a normal deviate ``z``, at
+    ``WHITE_TABLE_POINTS`` equally spaced ``z`` over ``+-WHITE_TABLE_SIGMAS``: the overscan's
+    standardised quantile function ``read.quantiles`` at ``Phi(z)``, held at its outermost
+    measured levels beyond them."""
+    z = np.linspace(-WHITE_TABLE_SIGMAS, WHITE_TABLE_SIGMAS, WHITE_TABLE_POINTS)
+    return read.white_adu * np.interp(stats.norm.cdf(z), QUANTILE_LEVELS, read.quantiles)
 
-    Hits arrive per tile of the session grid (Poisson, the fitted rate times the tile's area and
-    the exposure time), at a uniform position, each a uniformly chosen measured shape; every
-    tile whose hits can reach the region is drawn.
-    """
-    out = np.zeros((y1 - y0, x1 - x0), np.float32)
+
+@dataclass(frozen=True, eq=False)
+class _Prepared:
+    """A model's values as the compiled draw takes them (built once per model object)."""
+
+    regions: np.ndarray  # (amps, 4) int64: y0, y1, x0, x1
+    values: np.ndarray  # (amps, 5) float64: model gain, c, overscan level, saturation, white ADU
+    gaussian: np.ndarray  # (amps,) bool
+    white_tables: np.ndarray  # (amps, WHITE_TABLE_POINTS) float64
+    row_filters: np.ndarray  # (amps, longest) float64, zero padded
+    row_taps: np.ndarray  # (amps,) int64
+    start: np.ndarray
+    dy: np.ndarray
+    dx: np.ndarray
+    charge: np.ndarray
+
+
+_PREPARED: dict[int, tuple[weakref.ref, _Prepared]] = {}
+
+
+def _prepare(model: NoiseModel) -> _Prepared:
+    found = _PREPARED.get(id(model))
+    if found is not None and found[0]() is model:
+        return found[1]
+    amps = model.amps
+    filters = [row_filter(a.read, a.region[1] - a.region[0]) for a in amps]
+    longest = max([len(f) for f in filters] + [1])
     cosmic = model.cosmic
-    shapes = len(cosmic.start) - 1
-    if cosmic.rate_per_px_s <= 0 or shapes == 0:
-        return out
-    ny, nx = model.shape
-    start, dy, dx = np.asarray(cosmic.start), np.asarray(cosmic.dy), np.asarray(cosmic.dx)
-    charge = np.asarray(cosmic.charge_e, np.float32)
-    reach = MAX_HIT_EXTENT_PX
-    rows, cols, values = [], [], []
-    for ty in range(max(0, (y0 - reach) // COSMIC_TILE_PX), min(ny - 1, y1 - 1) // COSMIC_TILE_PX + 1):
-        for tx in range(max(0, (x0 - reach) // COSMIC_TILE_PX), min(nx - 1, x1 - 1) // COSMIC_TILE_PX + 1):
-            ty0, tx0 = ty * COSMIC_TILE_PX, tx * COSMIC_TILE_PX
-            th, tw = min(COSMIC_TILE_PX, ny - ty0), min(COSMIC_TILE_PX, nx - tx0)
-            rng = key.rng(Stream.COSMICS, ty, tx)
-            hits = rng.poisson(cosmic.rate_per_px_s * th * tw * model.exptime_s)
-            if hits == 0:
-                continue
-            ay = ty0 + rng.integers(0, th, hits)
-            ax = tx0 + rng.integers(0, tw, hits)
-            shape = rng.integers(0, shapes, hits)
-            lengths = start[shape + 1] - start[shape]
-            first = np.repeat(start[shape] - (np.cumsum(lengths) - lengths), lengths)
-            pixel = first + np.arange(lengths.sum())  # index into dy, dx, charge of every hit pixel
-            rows.append(np.repeat(ay, lengths) + dy[pixel])
-            cols.append(np.repeat(ax, lengths) + dx[pixel])
-            values.append(charge[pixel])
-    if rows:
-        py, px, v = np.concatenate(rows) - y0, np.concatenate(cols) - x0, np.concatenate(values)
-        inside = (py >= 0) & (py < y1 - y0) & (px >= 0) & (px < x1 - x0) & (py + y0 < ny) & (px + x0 < nx)
-        np.add.at(out, (py[inside], px[inside]), v[inside])
-    return out
+    prepared = _Prepared(
+        regions=np.array([a.region for a in amps], np.int64).reshape(len(amps), 4),
+        values=np.array([(a.synthesis_gain_e_per_adu, a.synthesis_gain_e_per_adu / a.gain_e_per_adu, a.overscan_adu,
+                          a.saturate_adu, a.read.white_adu) for a in amps], np.float64).reshape(len(amps), 5),
+        gaussian=np.array([a.read.gaussian for a in amps], np.bool_),
+        white_tables=np.array([white_table(a.read) for a in amps], np.float64).reshape(len(amps), -1),
+        row_filters=np.array([np.pad(f, (0, longest - len(f))) for f in filters], np.float64).reshape(len(amps), -1),
+        row_taps=np.array([len(f) for f in filters], np.int64),
+        start=np.asarray(cosmic.start, np.int64),
+        dy=np.asarray(cosmic.dy, np.int64),
+        dx=np.asarray(cosmic.dx, np.int64),
+        charge=np.asarray(cosmic.charge_e, np.float64),
+    )  # fmt: skip
+    ident = id(model)
+    _PREPARED[ident] = (weakref.ref(model, lambda ref, k=ident: _forget(k, ref)), prepared)
+    return prepared
+
+
+def _forget(ident: int, ref: weakref.ref) -> None:
+    """Drop a collected model's prepared values (unless its id already names a newer model)."""
+    if _PREPARED.get(ident, (None,))[0] is ref:
+        del _PREPARED[ident]
 
 
 def synthesize_patch(patch: Patch, model: NoiseModel, key: SynthKey, subtract_base_noise: bool = True) -> np.ndarray:
     """A synthetic overscan-corrected frame (float32 ADU) over ``patch`` (see the module doc)."""
-    ny, nx = patch.shape
-    y0, x0 = patch.y0, patch.x0
-    out = np.full((ny, nx), np.nan, np.float32)
-    cosmic_e = cosmic_rays_e(model, key, y0, y0 + ny, x0, x0 + nx)
-    arrays = [
-        np.ascontiguousarray(a, np.float32) for a in (patch.mean_adu, patch.flat, patch.dark_e_per_s, patch.bias_e)
-    ]
-    count = np.ascontiguousarray(patch.count, np.float32)
-    for index, amp in enumerate(model.amps):
-        ay0, ay1, ax0, ax1 = amp.region
-        iy0, iy1, ix0, ix1 = max(ay0, y0), min(ay1, y0 + ny), max(ax0, x0), min(ax1, x0 + nx)
-        if iy0 >= iy1 or ix0 >= ix1:
-            continue
-        rows_adu = row_offsets_adu(amp.read, ay1 - ay0, key.rng(Stream.ROWS, index))[iy0 - ay0 : iy1 - ay0]
-        window = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
-        gain = amp.synthesis_gain_e_per_adu
-        _draw(*(a[window] for a in arrays), count[window], cosmic_e[window], rows_adu.astype(np.float32),
-              out[window], iy0, ix0, model.shape[1], key.pixel_key(), _NORMAL_TABLE, white_table(amp.read),
-              gain, gain / amp.gain_e_per_adu, model.gain_nominal_e_per_adu, model.darktime_s, amp.overscan_adu,
-              amp.saturate_adu, subtract_base_noise)  # fmt: skip
+    prepared = _prepare(model)
+    frame_ny, frame_nx = model.shape
+    row_keys = np.array([key.stream_key(Stream.ROWS, index) for index in range(len(model.amps))], np.uint64)
+    out = np.empty(patch.shape, np.float32)
+    _synthesize(*(np.ascontiguousarray(a, np.float32) for a in (patch.mean_adu, patch.flat, patch.dark_e_per_s,
+                                                                 patch.bias_e)),
+                np.ascontiguousarray(patch.count, np.uint16), out, patch.y0, patch.x0, frame_ny, frame_nx,
+                key.stream_key(Stream.PIXELS), row_keys, key.stream_key(Stream.COSMICS), prepared.regions,
+                prepared.values, prepared.gaussian, prepared.white_tables, prepared.row_filters, prepared.row_taps,
+                model.gain_nominal_e_per_adu, model.darktime_s, model.cosmic.rate_per_px_s * model.exptime_s,
+                prepared.start, prepared.dy, prepared.dx, prepared.charge, _NORMAL_TABLE, subtract_base_noise)  # fmt: skip
     return out
 
 
-TABLE_BITS = 16
-_TABLE_SIZE = 1 << TABLE_BITS
-_TABLE_LEVELS = np.clip(np.arange(_TABLE_SIZE + 1) / _TABLE_SIZE, 0.5 / _TABLE_SIZE, 1 - 0.5 / _TABLE_SIZE)
-_NORMAL_TABLE = stats.norm.ppf(_TABLE_LEVELS).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=256)
-def white_table(read: ReadNoise) -> np.ndarray:
-    """Quantile function (ADU, float32, ``2**TABLE_BITS + 1`` levels) of the white read noise:
-    Gaussian, or the overscan's measured one (``read.quantiles``) when it is not."""
-    if read.gaussian:
-        return (read.white_adu * _NORMAL_TABLE).astype(np.float32)
-    return (read.white_adu * np.interp(_TABLE_LEVELS, QUANTILE_LEVELS, read.quantiles)).astype(np.float32)
-
+_NORMAL_TABLE = stats.norm.ppf(np.arange((1 << NORMAL_TABLE_BITS) + 1) / (1 << NORMAL_TABLE_BITS)).astype(np.float32)
+_TAIL_INTERVALS = 1 << (NORMAL_TABLE_BITS - 8)  # table intervals of each tail drawn by AS 241 (levels below 2**-8)
 
 _M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
 _S30, _S27, _S31, _S32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
 _LOW = np.uint64(0xFFFFFFFF)
+_FRACTION_BITS = np.uint64(32 - NORMAL_TABLE_BITS)
+_FRACTION_MASK = np.uint64((1 << (32 - NORMAL_TABLE_BITS)) - 1)
+_ROW_COUNTER = 1 << 32  # row counters: the session row plus this (rows a filter reaches above row 0 stay positive)
+_POISSON_CHUNK = 64.0  # a tile's hit count is a sum of Poisson draws of at most this mean
 
 
 @njit(cache=True)
@@ -214,18 +230,41 @@ def _mix(z):
 
 
 @njit(cache=True)
-def _quantile(table, bits32):
-    """The table's quantile function at the uniform ``bits32 / 2**32`` (linear interpolation)."""
-    i = bits32 >> np.uint64(32 - TABLE_BITS)
-    frac = np.float32(bits32 & np.uint64((1 << (32 - TABLE_BITS)) - 1)) * np.float32(1.0 / (1 << (32 - TABLE_BITS)))
-    lo = table[i]
-    return lo + frac * (table[i + np.uint64(1)] - lo)
+def _bits(key, counter):
+    """The ``counter``-th output of splitmix64 started at ``key`` (64 random bits)."""
+    return _mix(key + np.uint64(counter) * _GOLDEN)
+
+
+@njit(cache=True)
+def _normal_tail(p):
+    """Wichura's AS 241 (PPND7) normal quantile for ``p`` below 0.075 or above 0.925."""
+    r = math.sqrt(-math.log(min(p, 1.0 - p)))
+    if r <= 5.0:
+        r -= 1.6
+        z = (((0.17023821103 * r + 1.3067284816) * r + 2.75681539) * r + 1.4234372777) / (
+            (0.12021132975 * r + 0.7370016425) * r + 1.0
+        )
+    else:
+        r -= 5.0
+        z = (((0.0176351 * r + 0.01772474) * r + 0.5316466) * r + 6.6579046) / ((0.01810693 * r + 0.28568213) * r + 1.0)
+    return -z if p < 0.5 else z
+
+
+@njit(cache=True)
+def _normal(table, bits32):
+    """A standard normal deviate from the uniform 32 bits ``bits32`` (see the module doc)."""
+    i = bits32 >> _FRACTION_BITS
+    if i < _TAIL_INTERVALS or i >= (1 << NORMAL_TABLE_BITS) - _TAIL_INTERVALS:
+        return _normal_tail((np.float64(bits32) + 0.5) * (1.0 / 4294967296.0))
+    lo = np.float64(table[i])
+    frac = np.float64(bits32 & _FRACTION_MASK) * (1.0 / (1 << (32 - NORMAL_TABLE_BITS)))
+    return lo + frac * (np.float64(table[i + np.uint64(1)]) - lo)
 
 
 @njit(cache=True)
 def _poisson(lam, bits):
     """Poisson(lam) by inversion of the uniform ``bits / 2**64`` (for small ``lam``)."""
-    u = (bits >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    u = np.float64(bits >> np.uint64(11)) * (1.0 / 9007199254740992.0)
     p = math.exp(-lam)
     cumulative = p
     k = 0
@@ -237,30 +276,107 @@ def _poisson(lam, bits):
 
 
 @njit(cache=True)
-def _draw(mean, flat, dark, bias, count, cosmic, rows, out, y0, x0, frame_nx, key, shot_table, white_table,
-          gain, true_e, g_nom, darktime, level, saturate, subtract):  # fmt: skip
-    """One amplifier's part of ``synthesize_patch``, pixel by pixel: the random bits of a pixel are a
-    hash of ``key`` and its index on the session grid, so any patch draws the same values."""
+def _uniform_int(bits32, n):
+    """An integer in ``[0, n)`` from 32 uniform bits (multiply-shift)."""
+    return np.int64((bits32 * np.uint64(n)) >> _S32)
+
+
+@njit(cache=True)
+def _cosmic_rays(cosmic, y0, x0, frame_ny, frame_nx, key, hits_per_px, start, dy, dx, charge):
+    """Add the cosmic-ray charge (e-) landing on ``cosmic`` (rows from ``y0``, columns from ``x0``)."""
+    shapes = start.size - 1
+    if hits_per_px <= 0 or shapes <= 0:
+        return
+    ny, nx = cosmic.shape
+    tile, reach = COSMIC_TILE_PX, MAX_HIT_EXTENT_PX
+    tiles_x = (frame_nx + tile - 1) // tile
+    for ty in range(max(0, (y0 - reach) // tile), min(frame_ny - 1, y0 + ny - 1) // tile + 1):
+        for tx in range(max(0, (x0 - reach) // tile), min(frame_nx - 1, x0 + nx - 1) // tile + 1):
+            ty0, tx0 = ty * tile, tx * tile
+            th, tw = min(tile, frame_ny - ty0), min(tile, frame_nx - tx0)
+            tile_key = _bits(key, ty * tiles_x + tx)
+            remaining = hits_per_px * th * tw
+            hits, counter = 0, 0
+            while remaining > 0:
+                hits += _poisson(min(remaining, _POISSON_CHUNK), _bits(tile_key, counter))
+                remaining -= _POISSON_CHUNK
+                counter += 1
+            for hit in range(hits):
+                where = _bits(tile_key, counter + 2 * hit)
+                ay = ty0 + _uniform_int(where >> _S32, th)
+                ax = tx0 + _uniform_int(where & _LOW, tw)
+                shape = _uniform_int(_bits(tile_key, counter + 2 * hit + 1) >> _S32, shapes)
+                for p in range(start[shape], start[shape + 1]):
+                    py, px = ay + dy[p], ax + dx[p]
+                    if y0 <= py < y0 + ny and x0 <= px < x0 + nx and py < frame_ny and px < frame_nx:
+                        cosmic[py - y0, px - x0] += charge[p]
+
+
+@njit(cache=True)
+def _row_offsets(rows, first_row, key, taps, count, table):
+    """``rows`` offsets (ADU, unscaled) of the session rows from ``first_row``: the white deviates
+    of rows ``first_row - count + 1 ..`` filtered by the symmetric ``taps[:count]``."""
+    out = np.zeros(rows)
+    if count == 0:
+        return out
+    reach = count - 1
+    white = np.empty(rows + 2 * reach)
+    for k in range(white.size):
+        white[k] = _normal(table, _bits(key, first_row - reach + k + _ROW_COUNTER) >> _S32)
+    for r in range(rows):
+        total = taps[0] * white[r + reach]
+        for j in range(1, count):
+            total += taps[j] * (white[r + reach - j] + white[r + reach + j])
+        out[r] = total
+    return out
+
+
+@njit(cache=True)
+def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, pixel_key, row_keys, cosmic_key,
+                regions, values, gaussian, white_tables, row_filters, row_taps, g_nom, darktime, hits_per_px,
+                start, dy, dx, charge, table, subtract):  # fmt: skip
+    """``synthesize_patch``'s draw into ``out``: cosmic rays, then per amplifier its row offsets and
+    pixel by pixel the shot and white noise, quantised (see the module doc)."""
     ny, nx = mean.shape
-    for i in range(ny):
-        for j in range(nx):
-            m, c = mean[i, j], count[i, j]
-            if not (m == m) or c <= 0:
-                continue
-            lam = true_e * (g_nom * m * flat[i, j] + dark[i, j] * darktime)
-            if not lam > 0:
-                lam = 0.0
-            h = _mix(key + np.uint64((y0 + i) * frame_nx + (x0 + j)) * _GOLDEN)  # splitmix64's n-th output
-            if lam < POISSON_EXACT_BELOW_E:
-                shot = _poisson(lam, _mix(h)) - lam
-            else:
-                z = _quantile(shot_table, h >> _S32)
-                shot = math.sqrt(lam) * z + (z * z - 1.0) / 6.0
-            white = _quantile(white_table, h & _LOW)
-            s = 1.0
-            if subtract:
-                s = math.sqrt(max(0.0, 1.0 - 1.0 / c)) if c >= 1 else 1.0
-            electrons = lam + s * shot + true_e * (bias[i, j] + cosmic[i, j])
-            raw = np.rint(level + electrons / gain + s * (white + rows[i]))
-            raw = min(max(raw, 0.0), saturate)
-            out[i, j] = raw - level
+    out[:] = np.nan
+    cosmic = np.zeros((ny, nx))
+    _cosmic_rays(cosmic, y0, x0, frame_ny, frame_nx, cosmic_key, hits_per_px, start, dy, dx, charge)
+    top = white_tables.shape[1] - 1
+    to_index = top / (2.0 * WHITE_TABLE_SIGMAS)
+    for a in range(regions.shape[0]):
+        iy0, iy1 = max(regions[a, 0], y0), min(regions[a, 1], y0 + ny)
+        ix0, ix1 = max(regions[a, 2], x0), min(regions[a, 3], x0 + nx)
+        if iy0 >= iy1 or ix0 >= ix1:
+            continue
+        gain, true_e, level, saturate, white_adu = values[a, 0], values[a, 1], values[a, 2], values[a, 3], values[a, 4]
+        rows = _row_offsets(iy1 - iy0, iy0, row_keys[a], row_filters[a], row_taps[a], table)
+        last_c, s = -1.0, 1.0
+        for y in range(iy0, iy1):
+            i = y - y0
+            for x in range(ix0, ix1):
+                j = x - x0
+                m, c = mean[i, j], np.float64(count[i, j])
+                if not (m == m) or c <= 0:
+                    continue
+                lam = true_e * (g_nom * m * flat[i, j] + dark[i, j] * darktime)
+                if not lam > 0:
+                    lam = 0.0
+                h = _bits(pixel_key, y * frame_nx + x)
+                if lam < POISSON_EXACT_BELOW_E:
+                    shot = _poisson(lam, _mix(h)) - lam
+                else:
+                    z = _normal(table, h >> _S32)
+                    shot = math.sqrt(lam - 1.0 / 18.0) * z + (z * z - 1.0) / 6.0
+                zw = _normal(table, h & _LOW)
+                if gaussian[a]:
+                    white = white_adu * zw
+                else:
+                    t = min(max((zw + WHITE_TABLE_SIGMAS) * to_index, 0.0), top)
+                    k = min(int(t), top - 1)
+                    white = white_tables[a, k] + (t - k) * (white_tables[a, k + 1] - white_tables[a, k])
+                if c != last_c:
+                    last_c = c
+                    s = math.sqrt(max(0.0, 1.0 - 1.0 / c)) if subtract and c >= 1 else 1.0
+                electrons = lam + s * shot + true_e * (bias[i, j] + cosmic[i, j])
+                raw = np.rint(level + electrons / gain + s * (white + rows[y - iy0]))
+                out[i, j] = min(max(raw, 0.0), saturate) - level
