@@ -350,11 +350,12 @@ def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, 
             continue
         gain, true_e, level, saturate, white_adu = values[a, 0], values[a, 1], values[a, 2], values[a, 3], values[a, 4]
         rows = _row_offsets(iy1 - iy0, iy0, row_keys[a], row_filters[a], row_taps[a], table)
-        last_c, s = -1.0, 1.0
-        for y in range(iy0, iy1):
-            i = y - y0
-            for x in range(ix0, ix1):
-                j = x - x0
+        gauss, last_c, s = gaussian[a], -1.0, 1.0
+        for i in range(iy0 - y0, iy1 - y0):
+            y = i + y0
+            row = rows[y - iy0]
+            for j in range(ix0 - x0, ix1 - x0):
+                x = j + x0
                 m, c = mean[i, j], np.float64(count[i, j])
                 if not (m == m) or c <= 0:
                     continue
@@ -368,7 +369,7 @@ def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, 
                     z = _normal(table, h >> _S32)
                     shot = math.sqrt(lam - 1.0 / 18.0) * z + (z * z - 1.0) / 6.0
                 zw = _normal(table, h & _LOW)
-                if gaussian[a]:
+                if gauss:
                     white = white_adu * zw
                 else:
                     t = min(max((zw + WHITE_TABLE_SIGMAS) * to_index, 0.0), top)
@@ -378,5 +379,5 @@ def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, 
                     last_c = c
                     s = math.sqrt(max(0.0, 1.0 - 1.0 / c)) if subtract and c >= 1 else 1.0
                 electrons = lam + s * shot + true_e * (bias[i, j] + cosmic[i, j])
-                raw = np.rint(level + electrons / gain + s * (white + rows[y - iy0]))
+                raw = np.rint(level + electrons / gain + s * (white + row))
                 out[i, j] = min(max(raw, 0.0), saturate) - level
