@@ -25,7 +25,6 @@ naive / job >= 2 (moonshot 3).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 
 from benchmarks.bench_end_to_end import floor_seconds
-from benchmarks.common import REPO, local_client, machine, skyprep, timed_command
+from benchmarks.common import REPO, local_client, machine, publish, skyprep, timed_command
 from pipeline.io.discover import find_sessions
 from pipeline.synth import SynthSpec, write_archive
 
@@ -172,10 +171,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     report = run_benchmark(args.workdir, args.sessions, args.size, args.frames, args.repeats)
-    print(format_table(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    return report
+    return publish(report, format_table(report), args.json)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ peak resident memory (sampled by ``common.PeakRSS``, highest over the repeats).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from benchmarks.common import PeakRSS, local_client, machine
+from benchmarks.common import PeakRSS, local_client, machine, publish
 from pipeline.config import Config, load_config
 from pipeline.io.discover import find_sessions
 from pipeline.runner import run
@@ -162,11 +161,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     report = run_benchmark(args.workdir, args.sessions, args.size, args.frames, load_config(args.config), args.repeats)
-    print(format_table(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-    return report
+    return publish(report, format_table(report), args.json)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from pipeline.synth.session import draw_session
 TARGET_MB = 1500.0
 _STACK_KEY = re.compile(r"stack-\d+-.+-[0-9a-f]{8}")
 SKY_ADU, NOISE_ADU = 1000.0, 10.0
+READ_NOISE_ADU = 5.0
 
 
 def write_session(root: Path, size: int, frames: int, seed: int = 5) -> Path:
@@ -54,7 +55,7 @@ def write_session(root: Path, size: int, frames: int, seed: int = 5) -> Path:
     for kind, data in (("BIAS", zeros), ("DARK", zeros), ("SKYFLAT", ones)):
         write_images(out / "calib" / f"{kind}_{obs_id}.fits.fz", [("SCI", data, None)])
     amp = session.amps[0]
-    raw = np.full(amp.raw_shape, 1000 + SKY_ADU, np.uint16)
+    raw = (1000 + SKY_ADU + READ_NOISE_ADU * rng.standard_normal(amp.raw_shape)).astype(np.uint16)
     primary, hdus = raw_hdus(session.cards(session.date_obs()), session.amps, session.readouts, [raw], size)
     write_fits(out / "data" / f"{obs_id}_raw.fits.fz", hdus, primary)
     stars_y, stars_x = rng.integers(20, size - 20, (2, 400))

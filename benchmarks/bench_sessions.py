@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, skyprep, timed_command
+from benchmarks.common import machine, publish, skyprep, timed_command
 from pipeline import runner
 from pipeline.config import Config
 from pipeline.synth import SynthSpec, write_archive
@@ -126,10 +126,7 @@ def main(argv=None) -> dict:
     args.workdir.mkdir(parents=True, exist_ok=True)
     counts = [int(c) for c in args.counts.split(",") if c.strip()]
     report = run_benchmark(args.workdir, counts, args.size, args.frames, args.tiny)
-    print(format_table(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    return report
+    return publish(report, format_table(report), args.json)
 
 
 if __name__ == "__main__":

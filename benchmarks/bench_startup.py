@@ -11,14 +11,13 @@ Target: both under ``TARGET_S``.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
 from pathlib import Path
 
 from benchmarks.bench_sessions import _archive
-from benchmarks.common import machine, skyprep, timed_command
+from benchmarks.common import machine, publish, skyprep, timed_command
 
 TARGET_S = 0.5
 
@@ -57,10 +56,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     report = run_benchmark(args.workdir, args.repeats)
-    print(format_table(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    return report
+    return publish(report, format_table(report), args.json)
 
 
 if __name__ == "__main__":

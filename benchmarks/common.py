@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import resource
@@ -126,3 +127,13 @@ def machine() -> dict:
         "load_avg_at_end": list(os.getloadavg()),
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
+
+
+def publish(report: dict, table: str, json_path: Path | None) -> dict:
+    """Print a benchmark's table and, when ``json_path`` is given, write its report there as JSON."""
+    print(table)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2))
+        print(f"wrote {json_path}")
+    return report

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, dump_config, load_config
-from .errors import SkyprepError
+from .errors import Interrupted, SkyprepError, UsageError
 from .io.lock import StoreError, store_lock
 from .io.objects import ObjectPath, location, writable_tree
 
@@ -33,7 +33,7 @@ def _synth(args) -> int:
 
 
 def _run(args) -> int:
-    from .runner import make_client, report_path, run
+    from .runner import RunReport, make_client, report_path, run, stop_on_signals
 
     config = load_config(args.config)
     root, out = _where(args.input_root, config.storage.options), _where(args.out, config.storage.options)
@@ -46,14 +46,19 @@ def _run(args) -> int:
         raise UsageError("memory:// exists in this process only: its workers cannot be elsewhere "
                          "(no --scheduler, --scheduler-file or --processes)")  # fmt: skip
     try:
-        with store_lock(out), make_client(args.scheduler, args.workers, args.scheduler_file,
-                                          args.processes) as client:  # fmt: skip
-            report = run(root, out, config, client, pattern=args.sessions)
+        with stop_on_signals(), store_lock(out), make_client(args.scheduler, args.workers, args.scheduler_file,
+                                                             args.processes) as client:  # fmt: skip
+            report = run(root, out, config, client, pattern=args.sessions, redo=args.redo)
     except StoreError as err:
         print(f"skyprep run: {err}", file=sys.stderr)
         return 1
+    except Interrupted as stop:  # before any session started, or while the cluster shut down
+        report = RunReport(store=str(out), stopped_by=stop.name)
     path = report_path(out)
     report.write_json(path)
+    if report.stopped_by:
+        print(f"skyprep run: {report.stop_line()}; report: {path}", file=sys.stderr)
+        return report.exit_code
     print(report.table())
     print(f"report: {path}")
     return report.exit_code
@@ -83,7 +88,7 @@ def _synthesize(args) -> int:
 
 
 def _verify(args) -> int:
-    from .tools.verify import verify
+    from .tools.verify import repair_commands, verify
 
     store = _where(args.store)
     problems = verify(store)
@@ -91,7 +96,13 @@ def _verify(args) -> int:
     for key, found in bad.items():
         for problem in found:
             print(f"{key}: {problem}")
-    print(f"{store}: {len(problems) - len(bad)} session(s) complete and intact, {len(bad)} with problems")
+    sessions = {key: found for key, found in problems.items() if key != str(store)}
+    broken = sum(bool(found) for found in sessions.values())
+    print(f"{store}: {len(sessions) - broken} session(s) complete and intact, {broken} with problems"
+          + ("; the store itself has problems" if problems.get(str(store)) else ""))  # fmt: skip
+    if args.repair and bad:
+        print("\nto repair (the archive is the one each session was read from):")
+        print("\n".join(f"  {command}" for command in repair_commands(store, bad)))
     return 1 if bad else 0
 
 
@@ -141,21 +152,22 @@ def _split(args) -> int:
     from .tools import splits
 
     store = _where(args.store)
-    records = index(store)
-    if not records:
-        raise UsageError(f"{store}: no sessions recorded")
-    try:
-        if args.from_json is not None:
-            assignment, unknown = splits.from_json(args.from_json, records)
-            how = {"from_json": str(args.from_json)}
-            if unknown:
-                print(f"not in the store (ignored): {', '.join(unknown)}", file=sys.stderr)
-        else:
-            assignment = splits.assign(records, args.test_fraction, args.seed, args.by)
-            how = {"test_fraction": args.test_fraction, "seed": args.seed, "by": args.by}
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    record_split(store, assignment, how)
+    with store_lock(store):  # the index is rewritten: not while a run writes it
+        records = index(store)
+        if not records:
+            raise UsageError(f"{store}: no sessions recorded")
+        try:
+            if args.from_json is not None:
+                assignment, unknown = splits.from_json(args.from_json, records)
+                how = {"from_json": str(args.from_json)}
+                if unknown:
+                    print(f"not in the store (ignored): {', '.join(unknown)}", file=sys.stderr)
+            else:
+                assignment = splits.assign(records, args.test_fraction, args.seed, args.by)
+                how = {"test_fraction": args.test_fraction, "seed": args.seed, "by": args.by}
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        record_split(store, assignment, how)
     counts = {side: sum(v == side for v in assignment.values()) for side in ("train", "test")}
     print(f"{store}: {counts['train']} train, {counts['test']} test session(s)")
     return 0
@@ -175,7 +187,7 @@ def _compile(args) -> int:
 
 
 def _demo(args) -> int:
-    from .runner import make_client, report_path, run
+    from .runner import make_client, report_path, run, stop_on_signals
     from .synth import SynthSpec, write_archive
     from .tools.info import describe
 
@@ -184,9 +196,12 @@ def _demo(args) -> int:
         print(f"building a synthetic archive in {root} ...", file=sys.stderr)
         write_archive(root, SynthSpec(sessions=3, size=512, frames=8, amps=1, seed=0))
         write_archive(root, SynthSpec(sessions=1, size=512, frames=8, amps=4, seed=1))
-    with make_client(None, args.workers) as client:
+    with stop_on_signals(), store_lock(store), make_client(None, args.workers) as client:
         report = run(root, store, load_config(None), client)
     report.write_json(report_path(store))
+    if report.stopped_by:
+        print(f"skyprep demo: {report.stop_line()}", file=sys.stderr)
+        return report.exit_code
     print(report.table())
     print()
     print(describe(store))
@@ -194,8 +209,15 @@ def _demo(args) -> int:
     return report.exit_code
 
 
-class UsageError(SkyprepError):
-    """A command line that cannot be carried out as given (exit status 2)."""
+def _positive(text: str) -> int:
+    """An integer of at least 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _where(text: str, options: dict | None = None) -> Path | ObjectPath:
@@ -227,11 +249,12 @@ def parser() -> argparse.ArgumentParser:
     where = r.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
     where.add_argument("--scheduler-file", type=Path, help="scheduler file of a running Dask cluster (JSON)")
-    where.add_argument("--workers", type=int, help="threads of the local cluster (default: cores, at most 4)")
+    where.add_argument("--workers", type=_positive, help="threads of the local cluster (default: cores, at most 4)")
     r.add_argument("--processes", action="store_true",
                    help="run the local cluster's workers as separate single-threaded processes instead of threads")  # fmt: skip
     r.add_argument("--config", type=Path, help="YAML configuration (see `skyprep config`)")
     r.add_argument("--sessions", help="glob on '<instrument>_<band>/<obs_id>' selecting sessions")
+    r.add_argument("--redo", metavar="GLOB", help="rewrite the complete sessions whose key matches GLOB")
     r.set_defaults(func=_run)
 
     sy = sub.add_parser("synthesize", help="(re)draw the synthetic frames syn from the store (no archive needed)")
@@ -242,7 +265,7 @@ def parser() -> argparse.ArgumentParser:
     where = sy.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
     where.add_argument("--scheduler-file", type=Path, help="scheduler file of a running Dask cluster (JSON)")
-    where.add_argument("--workers", type=int, help="workers of the local cluster (default: cores, at most 4)")
+    where.add_argument("--workers", type=_positive, help="workers of the local cluster (default: cores, at most 4)")
     sy.set_defaults(func=_synthesize)
 
     i = sub.add_parser("info", help="summarise a store")
@@ -251,6 +274,7 @@ def parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="check completeness and checksums of a store (exit 1 on problems)")
     v.add_argument("store", help="a store folder or URL")
+    v.add_argument("--repair", action="store_true", help="also list the commands that would fix what is found")
     v.set_defaults(func=_verify)
 
     pv = sub.add_parser("preview", help="draw a session's os, calib, mean and mask side by side (PNG)")
@@ -306,7 +330,7 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="synthesise a small archive, process it and show the result")
     d.add_argument("--workdir", type=Path, default=Path("demo"))
-    d.add_argument("--workers", type=int)
+    d.add_argument("--workers", type=_positive)
     d.set_defaults(func=_demo)
     return p
 
@@ -322,3 +346,6 @@ def main(argv: list[str] | None = None) -> int:
     except SkyprepError as err:
         print(f"skyprep {args.command}: {err}", file=sys.stderr)
         return 1
+    except Interrupted as stop:
+        print(f"skyprep {args.command}: {stop}", file=sys.stderr)
+        return 128 + stop.signum

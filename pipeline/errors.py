@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 
 class SkyprepError(Exception):
@@ -16,3 +17,17 @@ class InputError(SkyprepError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class UsageError(SkyprepError):
+    """A command that cannot be carried out as given (exit status 2)."""
+
+
+class Interrupted(BaseException):
+    """The run was asked to stop (SIGINT or SIGTERM): a ``BaseException``, like ``KeyboardInterrupt``,
+    so no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.name}")

@@ -62,7 +62,8 @@ def build_session(session: Session, config: Config) -> SessionGraph:
     gains = [(str(session.raw), attrs.gain)] + [(a.ref.label, a.gain_e_per_adu) for a in raw.amps]
     header_warnings = triage(header_problems(str(session.raw), gains, attrs.exptime, attrs.darktime), config.sanity)
     os_adu, raw_flags = _reduced_raw(raw, strip, config.overscan, base)
-    lazy_masters = masters(session, raw.shape, strip, base, raw.profile, attrs.gain)
+    geometry = "; ".join(a.described for a in raw.amps)
+    lazy_masters = masters(session, raw.shape, strip, base, raw.profile, attrs.gain, geometry)
     products = split(
         da.map_blocks(
             _calibrate_strip, os_adu, raw_flags, *lazy_masters.arrays(),

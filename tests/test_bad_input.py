@@ -277,3 +277,29 @@ def test_unwritable_output_is_a_clear_error(tiny_archive, tmp_path):
     assert done.returncode == 1, done.stderr
     assert str(out) in done.stderr and "cannot write" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_raw_sections_smaller_than_the_masters_blame_the_raw_frame(damaged, client, tmp_path):
+    """DETSEC, DATASEC and TRIMSEC agreeing on a narrower detector than every master: the raw frame
+    is at fault (the error once named the bias master)."""
+    raw = _one(damaged, "data/*_raw.fits.fz")
+
+    def narrow(hdul):
+        for hdu in hdul[1:]:
+            for keyword in ("DETSEC", "DATASEC", "TRIMSEC"):
+                hdu.header[keyword] = "[1:112,1:128]"
+
+    _rewrite(raw, narrow)
+    report, saved = _run(damaged, tmp_path / "out.zarr", client)
+    reason = {s["key"]: s for s in saved["sessions"]}[VICTIM]["reason"]
+    assert reason.startswith(str(raw)), reason
+    assert "DETSEC [1:112,1:128]" in reason and "112 x 128" in reason and "128 x 128" in reason
+    assert report.exit_code == 1 and complete_sessions(tmp_path / "out.zarr") == {HEALTHY}
+
+
+def test_one_master_of_another_shape_is_blamed_itself(damaged, client, tmp_path):
+    flat = _one(damaged, "calib/SKYFLAT_*.fits.fz")
+    _wrong_shape(damaged)
+    _, saved = _run(damaged, tmp_path / "out.zarr", client)
+    reason = {s["key"]: s for s in saved["sessions"]}[VICTIM]["reason"]
+    assert reason.startswith(str(flat)) and "does not match the raw frame's trimmed 128 x 128" in reason, reason

@@ -15,9 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-import zarr
-
 from .contract import STORE_VERSION
 from .lock import StoreError
 from .objects import ObjectPath, location, zarr_store
@@ -233,6 +230,8 @@ def unmark(store: Path | ObjectPath | str, key: str) -> None:
 
 def mark_complete(store: Path | ObjectPath | str, key: str, attrs: dict, provenance: Provenance) -> None:
     """Record the session's ``attrs`` and ``provenance`` in its group, then mark it complete in the root index."""
+    import zarr  # here, not at the top: reading the index (``skyprep info``) needs no zarr
+
     group = zarr.open_group(zarr_store(store), path=key, mode="r+", zarr_format=3)
     group.attrs.update(_jsonable({**attrs, **provenance.attrs()}))
     record = {
@@ -258,6 +257,8 @@ def consolidate(store: Path | ObjectPath | str) -> None:
 
 def _jsonable(value):
     """Attributes as plain JSON types (numpy scalars and arrays converted, NaN as None)."""
+    import numpy as np  # here, not at the top: reading the index needs no numpy
+
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

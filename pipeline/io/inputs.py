@@ -72,12 +72,35 @@ class MasterArrays:
 def extensions(path: Path, shape: tuple[int, int]) -> dict[str, ImageRef]:
     """Image extensions of ``path`` by upper-case EXTNAME; the first image is also ``SCI``
     when none is named so. Each must have the detector's ``shape``."""
-    refs = list_images(path)
-    found = {ref.name.upper(): ref for ref in refs if ref.name}
-    found.setdefault("SCI", refs[0])
+    found = _images(path)
     for ref in found.values():
         check_shape(ref, shape)
     return found
+
+
+def _images(path: Path) -> dict[str, ImageRef]:
+    refs = list_images(path)
+    found = {ref.name.upper(): ref for ref in refs if ref.name}
+    found.setdefault("SCI", refs[0])
+    return found
+
+
+def check_masters(exts: dict[str, dict[str, ImageRef]], shape: tuple[int, int], raw: str, raw_geometry: str) -> None:
+    """Refuse masters without the raw frame's trimmed ``shape`` (ny, nx): the raw frame is named
+    when all masters share one other shape (its sections are what is wrong), else the first
+    master that differs."""
+    refs = [ref for found in exts.values() for ref in found.values()]
+    shapes = {ref.shape for ref in refs}
+    if len(shapes) == 1 and shape not in shapes and len(exts) > 1:
+        (ny, nx), (my, mx) = shape, refs[0].shape
+        files = ", ".join(sorted({str(ref.path).rsplit("/", 1)[-1] for ref in refs}))
+        raise SessionError(
+            raw,
+            f"trimmed {nx} x {ny} by its sections ({raw_geometry or 'DETSEC, DATASEC, TRIMSEC'}), but every "
+            f"master ({files}) is {mx} x {my}",
+        )
+    for ref in refs:
+        check_shape(ref, shape)
 
 
 def check_shape(ref: ImageRef, shape: tuple[int, int]) -> None:
@@ -99,14 +122,22 @@ def in_unit(
 
 
 def masters(
-    session: Session, shape: tuple[int, int], strip: int, base: str, profile: Profile, gain_e_per_adu: float
+    session: Session,
+    shape: tuple[int, int],
+    strip: int,
+    base: str,
+    profile: Profile,
+    gain_e_per_adu: float,
+    raw_geometry: str = "",
 ) -> MasterArrays:
     """Bias (e-), dark (e-/s), flat, BPM and their errors as strips of ``strip`` rows, named
     ``<kind>-<base>`` (``<kind>-err-<base>``).
 
     Bias and dark (and their ERR) are converted from their ``BUNIT`` (ADU with the master's own
-    ``GAIN``, else the nominal one; totals divided by the master's dark time)."""
-    exts = {kind: extensions(path, shape) for kind, path in session.masters.items()}
+    ``GAIN``, else the nominal one; totals divided by the master's dark time). A shape mismatch
+    blames the raw frame (``raw_geometry``: its amplifiers' sections) when every master agrees."""
+    exts = {kind: _images(path) for kind, path in session.masters.items()}
+    check_masters(exts, shape, str(session.raw), raw_geometry)
 
     def load(kind: str, ext: str, name: str) -> da.Array:
         if kind == "SKYFLAT":
