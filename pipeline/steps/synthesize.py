@@ -205,23 +205,55 @@ def synthesize_patch(patch: Patch, model: NoiseModel, key: SynthKey, subtract_ba
                 key.stream_key(Stream.PIXELS), row_keys, key.stream_key(Stream.COSMICS), prepared.regions,
                 prepared.values, prepared.gaussian, prepared.white_tables, prepared.row_filters, prepared.row_taps,
                 model.gain_nominal_e_per_adu, model.darktime_s, model.cosmic.rate_per_px_s * model.exptime_s,
-                prepared.start, prepared.dy, prepared.dx, prepared.charge, _NORMAL_TABLE, subtract_base_noise)  # fmt: skip
+                prepared.start, prepared.dy, prepared.dx, prepared.charge, _NORMAL_TABLE, _POISSON_CDF, _POISSON_GUIDE,
+                subtract_base_noise)  # fmt: skip
     return out
 
 
-_NORMAL_TABLE = stats.norm.ppf(np.arange((1 << NORMAL_TABLE_BITS) + 1) / (1 << NORMAL_TABLE_BITS)).astype(np.float32)
+def _normal_table() -> np.ndarray:
+    """The normal quantile function at the ``2**NORMAL_TABLE_BITS + 1`` levels ``k / 2**NORMAL_TABLE_BITS``,
+    its infinite ends replaced by the next levels' values (the tails are drawn by ``_normal_tail``)."""
+    table = stats.norm.ppf(np.arange((1 << NORMAL_TABLE_BITS) + 1) / (1 << NORMAL_TABLE_BITS))
+    table[0], table[-1] = table[1], table[-2]
+    return table.astype(np.float32)
+
+
+def _poisson_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Inversion tables of Poisson(``j / POISSON_GRID_PER_E``) for the grid means below
+    ``POISSON_EXACT_BELOW_E``: ``cdf[j, k]``, the CDF at ``k`` in units of ``2**-32`` (rounded; the
+    last column ``2**32 - 1``), and ``guide[j, b]``, the first ``k`` whose ``cdf`` exceeds
+    ``b * 2**(32 - POISSON_GUIDE_BITS)`` (where a search for a uniform in bucket ``b`` starts)."""
+    means = np.arange(int(POISSON_EXACT_BELOW_E * POISSON_GRID_PER_E)) / POISSON_GRID_PER_E
+    length = int(stats.poisson.isf(2.0**-33, means[-1])) + 2
+    cdf = np.rint(stats.poisson.cdf(np.arange(length), means[:, None]) * 2.0**32)
+    cdf = np.minimum(cdf, 2.0**32 - 1).astype(np.uint32)
+    cdf[:, -1] = 2**32 - 1
+    starts = np.arange(1 << POISSON_GUIDE_BITS, dtype=np.uint64) << np.uint64(32 - POISSON_GUIDE_BITS)
+    guide = np.array([np.searchsorted(row, starts, side="right") for row in cdf], np.uint8)
+    return cdf, guide
+
+
+POISSON_GRID_PER_E = 16  # the exact shot noise: a tabulated Poisson of the mean rounded down to 1/16 e-...
+POISSON_GUIDE_BITS = 7
+_NORMAL_TABLE = _normal_table()
+_POISSON_CDF, _POISSON_GUIDE = _poisson_tables()
 _TAIL_INTERVALS = 1 << (NORMAL_TABLE_BITS - 8)  # table intervals of each tail drawn by AS 241 (levels below 2**-8)
 
 _M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
 _S30, _S27, _S31, _S32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
 _LOW = np.uint64(0xFFFFFFFF)
-_FRACTION_BITS = np.uint64(32 - NORMAL_TABLE_BITS)
-_FRACTION_MASK = np.uint64((1 << (32 - NORMAL_TABLE_BITS)) - 1)
+_FRACTION_BITS = np.uint32(32 - NORMAL_TABLE_BITS)
+_FRACTION_MASK = np.uint32((1 << (32 - NORMAL_TABLE_BITS)) - 1)
+_TAIL_SHIFT = np.uint32(1 << 24)  # bits32 + this (mod 2**32) is below _TAIL_SPAN exactly in the tails
+_TAIL_SPAN = np.uint32(1 << 25)
+_GUIDE_SHIFT = np.uint32(32 - POISSON_GUIDE_BITS)
 _ROW_COUNTER = 1 << 32  # row counters: the session row plus this (rows a filter reaches above row 0 stay positive)
 _POISSON_CHUNK = 64.0  # a tile's hit count is a sum of Poisson draws of at most this mean
+_TO_UNIT = 1.0 / 4294967296.0
+_KERNEL = {"cache": True, "error_model": "numpy", "boundscheck": False}
 
 
-@njit(cache=True)
+@njit(**_KERNEL, inline="always")
 def _mix(z):
     """splitmix64's finaliser: a bijective hash of a 64-bit integer."""
     z = (z ^ (z >> _S30)) * _M1
@@ -229,13 +261,13 @@ def _mix(z):
     return z ^ (z >> _S31)
 
 
-@njit(cache=True)
+@njit(**_KERNEL, inline="always")
 def _bits(key, counter):
     """The ``counter``-th output of splitmix64 started at ``key`` (64 random bits)."""
     return _mix(key + np.uint64(counter) * _GOLDEN)
 
 
-@njit(cache=True)
+@njit(**_KERNEL)
 def _normal_tail(p):
     """Wichura's AS 241 (PPND7) normal quantile for ``p`` below 0.075 or above 0.925."""
     r = math.sqrt(-math.log(min(p, 1.0 - p)))
@@ -250,20 +282,32 @@ def _normal_tail(p):
     return -z if p < 0.5 else z
 
 
-@njit(cache=True)
+@njit(**_KERNEL, inline="always")
+def _in_tail(bits32):
+    """Whether the uniform 32 bits fall in a tail (below ``2**-8`` or above ``1 - 2**-8``)."""
+    return np.uint32(bits32 + _TAIL_SHIFT) < _TAIL_SPAN
+
+
+@njit(**_KERNEL, inline="always")
+def _normal_centre(table, bits32):
+    """The table's normal deviate for the uniform 32 bits (right outside the tails, see ``_normal``)."""
+    i = np.int32(bits32 >> _FRACTION_BITS)
+    frac = np.float32(np.int32(bits32 & _FRACTION_MASK)) * np.float32(1.0 / (1 << (32 - NORMAL_TABLE_BITS)))
+    lo = table[i]
+    return lo + frac * (table[i + 1] - lo)
+
+
+@njit(**_KERNEL)
 def _normal(table, bits32):
     """A standard normal deviate from the uniform 32 bits ``bits32`` (see the module doc)."""
-    i = bits32 >> _FRACTION_BITS
-    if i < _TAIL_INTERVALS or i >= (1 << NORMAL_TABLE_BITS) - _TAIL_INTERVALS:
-        return _normal_tail((np.float64(bits32) + 0.5) * (1.0 / 4294967296.0))
-    lo = np.float64(table[i])
-    frac = np.float64(bits32 & _FRACTION_MASK) * (1.0 / (1 << (32 - NORMAL_TABLE_BITS)))
-    return lo + frac * (np.float64(table[i + np.uint64(1)]) - lo)
+    if _in_tail(bits32):
+        return np.float32(_normal_tail((np.float64(bits32) + 0.5) * _TO_UNIT))
+    return _normal_centre(table, bits32)
 
 
-@njit(cache=True)
+@njit(**_KERNEL)
 def _poisson(lam, bits):
-    """Poisson(lam) by inversion of the uniform ``bits / 2**64`` (for small ``lam``)."""
+    """Poisson(lam) by sequential inversion of the uniform ``bits / 2**64`` (for small ``lam``)."""
     u = np.float64(bits >> np.uint64(11)) * (1.0 / 9007199254740992.0)
     p = math.exp(-lam)
     cumulative = p
@@ -275,44 +319,92 @@ def _poisson(lam, bits):
     return k
 
 
-@njit(cache=True)
+@njit(**_KERNEL, inline="always")
+def _poisson_below_step(r, bits32):
+    """Poisson(``r``), ``0 <= r < 1 / POISSON_GRID_PER_E``, by inversion of the uniform 32 bits
+    without branches: the number of the CDF's values at 0..5 not above the uniform (beyond 5 the
+    probability is below ``2**-33``; ``exp(-r)`` by its series to ``r**7``)."""
+    u = (np.float64(bits32) + 0.5) * _TO_UNIT
+    p = 1.0 + r * (-1.0 + r * (0.5 + r * (-1.0 / 6 + r * (1.0 / 24 + r * (-1.0 / 120 + r * (1.0 / 720 - r / 5040))))))
+    cumulative, k = p, 0
+    for t in range(1, 7):
+        k += u >= cumulative
+        p *= r / t
+        cumulative += p
+    return k
+
+
+@njit(**_KERNEL)
+def _poisson_exact(lam, bits, cdf, guide):
+    """Poisson(``lam``), ``lam < POISSON_EXACT_BELOW_E``, from 64 uniform bits: the tabulated Poisson
+    of ``lam`` rounded down to the grid (the upper 32 bits inverted by a guided search: two steps
+    without branches, more in the rare long buckets) plus the Poisson of the remainder (the lower 32)."""
+    j = min(int(lam * POISSON_GRID_PER_E), cdf.shape[0] - 1)
+    u = np.uint32(bits >> _S32)
+    last = cdf.shape[1] - 1
+    k = np.int64(guide[j, u >> _GUIDE_SHIFT])
+    k = min(k + (u >= cdf[j, k]), last)
+    k = min(k + (u >= cdf[j, k]), last)
+    while k < last and u >= cdf[j, k]:
+        k += 1
+    return k + _poisson_below_step(lam - j / POISSON_GRID_PER_E, np.uint32(bits & _LOW))
+
+
+@njit(**_KERNEL)
 def _uniform_int(bits32, n):
     """An integer in ``[0, n)`` from 32 uniform bits (multiply-shift)."""
     return np.int64((bits32 * np.uint64(n)) >> _S32)
 
 
-@njit(cache=True)
-def _cosmic_rays(cosmic, y0, x0, frame_ny, frame_nx, key, hits_per_px, start, dy, dx, charge):
-    """Add the cosmic-ray charge (e-) landing on ``cosmic`` (rows from ``y0``, columns from ``x0``)."""
+@njit(**_KERNEL)
+def _tile_hits(tile_key, expected):
+    """The number of hits (Poisson of mean ``expected``) of a tile, and the next free counter."""
+    hits, counter = 0, 0
+    while expected > 0:
+        hits += _poisson(min(expected, _POISSON_CHUNK), _bits(tile_key, counter))
+        expected -= _POISSON_CHUNK
+        counter += 1
+    return hits, counter
+
+
+@njit(**_KERNEL)
+def _cosmic_deposits(y0, x0, ny, nx, frame_ny, frame_nx, key, hits_per_px, start, dy, dx, charge):
+    """The cosmic-ray charge (e-) landing on rows ``[y0, y0 + ny)`` and columns ``[x0, x0 + nx)``:
+    ``(row, column, charge)`` arrays of the deposits (relative to ``y0, x0``), in row order."""
     shapes = start.size - 1
-    if hits_per_px <= 0 or shapes <= 0:
-        return
-    ny, nx = cosmic.shape
     tile, reach = COSMIC_TILE_PX, MAX_HIT_EXTENT_PX
     tiles_x = (frame_nx + tile - 1) // tile
-    for ty in range(max(0, (y0 - reach) // tile), min(frame_ny - 1, y0 + ny - 1) // tile + 1):
-        for tx in range(max(0, (x0 - reach) // tile), min(frame_nx - 1, x0 + nx - 1) // tile + 1):
-            ty0, tx0 = ty * tile, tx * tile
-            th, tw = min(tile, frame_ny - ty0), min(tile, frame_nx - tx0)
-            tile_key = _bits(key, ty * tiles_x + tx)
-            remaining = hits_per_px * th * tw
-            hits, counter = 0, 0
-            while remaining > 0:
-                hits += _poisson(min(remaining, _POISSON_CHUNK), _bits(tile_key, counter))
-                remaining -= _POISSON_CHUNK
-                counter += 1
-            for hit in range(hits):
-                where = _bits(tile_key, counter + 2 * hit)
-                ay = ty0 + _uniform_int(where >> _S32, th)
-                ax = tx0 + _uniform_int(where & _LOW, tw)
-                shape = _uniform_int(_bits(tile_key, counter + 2 * hit + 1) >> _S32, shapes)
-                for p in range(start[shape], start[shape + 1]):
-                    py, px = ay + dy[p], ax + dx[p]
-                    if y0 <= py < y0 + ny and x0 <= px < x0 + nx and py < frame_ny and px < frame_nx:
-                        cosmic[py - y0, px - x0] += charge[p]
+    capacity = 0
+    if hits_per_px > 0 and shapes > 0:
+        longest = np.max(start[1:] - start[:-1])
+        for ty in range(max(0, (y0 - reach) // tile), min(frame_ny - 1, y0 + ny - 1) // tile + 1):
+            for tx in range(max(0, (x0 - reach) // tile), min(frame_nx - 1, x0 + nx - 1) // tile + 1):
+                th, tw = min(tile, frame_ny - ty * tile), min(tile, frame_nx - tx * tile)
+                capacity += _tile_hits(_bits(key, ty * tiles_x + tx), hits_per_px * th * tw)[0] * longest
+    rows, cols, charges = np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity)
+    n = 0
+    if capacity > 0:
+        for ty in range(max(0, (y0 - reach) // tile), min(frame_ny - 1, y0 + ny - 1) // tile + 1):
+            for tx in range(max(0, (x0 - reach) // tile), min(frame_nx - 1, x0 + nx - 1) // tile + 1):
+                ty0, tx0 = ty * tile, tx * tile
+                th, tw = min(tile, frame_ny - ty0), min(tile, frame_nx - tx0)
+                tile_key = _bits(key, ty * tiles_x + tx)
+                hits, counter = _tile_hits(tile_key, hits_per_px * th * tw)
+                for hit in range(hits):
+                    where = _bits(tile_key, counter + 2 * hit)
+                    ay = ty0 + _uniform_int(where >> _S32, th)
+                    ax = tx0 + _uniform_int(where & _LOW, tw)
+                    shape = _uniform_int(_bits(tile_key, counter + 2 * hit + 1) >> _S32, shapes)
+                    for p in range(start[shape], start[shape + 1]):
+                        py, px = ay + dy[p], ax + dx[p]
+                        if y0 <= py < y0 + ny and x0 <= px < x0 + nx and py < frame_ny and px < frame_nx:
+                            rows[n], cols[n], charges[n] = py - y0, px - x0, charge[p]
+                            n += 1
+    order = np.argsort(rows[:n], kind="mergesort")
+    return rows[:n][order], cols[:n][order], charges[:n][order]
 
 
-@njit(cache=True)
+@njit(**_KERNEL)
 def _row_offsets(rows, first_row, key, taps, count, table):
     """``rows`` offsets (ADU, unscaled) of the session rows from ``first_row``: the white deviates
     of rows ``first_row - count + 1 ..`` filtered by the symmetric ``taps[:count]``."""
@@ -322,7 +414,7 @@ def _row_offsets(rows, first_row, key, taps, count, table):
     reach = count - 1
     white = np.empty(rows + 2 * reach)
     for k in range(white.size):
-        white[k] = _normal(table, _bits(key, first_row - reach + k + _ROW_COUNTER) >> _S32)
+        white[k] = _normal(table, np.uint32(_bits(key, first_row - reach + k + _ROW_COUNTER) >> _S32))
     for r in range(rows):
         total = taps[0] * white[r + reach]
         for j in range(1, count):
@@ -331,53 +423,151 @@ def _row_offsets(rows, first_row, key, taps, count, table):
     return out
 
 
-@njit(cache=True)
+_TAIL_SHOT, _TAIL_WHITE, _SMALL_MEAN = np.uint8(1), np.uint8(2), np.uint8(4)  # what a pixel's flags say
+
+# The per-row work is split into loops over a row's pixels that each touch few arrays, so that
+# the compiler vectorises them; the rare pixels (a deviate in a tail, a small mean) are found by
+# their flags and drawn apart.
+
+
+@njit(**_KERNEL)
+def _hashes(pixel_key, first, bits):
+    """The 64 random bits of the pixels whose counters are ``first, first + 1, ..``."""
+    for j in range(bits.size):
+        bits[j] = _bits(pixel_key, first + j)
+
+
+@njit(**_KERNEL)
+def _centre_normals(table, bits, z_shot, z_white):
+    """The table's normal deviates of the bits' upper (shot noise) and lower (white noise) 32."""
+    for j in range(bits.size):
+        z_shot[j] = _normal_centre(table, np.uint32(bits[j] >> _S32))
+        z_white[j] = _normal_centre(table, np.uint32(bits[j] & _LOW))
+
+
+@njit(**_KERNEL)
+def _expected(mean, flat, dark, i, j0, scale_e, dark_e, lam, flags):
+    """The expected electrons ``scale_e * mean * flat + dark_e * dark`` (at least 0) of row ``i``
+    from column ``j0``, and the ``flags`` of the pixels whose shot noise is drawn exactly."""
+    for j in range(lam.size):
+        expected = scale_e * mean[i, j0 + j] * flat[i, j0 + j] + dark_e * dark[i, j0 + j]
+        expected = expected if expected > 0 else np.float32(0.0)
+        lam[j] = expected
+        flags[j] = (expected < POISSON_EXACT_BELOW_E) * _SMALL_MEAN
+
+
+@njit(**_KERNEL)
+def _tail_flags(bits, flags):
+    """Flag the pixels whose shot or white noise deviate falls in a tail."""
+    for j in range(bits.size):
+        h = bits[j]
+        flags[j] |= (_in_tail(np.uint32(h >> _S32)) * _TAIL_SHOT) | (_in_tail(np.uint32(h & _LOW)) * _TAIL_WHITE)
+
+
+@njit(**_KERNEL)
+def _rare_pixels(n, bits, z_shot, z_white, lam, flags, exact, cdf, guide):
+    """The flagged pixels among the first ``n`` (``flags`` zero beyond them to a multiple of 8),
+    found eight at a time: tail deviates by AS 241, and the exact shot noise (e-, about the
+    mean) where the mean is small."""
+    words = flags.view(np.uint64)
+    for w in range((n + 7) // 8):
+        if words[w] == 0:
+            continue
+        for j in range(8 * w, min(8 * w + 8, n)):
+            f = flags[j]
+            if f & _TAIL_SHOT:
+                z_shot[j] = _normal_tail((np.float64(bits[j] >> _S32) + 0.5) * _TO_UNIT)
+            if f & _TAIL_WHITE:
+                z_white[j] = _normal_tail((np.float64(bits[j] & _LOW) + 0.5) * _TO_UNIT)
+            if f & _SMALL_MEAN:
+                exact[j] = _poisson_exact(np.float64(lam[j]), _mix(bits[j]), cdf, guide) - np.float64(lam[j])
+
+
+@njit(**_KERNEL)
+def _white_from_table(z_white, white_table):
+    """Turn normal deviates into the measured white read noise (ADU), in place."""
+    top = white_table.size - 1
+    to_index = top / (2.0 * WHITE_TABLE_SIGMAS)
+    for j in range(z_white.size):
+        t = min(max((np.float64(z_white[j]) + WHITE_TABLE_SIGMAS) * to_index, 0.0), top)
+        k = min(int(t), top - 1)
+        z_white[j] = white_table[k] + (t - k) * (white_table[k + 1] - white_table[k])
+
+
+@njit(**_KERNEL)
+def _shot_noise(lam, z_shot, exact, flags, shot):
+    """The shot noise (e-, about the mean): exact where flagged, else Cornish-Fisher."""
+    for j in range(lam.size):
+        z = z_shot[j]
+        approximate = np.sqrt(max(lam[j] - _CF_OFFSET, np.float32(0.0))) * z + (z * z - np.float32(1.0)) * _SIXTH
+        shot[j] = exact[j] if flags[j] & _SMALL_MEAN else approximate
+
+
+@njit(**_KERNEL)
+def _quantised(count, bias, mean, out, i, j0, lam, shot, extra, white, true_e, level, inverse_gain, white_scale, row,
+               saturate, subtract):  # fmt: skip
+    """Row ``i`` of ``syn`` (ADU) from column ``j0``: the noise scaled by ``s`` (``subtract``),
+    quantised like ``os``, NaN where the stack has no value."""
+    for j in range(lam.size):
+        c = np.float32(count[i, j0 + j])
+        s = np.sqrt(max(np.float32(0.0), np.float32(1.0) - np.float32(1.0) / max(c, np.float32(1.0))))
+        s = s if subtract else np.float32(1.0)
+        electrons = lam[j] + s * shot[j] + true_e * (bias[i, j0 + j] + extra[j])
+        raw = np.rint(level + electrons * inverse_gain + s * (white_scale * white[j] + row))
+        value = min(max(raw, np.float32(0.0)), saturate) - level
+        m = mean[i, j0 + j]
+        out[i, j0 + j] = value if (m == m and c > 0) else np.float32(np.nan)
+
+
+_CF_OFFSET, _SIXTH = np.float32(1.0 / 18.0), np.float32(1.0 / 6.0)
+
+
+@njit(**_KERNEL)
 def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, pixel_key, row_keys, cosmic_key,
                 regions, values, gaussian, white_tables, row_filters, row_taps, g_nom, darktime, hits_per_px,
-                start, dy, dx, charge, table, subtract):  # fmt: skip
-    """``synthesize_patch``'s draw into ``out``: cosmic rays, then per amplifier its row offsets and
-    pixel by pixel the shot and white noise, quantised (see the module doc)."""
+                start, dy, dx, charge, table, cdf, guide, subtract):  # fmt: skip
+    """``synthesize_patch``'s draw into ``out``: per amplifier its row offsets, then row by row the
+    loops above and the cosmic rays' charge (see the module doc)."""
     ny, nx = mean.shape
     out[:] = np.nan
-    cosmic = np.zeros((ny, nx))
-    _cosmic_rays(cosmic, y0, x0, frame_ny, frame_nx, cosmic_key, hits_per_px, start, dy, dx, charge)
-    top = white_tables.shape[1] - 1
-    to_index = top / (2.0 * WHITE_TABLE_SIGMAS)
+    hit_rows, hit_cols, hit_charges = _cosmic_deposits(y0, x0, ny, nx, frame_ny, frame_nx, cosmic_key, hits_per_px,
+                                                        start, dy, dx, charge)  # fmt: skip
+    bits, flags = np.empty(nx, np.uint64), np.zeros(8 * ((nx + 7) // 8), np.uint8)
+    z_shot, z_white, lam = np.empty(nx, np.float32), np.empty(nx, np.float32), np.empty(nx, np.float32)
+    exact, shot, extra = np.empty(nx, np.float32), np.empty(nx, np.float32), np.zeros(nx, np.float32)
     for a in range(regions.shape[0]):
         iy0, iy1 = max(regions[a, 0], y0), min(regions[a, 1], y0 + ny)
         ix0, ix1 = max(regions[a, 2], x0), min(regions[a, 3], x0 + nx)
         if iy0 >= iy1 or ix0 >= ix1:
             continue
-        gain, true_e, level, saturate, white_adu = values[a, 0], values[a, 1], values[a, 2], values[a, 3], values[a, 4]
+        true_e, level, saturate = values[a, 1], np.float32(values[a, 2]), np.float32(values[a, 3])
+        inverse_gain, true_e32 = np.float32(1.0 / values[a, 0]), np.float32(true_e)
+        scale_e, dark_e = np.float32(true_e * g_nom), np.float32(true_e * darktime)
+        white_scale = np.float32(values[a, 4]) if gaussian[a] else np.float32(1.0)
         rows = _row_offsets(iy1 - iy0, iy0, row_keys[a], row_filters[a], row_taps[a], table)
-        gauss, last_c, s = gaussian[a], -1.0, 1.0
+        j0, n = ix0 - x0, ix1 - ix0
+        j1 = j0 + n
+        flags[n:] = 0
+        b, zs, zw, la = bits[:n], z_shot[:n], z_white[:n], lam[:n]
+        fl, ex, sh, xt = flags[:n], exact[:n], shot[:n], extra[:n]
+        hit = np.searchsorted(hit_rows, iy0 - y0)
         for i in range(iy0 - y0, iy1 - y0):
             y = i + y0
-            row = rows[y - iy0]
-            for j in range(ix0 - x0, ix1 - x0):
-                x = j + x0
-                m, c = mean[i, j], np.float64(count[i, j])
-                if not (m == m) or c <= 0:
-                    continue
-                lam = true_e * (g_nom * m * flat[i, j] + dark[i, j] * darktime)
-                if not lam > 0:
-                    lam = 0.0
-                h = _bits(pixel_key, y * frame_nx + x)
-                if lam < POISSON_EXACT_BELOW_E:
-                    shot = _poisson(lam, _mix(h)) - lam
-                else:
-                    z = _normal(table, h >> _S32)
-                    shot = math.sqrt(lam - 1.0 / 18.0) * z + (z * z - 1.0) / 6.0
-                zw = _normal(table, h & _LOW)
-                if gauss:
-                    white = white_adu * zw
-                else:
-                    t = min(max((zw + WHITE_TABLE_SIGMAS) * to_index, 0.0), top)
-                    k = min(int(t), top - 1)
-                    white = white_tables[a, k] + (t - k) * (white_tables[a, k + 1] - white_tables[a, k])
-                if c != last_c:
-                    last_c = c
-                    s = math.sqrt(max(0.0, 1.0 - 1.0 / c)) if subtract and c >= 1 else 1.0
-                electrons = lam + s * shot + true_e * (bias[i, j] + cosmic[i, j])
-                raw = np.rint(level + electrons / gain + s * (white + row))
-                out[i, j] = min(max(raw, 0.0), saturate) - level
+            _hashes(pixel_key, y * frame_nx + ix0, b)
+            _centre_normals(table, b, zs, zw)
+            _expected(mean, flat, dark, i, j0, scale_e, dark_e, la, fl)
+            _tail_flags(b, fl)
+            _rare_pixels(n, bits, z_shot, z_white, lam, flags, exact, cdf, guide)
+            if not gaussian[a]:
+                _white_from_table(zw, white_tables[a])
+            _shot_noise(la, zs, ex, fl, sh)
+            first_hit = hit
+            while hit < hit_rows.size and hit_rows[hit] == i:
+                if j0 <= hit_cols[hit] < j1:
+                    extra[hit_cols[hit] - j0] += hit_charges[hit]
+                hit += 1
+            _quantised(count, bias, mean, out, i, j0, la, sh, xt, zw, true_e32, level, inverse_gain, white_scale,
+                       np.float32(rows[y - iy0]), saturate, subtract)  # fmt: skip
+            for k in range(first_hit, hit):
+                if j0 <= hit_cols[k] < j1:
+                    extra[hit_cols[k] - j0] = 0.0
