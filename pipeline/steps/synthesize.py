@@ -62,6 +62,7 @@ from scipy import stats
 from .noise_fit import MAX_HIT_EXTENT_PX, QUANTILE_LEVELS, ReadNoise
 from .noise_model import NoiseModel
 
+DRAW_VERSION = 2  # the random draw's version, recorded with syn: a new one draws other frames for the same keys
 COSMIC_TILE_PX = 512  # cosmic-ray arrivals: one random stream per tile
 POISSON_EXACT_BELOW_E = 30.0  # expected electrons below which shot noise is drawn exactly
 ROW_FILTER_LOSS = 1e-4  # fraction of the row offsets' variance the truncated filter may leave out
