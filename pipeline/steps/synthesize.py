@@ -59,8 +59,8 @@ import numpy as np
 from numba import njit
 from scipy import stats
 
-from .noise_fit import MAX_HIT_EXTENT_PX, QUANTILE_LEVELS, ReadNoise
-from .noise_model import NoiseModel
+from .noise_fit import MAX_HIT_EXTENT_PX, QUANTILE_LEVELS, CosmicFit, ReadNoise, fit_read_noise
+from .noise_model import AmpModel, NoiseModel
 
 DRAW_VERSION = 2  # the random draw's version, recorded with syn: a new one draws other frames for the same keys
 COSMIC_TILE_PX = 512  # cosmic-ray arrivals: one random stream per tile
@@ -209,6 +209,16 @@ def synthesize_patch(patch: Patch, model: NoiseModel, key: SynthKey, subtract_ba
                 prepared.start, prepared.dy, prepared.dx, prepared.charge, _NORMAL_TABLE, _POISSON_CDF, _POISSON_GUIDE,
                 subtract_base_noise)  # fmt: skip
     return out
+
+
+def load_kernel() -> None:
+    """Load the draw's compiled kernel (numba's cache) with the argument types ``synthesize_patch``
+    passes, by drawing a 2 x 2 patch of a minimal model."""
+    read = fit_read_noise(np.random.default_rng(0).normal(1000.0, 3.0, (64, 16)))
+    amp = AmpModel("load", (0, 2, 0, 2), 1.0, None, 0.0, 1e9, read)
+    model = NoiseModel((2, 2), 1.0, 1.0, 1.0, (amp,), CosmicFit(0.0, 0.0, 0, 1, 1.0, (0,), (), (), ()))
+    ones = np.ones((2, 2), np.float32)
+    synthesize_patch(Patch(0, 0, ones, ones, ones, ones, np.ones((2, 2), np.uint16)), model, SynthKey(0, "load", (0,)))
 
 
 def _normal_table() -> np.ndarray:
@@ -447,11 +457,11 @@ def _centre_normals(table, bits, z_shot, z_white):
 
 
 @njit(**_KERNEL)
-def _expected(mean, flat, dark, i, j0, scale_e, dark_e, lam, flags):
-    """The expected electrons ``scale_e * mean * flat + dark_e * dark`` (at least 0) of row ``i``
-    from column ``j0``, and the ``flags`` of the pixels whose shot noise is drawn exactly."""
+def _expected(mean, flat, dark, scale_e, dark_e, lam, flags):
+    """The expected electrons ``scale_e * mean * flat + dark_e * dark`` (at least 0), and the
+    ``flags`` of the pixels whose shot noise is drawn exactly."""
     for j in range(lam.size):
-        expected = scale_e * mean[i, j0 + j] * flat[i, j0 + j] + dark_e * dark[i, j0 + j]
+        expected = scale_e * mean[j] * flat[j] + dark_e * dark[j]
         expected = expected if expected > 0 else np.float32(0.0)
         lam[j] = expected
         flags[j] = (expected < POISSON_EXACT_BELOW_E) * _SMALL_MEAN
@@ -505,19 +515,19 @@ def _shot_noise(lam, z_shot, exact, flags, shot):
 
 
 @njit(**_KERNEL)
-def _quantised(count, bias, mean, out, i, j0, lam, shot, extra, white, true_e, level, inverse_gain, white_scale, row,
+def _quantised(count, bias, mean, out, lam, shot, extra, white, true_e, level, inverse_gain, white_scale, row,
                saturate, subtract):  # fmt: skip
-    """Row ``i`` of ``syn`` (ADU) from column ``j0``: the noise scaled by ``s`` (``subtract``),
-    quantised like ``os``, NaN where the stack has no value."""
+    """A row of ``syn`` (ADU): the noise scaled by ``s`` (``subtract``), quantised like ``os``,
+    NaN where the stack has no value."""
     for j in range(lam.size):
-        c = np.float32(count[i, j0 + j])
+        c = np.float32(count[j])
         s = np.sqrt(max(np.float32(0.0), np.float32(1.0) - np.float32(1.0) / max(c, np.float32(1.0))))
         s = s if subtract else np.float32(1.0)
-        electrons = lam[j] + s * shot[j] + true_e * (bias[i, j0 + j] + extra[j])
+        electrons = lam[j] + s * shot[j] + true_e * (bias[j] + extra[j])
         raw = np.rint(level + electrons * inverse_gain + s * (white_scale * white[j] + row))
         value = min(max(raw, np.float32(0.0)), saturate) - level
-        m = mean[i, j0 + j]
-        out[i, j0 + j] = value if (m == m and c > 0) else np.float32(np.nan)
+        m = mean[j]
+        out[j] = value if (m == m and c > 0) else np.float32(np.nan)
 
 
 _CF_OFFSET, _SIXTH = np.float32(1.0 / 18.0), np.float32(1.0 / 6.0)
@@ -556,7 +566,7 @@ def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, 
             y = i + y0
             _hashes(pixel_key, y * frame_nx + ix0, b)
             _centre_normals(table, b, zs, zw)
-            _expected(mean, flat, dark, i, j0, scale_e, dark_e, la, fl)
+            _expected(mean[i, j0:j1], flat[i, j0:j1], dark[i, j0:j1], scale_e, dark_e, la, fl)
             _tail_flags(b, fl)
             _rare_pixels(n, bits, z_shot, z_white, lam, flags, exact, cdf, guide)
             if not gaussian[a]:
@@ -567,7 +577,7 @@ def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, 
                 if j0 <= hit_cols[hit] < j1:
                     extra[hit_cols[hit] - j0] += hit_charges[hit]
                 hit += 1
-            _quantised(count, bias, mean, out, i, j0, la, sh, xt, zw, true_e32, level, inverse_gain, white_scale,
+            _quantised(count[i, j0:j1], bias[i, j0:j1], mean[i, j0:j1], out[i, j0:j1], la, sh, xt, zw, true_e32, level, inverse_gain, white_scale,
                        np.float32(rows[y - iy0]), saturate, subtract)  # fmt: skip
             for k in range(first_hit, hit):
                 if j0 <= hit_cols[k] < j1:
