@@ -1,6 +1,7 @@
 """The on-the-fly synthesis a loader would call per sample, against references in the same run.
 
     python -m benchmarks.bench_synthesis [--patch 256] [--patches 200] [--repeats 3] [--json PATH]
+    python -m benchmarks.bench_synthesis --loader [--size 2048] [--sessions 2] [--samples 1000] [--repeats 3]
 
 A session of 1024 x 1024 (one amplifier, 4 e91 frames) is observed in memory with the synthetic
 generator and its noise model fitted (``tests/noise_session.py``); then per repeat, over the
@@ -9,6 +10,16 @@ stored-``syn`` sample needs at the least (one window copied from an in-memory fr
 five an on-the-fly sample needs (``mean``, ``flat``, ``dark``, ``bias``, ``count``), and a
 ``numpy`` normal draw of a patch (the machine's speed). Reported: milliseconds per patch,
 medians over the repeats, and the ratios, which are what survives the shared machine's drift.
+CPU time (``time.process_time``) is reported next to wall time.
+
+``--loader``: a store written by ``skyprep run`` (``--sessions`` synthetic sessions of ``--size``
+pixels, 4 e91 frames, ``synthesis.realizations: 2``), read by main's loader
+(``pipeline.tools.loader.PatchDataset``, default parameters: frame cache, ``mean`` as input and
+target) per sample, in rounds that alternate three routes over the same sample indices: the
+loader's sample alone, the sample plus a stored ``syn`` window (``SynPatches.stored``, read
+through the loader's frame cache) and the sample plus a realization drawn on the fly
+(``SynPatches.fresh``: five windows and the draw). Reported: samples per second of each route
+(medians over the rounds) and the on-the-fly rate over the stored rate.
 """
 
 from __future__ import annotations
@@ -80,14 +91,98 @@ def run_benchmark(patch_px: int = 256, patches: int = 200, repeats: int = 3) -> 
     return report
 
 
+def _store_with_syn(workdir: Path, size: int, sessions: int) -> Path:
+    from pipeline.config import Config
+    from pipeline.runner import make_client, run
+    from pipeline.steps.params import SynthesisParams
+    from pipeline.synth import write_archive
+
+    archive, store = workdir / "archive", workdir / "store.zarr"
+    write_archive(archive, SynthSpec(sessions=sessions, size=size, frames=4, amps=1, seed=5))
+    with make_client(workers=2) as client:
+        report = run(archive, store, Config(synthesis=SynthesisParams(realizations=2)), client, echo=lambda line: None)
+    assert report.exit_code == 0, report.table()
+    return store
+
+
+def run_loader_benchmark(size: int = 2048, sessions: int = 2, samples: int = 1000, repeats: int = 3,
+                         workdir: Path | None = None) -> dict:  # fmt: skip
+    import tempfile
+
+    from pipeline.tools.loader import LoaderParams, PatchDataset
+    from pipeline.tools.syn_patches import SynPatches
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        store = _store_with_syn(Path(tmp), size, sessions)
+        dataset = PatchDataset(store, LoaderParams(input="mean", target="mean"))
+        syn = SynPatches(store)
+        p = dataset.params.patch_px
+
+        def read(session, name, lead, y, x, out):  # the loader's window, through its frame cache
+            out[...] = dataset._frame(session, name, lead[0] if lead else None)[y : y + p, x : x + p]
+
+        out = np.empty((p, p), np.float32)
+
+        def sample(i):
+            return dataset[i]
+
+        def stored(i):
+            found = dataset[i]
+            s, y, x = (int(v) for v in found["index"])
+            syn.stored(dataset.sessions[s], y, x, out, 0, 0, i, read)
+
+        def fresh(i):
+            found = dataset[i]
+            s, y, x = (int(v) for v in found["index"])
+            syn.fresh(dataset.sessions[s], y, x, out, 0, 0, i, read)
+
+        routes = {"loader sample": sample, "+ stored syn": stored, "+ syn on the fly": fresh}
+        for work in routes.values():  # frames decoded into the cache, kernel loaded
+            for i in range(len(dataset.sessions) * 8):
+                work(i)
+        wall = {name: [] for name in routes}
+        cpu = {name: [] for name in routes}
+        for _ in range(repeats):
+            for name, work in routes.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                for i in range(samples):
+                    work(i)
+                wall[name].append(samples / (time.perf_counter() - t0))
+                cpu[name].append(samples / (time.process_time() - c0))
+    per_s = {name: statistics.median(values) for name, values in wall.items()}
+    per_cpu_s = {name: statistics.median(values) for name, values in cpu.items()}
+    report = {
+        "size": size,
+        "sessions": sessions,
+        "samples": samples,
+        "repeats": repeats,
+        "samples_per_s": per_s,
+        "samples_per_cpu_s": per_cpu_s,
+        "fresh_over_stored": per_s["+ syn on the fly"] / per_s["+ stored syn"],
+        "all_rounds_per_s": wall,
+    }
+    print(f"{sessions} sessions of {size} px, {p} px samples, median of {repeats} x {samples}: "
+          + ", ".join(f"{name} {value:.0f}/s ({per_cpu_s[name]:.0f} per CPU s)" for name, value in per_s.items())
+          + f"; on the fly / stored {report['fresh_over_stored']:.2f}")  # fmt: skip
+    return report
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patch", type=int, default=256)
     ap.add_argument("--patches", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--loader", action="store_true", help="loader throughput: stored syn against syn on the fly")
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--sessions", type=int, default=2)
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args(argv)
-    report = run_benchmark(args.patch, args.patches, args.repeats)
+    if args.loader:
+        report = run_loader_benchmark(args.size, args.sessions, args.samples, args.repeats, args.workdir)
+    else:
+        report = run_benchmark(args.patch, args.patches, args.repeats)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return report

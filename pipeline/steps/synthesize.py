@@ -67,6 +67,7 @@ COSMIC_TILE_PX = 512  # cosmic-ray arrivals: one random stream per tile
 POISSON_EXACT_BELOW_E = 30.0  # expected electrons below which shot noise is drawn exactly
 ROW_FILTER_LOSS = 1e-4  # fraction of the row offsets' variance the truncated filter may leave out
 NORMAL_TABLE_BITS = 12
+NORMAL_TAIL_BITS = 8  # uniforms below 2**-NORMAL_TAIL_BITS (or as far above 1) take AS 241, not the table
 WHITE_TABLE_SIGMAS = 4.5  # the measured white quantile function is tabulated over |z| <= this
 WHITE_TABLE_POINTS = 1025
 
@@ -194,12 +195,18 @@ def _forget(ident: int, ref: weakref.ref) -> None:
         del _PREPARED[ident]
 
 
-def synthesize_patch(patch: Patch, model: NoiseModel, key: SynthKey, subtract_base_noise: bool = True) -> np.ndarray:
-    """A synthetic overscan-corrected frame (float32 ADU) over ``patch`` (see the module doc)."""
+def synthesize_patch(patch: Patch, model: NoiseModel, key: SynthKey, subtract_base_noise: bool = True,
+                     out: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """A synthetic overscan-corrected frame (float32 ADU) over ``patch`` (see the module doc),
+    drawn into ``out`` when given (a C-contiguous float32 array of the patch's shape: a loader's
+    buffer, so no frame is allocated per sample) and returned."""
     prepared = _prepare(model)
     frame_ny, frame_nx = model.shape
     row_keys = np.array([key.stream_key(Stream.ROWS, index) for index in range(len(model.amps))], np.uint64)
-    out = np.empty(patch.shape, np.float32)
+    if out is None:
+        out = np.empty(patch.shape, np.float32)
+    elif out.shape != patch.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous float32 of shape {patch.shape}, got {out.dtype} {out.shape}")
     _synthesize(*(np.ascontiguousarray(a, np.float32) for a in (patch.mean_adu, patch.flat, patch.dark_e_per_s,
                                                                  patch.bias_e)),
                 np.ascontiguousarray(patch.count, np.uint16), out, patch.y0, patch.x0, frame_ny, frame_nx,
@@ -248,15 +255,14 @@ POISSON_GRID_PER_E = 16  # the exact shot noise: a tabulated Poisson of the mean
 POISSON_GUIDE_BITS = 7
 _NORMAL_TABLE = _normal_table()
 _POISSON_CDF, _POISSON_GUIDE = _poisson_tables()
-_TAIL_INTERVALS = 1 << (NORMAL_TABLE_BITS - 8)  # table intervals of each tail drawn by AS 241 (levels below 2**-8)
 
 _M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
 _S30, _S27, _S31, _S32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
 _LOW = np.uint64(0xFFFFFFFF)
 _FRACTION_BITS = np.uint32(32 - NORMAL_TABLE_BITS)
 _FRACTION_MASK = np.uint32((1 << (32 - NORMAL_TABLE_BITS)) - 1)
-_TAIL_SHIFT = np.uint32(1 << 24)  # bits32 + this (mod 2**32) is below _TAIL_SPAN exactly in the tails
-_TAIL_SPAN = np.uint32(1 << 25)
+_TAIL_SHIFT = np.uint32(1 << (32 - NORMAL_TAIL_BITS))  # bits32 + this (mod 2**32) is below _TAIL_SPAN in the tails
+_TAIL_SPAN = np.uint32(1 << (33 - NORMAL_TAIL_BITS))
 _GUIDE_SHIFT = np.uint32(32 - POISSON_GUIDE_BITS)
 _ROW_COUNTER = 1 << 32  # row counters: the session row plus this (rows a filter reaches above row 0 stay positive)
 _POISSON_CHUNK = 64.0  # a tile's hit count is a sum of Poisson draws of at most this mean
@@ -295,7 +301,7 @@ def _normal_tail(p):
 
 @njit(**_KERNEL, inline="always")
 def _in_tail(bits32):
-    """Whether the uniform 32 bits fall in a tail (below ``2**-8`` or above ``1 - 2**-8``)."""
+    """Whether the uniform 32 bits fall in a tail (below ``2**-NORMAL_TAIL_BITS`` or as far above 1)."""
     return np.uint32(bits32 + _TAIL_SHIFT) < _TAIL_SPAN
 
 
