@@ -35,14 +35,22 @@ without the rest of the frame and equals the crop of the whole frame drawn at on
   for the tile's hit count, then two per hit (position, shape).
 
 Normal deviates from 32 bits: a table of the normal quantile function at ``2**NORMAL_TABLE_BITS``
-levels, linearly interpolated (at most ``1.4e-4`` off) between the levels ``2**-8`` and
-``1 - 2**-8`` (``|z| < 2.66``), and the tails (one deviate in 128) by Wichura's AS 241
-(``PPND7``, relative error ``1e-7``) at the uniform's midpoint: deviates reach 6.3 sigma. Shot
-noise is exact Poisson (inversion) below ``POISSON_EXACT_BELOW_E`` expected electrons, above it
-the Cornish-Fisher expansion ``sqrt(l - 1/18) z + (z^2 - 1) / 6`` of the normal ``z``: the
-Poisson's mean and variance exactly, its third cumulant to ``1/54`` (``l``; a Poisson's is
-``l``) and its fourth ``4/3 l`` (``l``). The per-pixel work, the row offsets and the cosmic rays
-are one compiled call (``_synthesize``): the loader draws patches on the fly.
+levels, linearly interpolated (at most ``1.4e-4`` off) between the levels ``2**-NORMAL_TAIL_BITS``
+and ``1 - 2**-NORMAL_TAIL_BITS`` (``|z| < 2.66``), and the tails (one deviate in 128) by Wichura's
+AS 241 (``PPND7``, relative error ``1e-7``) at the uniform's midpoint: deviates reach 6.3 sigma.
+Shot noise below ``POISSON_EXACT_BELOW_E`` expected electrons is exact: a Poisson is the sum of
+independent Poissons, so Poisson(``l``) is drawn as the tabulated Poisson of ``l`` rounded down to
+a multiple of ``1 / POISSON_GRID_PER_E`` (inversion of 32 bits by a guided table search) plus the
+Poisson of the remainder (below 1/16 e-: inversion of 32 more bits against its CDF at 0..5), both
+from one more mix of the pixel's bits. Above it, the Cornish-Fisher expansion
+``sqrt(l - 1/18) z + (z^2 - 1) / 6`` of the normal ``z``: the Poisson's mean and variance exactly,
+its third cumulant to ``1/54`` (``l``; a Poisson's is ``l``) and its fourth ``4/3 l`` (``l``).
+
+The per-pixel work, the row offsets and the cosmic rays are one compiled call (``_synthesize``),
+row by row in short loops the compiler vectorises (float32 arithmetic); the rare pixels (a
+deviate in a tail) are flagged and drawn apart, and the cosmic rays are a sparse list of
+deposits. ``load_kernel`` loads it ahead of the first task; ``DRAW_VERSION`` is recorded with
+``syn`` (``pipeline.io.provenance.syn_record``). Tests against scipy: ``tests/test_synthesis_generator.py``.
 """
 
 from __future__ import annotations
