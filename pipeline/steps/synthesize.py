@@ -73,6 +73,8 @@ from .noise_model import AmpModel, NoiseModel
 DRAW_VERSION = 2  # the random draw's version, recorded with syn: a new one draws other frames for the same keys
 COSMIC_TILE_PX = 512  # cosmic-ray arrivals: one random stream per tile
 POISSON_EXACT_BELOW_E = 30.0  # expected electrons below which shot noise is drawn exactly
+POISSON_GRID_PER_E = 16  # the exact draw's tables: Poisson means on a grid of 1/16 e- (the remainder drawn apart)
+POISSON_GUIDE_BITS = 7  # a table search starts from one of 2**7 guide entries per mean
 ROW_FILTER_LOSS = 1e-4  # fraction of the row offsets' variance the truncated filter may leave out
 NORMAL_TABLE_BITS = 12
 NORMAL_TAIL_BITS = 8  # uniforms below 2**-NORMAL_TAIL_BITS (or as far above 1) take AS 241, not the table
@@ -259,8 +261,6 @@ def _poisson_tables() -> tuple[np.ndarray, np.ndarray]:
     return cdf, guide
 
 
-POISSON_GRID_PER_E = 16  # the exact shot noise: a tabulated Poisson of the mean rounded down to 1/16 e-...
-POISSON_GUIDE_BITS = 7
 _NORMAL_TABLE = _normal_table()
 _POISSON_CDF, _POISSON_GUIDE = _poisson_tables()
 
