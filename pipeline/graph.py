@@ -39,6 +39,7 @@ from .steps.register import Offset, RegisterParams
 from .steps.sanity import header_problems, master_warnings, triage
 from .steps.sources import SourceParams, source_mask
 from .steps.stack import ClipParams, sigma_clip_stack
+from .steps.synthesize import load_kernel as load_synthesis_kernel
 
 
 @dataclass(frozen=True)
@@ -125,12 +126,13 @@ def _master_sanity(header_warnings: list[str], flat: RowBlocks, dark: RowBlocks,
 
 
 def load_kernels() -> None:
-    """Load the compiled kernels the session tasks call, with the argument types they call them
-    with (numba's on-disk cache), ahead of the first task: ``runner.run`` has every worker do it
-    while the client builds the first graphs."""
+    """Load the compiled kernels the session tasks call (stack, cosmic rays, the draw of ``syn``),
+    with the argument types they call them with (numba's on-disk cache), ahead of the first task:
+    ``runner.run`` has every worker do it while the client builds the first graphs."""
     mask = np.zeros((2, 9, 9), MASK_DTYPE)
     sigma_clip_stack(np.zeros(mask.shape, np.float32), mask, None, ClipParams(), parallel=False)
     cosmic_rays(np.zeros((9, 9), np.float32), np.ones((9, 9), np.float32), mask[0], 1.0, CosmicParams())
+    load_synthesis_kernel()
 
 
 def _reduced_raw(raw: Layout, strip: int, params: OverscanParams, base: str) -> tuple[da.Array, da.Array]:

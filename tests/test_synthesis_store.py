@@ -45,7 +45,7 @@ def test_run_writes_syn_and_the_noise_model(store, archive):
         syn = ds["syn"]
         assert syn.dims == ("realization", "y", "x") and syn.dtype == np.float32 and syn.shape[0] == 2
         assert syn.attrs["units"] == "adu"
-        assert ds.attrs["syn"] == {"realizations": 2, "seed": 0, "subtract_base_noise": True}
+        assert ds.attrs["syn"] == {"realizations": 2, "seed": 0, "subtract_base_noise": True, "draw_version": 2}
         for name in ("flat", "dark", "bias"):
             assert ds[name].shape == ds["os"].shape
         model = ds.attrs["noise_model"]
@@ -93,6 +93,29 @@ def test_synthesize_is_idempotent_deterministic_and_resumable(store, tmp_path, c
     assert synthesize_store(copy, dataclasses.replace(CONFIG.synthesis, realizations=0), pattern=key,
                             echo=lambda line: None)[0].status == "ok"  # fmt: skip
     assert "syn" not in _open(copy, key)
+    assert not any(verify(copy).values())
+
+
+def test_syn_of_an_older_draw_is_stale_and_redrawn(store, tmp_path):
+    """A ``syn`` record without the draw's version (the first generator's) or with another version
+    is not the requested draw: ``skyprep synthesize`` rewrites that session, and only it."""
+    import shutil
+
+    copy = tmp_path / "old.zarr"
+    shutil.copytree(store, copy)
+    keys = sorted(complete_sessions(copy))
+    expected = {key: _open(copy, key)["syn"].values for key in keys[:2]}
+    for key, record in zip(keys[:2], ({"realizations": 2, "seed": 0, "subtract_base_noise": True},
+                                      {"realizations": 2, "seed": 0, "subtract_base_noise": True, "draw_version": 1})):  # fmt: skip
+        group = zarr.open_group(str(copy), path=key, mode="r+", zarr_format=3)
+        group["syn"][...] = 0.0  # what an older generator drew instead
+        group.attrs["syn"] = record
+    results = synthesize_store(copy, CONFIG.synthesis, echo=lambda line: None)
+    assert {r.key: r.status for r in results} == {keys[0]: "ok", keys[1]: "ok", keys[2]: "skipped"}
+    for key in keys[:2]:
+        ds = _open(copy, key)
+        np.testing.assert_array_equal(ds["syn"].values, expected[key])
+        assert ds.attrs["syn"]["draw_version"] == 2
     assert not any(verify(copy).values())
 
 

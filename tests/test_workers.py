@@ -36,11 +36,11 @@ def test_local_cluster_is_threads_in_this_process_by_default():
 
 
 def test_load_kernels_loads_what_the_session_tasks_call():
-    """In a new process the stack and cosmic-ray kernels are not loaded; ``load_kernels`` (run on
-    every worker by ``runner.run``) loads them with the argument types the tasks use."""
+    """In a new process the stack, cosmic-ray and synthesis kernels are not loaded; ``load_kernels``
+    (run on every worker by ``runner.run``) loads them with the argument types the tasks use."""
     code = (
-        "from pipeline import graph\nfrom pipeline.steps import lacosmic, stack\n"
-        "kernels = (stack._do_rows, lacosmic._snr, lacosmic._candidates)\n"
+        "from pipeline import graph\nfrom pipeline.steps import lacosmic, stack, synthesize\n"
+        "kernels = (stack._do_rows, lacosmic._snr, lacosmic._candidates, synthesize._synthesize)\n"
         "assert not any(k.signatures for k in kernels)\n"
         "graph.load_kernels()\n"
         "loaded = [k.signatures for k in kernels]\n"

@@ -13,6 +13,7 @@ from typing import Any
 from ..steps.noise_model import NoiseModel
 from ..steps.params import SynthesisParams
 from ..steps.register import Offset
+from ..steps.synthesize import DRAW_VERSION
 from .objects import ObjectPath, location
 
 
@@ -139,9 +140,11 @@ class SessionSummary:
 
 
 def syn_record(params: SynthesisParams) -> dict[str, Any]:
-    """The ``syn`` session attribute: how the stored realizations were drawn."""
+    """The ``syn`` session attribute: how the stored realizations were drawn, with the draw's
+    version (a record of another version, or of none, the first generator's, is stale)."""
     return {
         "realizations": params.realizations,
         "seed": params.seed,
         "subtract_base_noise": params.subtract_base_noise,
+        "draw_version": DRAW_VERSION,
     }

@@ -38,6 +38,7 @@ class SynPatches:
         self.store = Path(store)
         self._models: dict[str, NoiseModel] = {}
         self._records: dict[str, dict] = {}
+        self._windows: dict[tuple[int, int], dict[str, np.ndarray]] = {}  # the clean windows' buffers, per shape
 
     def _attrs(self, session: str) -> dict:
         return dict(zarr.open_group(str(self.store), path=session, mode="r", zarr_format=3).attrs)
@@ -68,10 +69,16 @@ class SynPatches:
     def fresh(self, session: str, y: int, x: int, out: np.ndarray, seed: int, epoch: int, index: int,
               read: Reader, subtract_base_noise: bool = True) -> None:  # fmt: skip
         """Fill ``out`` (P, P) with a new realization drawn at ``(y, x)`` for ``(seed, epoch, index)``."""
-        windows = {}
+        if out.shape not in self._windows:
+            self._windows[out.shape] = {
+                n: np.empty(out.shape, np.uint16 if n == "count" else np.float32) for n in CLEAN
+            }
+        windows = self._windows[out.shape]
         for name in CLEAN:
-            windows[name] = np.empty(out.shape, np.uint16 if name == "count" else np.float32)
             read(session, name, (), y, x, windows[name])
         patch = Patch(y, x, *(windows[name] for name in CLEAN))
-        out[...] = synthesize_patch(patch, self.model(session), SynthKey(seed, session, (epoch, index)),
-                                    subtract_base_noise)  # fmt: skip
+        key = SynthKey(seed, session, (epoch, index))
+        if out.dtype == np.float32 and out.flags.c_contiguous:
+            synthesize_patch(patch, self.model(session), key, subtract_base_noise, out=out)
+        else:
+            out[...] = synthesize_patch(patch, self.model(session), key, subtract_base_noise)
