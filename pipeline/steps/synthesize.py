@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
-from scipy import stats
+from scipy import special
 
 from .noise_fit import MAX_HIT_EXTENT_PX, QUANTILE_LEVELS, ReadNoise
 from .noise_model import NoiseModel
@@ -188,7 +188,7 @@ def synthesize_patch(patch: Patch, model: NoiseModel, key: SynthKey, subtract_ba
 TABLE_BITS = 16
 _TABLE_SIZE = 1 << TABLE_BITS
 _TABLE_LEVELS = np.clip(np.arange(_TABLE_SIZE + 1) / _TABLE_SIZE, 0.5 / _TABLE_SIZE, 1 - 0.5 / _TABLE_SIZE)
-_NORMAL_TABLE = stats.norm.ppf(_TABLE_LEVELS).astype(np.float32)
+_NORMAL_TABLE = special.ndtri(_TABLE_LEVELS).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=256)
