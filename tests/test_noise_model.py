@@ -307,3 +307,11 @@ def test_a_gain_far_from_the_header_is_warned_about(one_amp):
     provenance = Provenance([], [], {}, {}, {}, warned.to_attrs())
     assert provenance.warnings() == list(warned.warnings)
     assert warned.to_attrs()["warnings"] == list(warned.warnings)
+
+
+def test_skew_and_kurtosis_are_scipys():
+    rng = np.random.default_rng(3)
+    for values in (rng.normal(0, 1, 5000), rng.exponential(2.0, 5000).astype(np.float32), rng.uniform(-1, 1, 999)):
+        skew, kurt = noise_fit._skew_kurtosis(values)
+        assert skew == pytest.approx(stats.skew(values.astype(np.float64)), rel=1e-9, abs=1e-12)
+        assert kurt == pytest.approx(stats.kurtosis(values.astype(np.float64)), rel=1e-9, abs=1e-12)

@@ -13,6 +13,7 @@ from pipeline.steps.register import (
     measure_offset,
     opening_2x2,
     smooth_background,
+    tukey_window,
 )
 
 SHAPE = (512, 512)
@@ -265,3 +266,11 @@ def test_smooth_background_reproduces_a_plane_between_block_centres():
     plane = 1000.0 + 0.3 * y - 0.2 * x
     background = smooth_background(plane, 32)
     np.testing.assert_allclose(background[16:-16, 16:-16], plane[16:-16, 16:-16], atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 255, 256])
+@pytest.mark.parametrize("alpha", [0.1, 0.25, 0.5, 1.0])
+def test_tukey_window_is_scipys(n, alpha):
+    from scipy.signal.windows import tukey
+
+    np.testing.assert_allclose(tukey_window(n, alpha), tukey(n, alpha), rtol=0, atol=1e-12)

@@ -31,7 +31,6 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 from scipy import fft, ndimage
-from scipy.signal.windows import tukey
 
 from .params import RegisterParams
 
@@ -293,8 +292,18 @@ def window(prepared: np.ndarray) -> np.ndarray:
     """asinh-compressed, mean-subtracted frame times a 2-D Tukey window."""
     compressed = np.arcsinh(prepared / _ASINH_SOFTENING_SIGMA)
     ny, nx = prepared.shape
-    taper = np.outer(tukey(ny, _TUKEY_ALPHA), tukey(nx, _TUKEY_ALPHA))
+    taper = np.outer(tukey_window(ny, _TUKEY_ALPHA), tukey_window(nx, _TUKEY_ALPHA))
     return (compressed - compressed.mean()) * taper
+
+
+def tukey_window(n: int, alpha: float) -> np.ndarray:
+    """The symmetric Tukey (tapered cosine) window of ``n`` points: a cosine taper over a
+    fraction ``alpha`` (0 < alpha <= 1) of them, half at each end, flat (1) between."""
+    if n == 1:
+        return np.ones(1)
+    edge = np.minimum(np.arange(n), np.arange(n)[::-1]) / (n - 1)  # to the nearer end, of n - 1
+    taper = 0.5 * (1.0 + np.cos(np.pi * (2.0 * edge / alpha - 1.0)))
+    return np.where(edge < alpha / 2.0, taper, 1.0)
 
 
 def cross_power(reference_spectrum: np.ndarray, image: np.ndarray) -> np.ndarray:

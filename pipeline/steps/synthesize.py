@@ -65,7 +65,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
-from scipy import stats
+from scipy import special
 
 from .noise_fit import MAX_HIT_EXTENT_PX, QUANTILE_LEVELS, CosmicFit, ReadNoise, fit_read_noise
 from .noise_model import AmpModel, NoiseModel
@@ -151,7 +151,7 @@ def white_table(read: ReadNoise) -> np.ndarray:
     standardised quantile function ``read.quantiles`` at ``Phi(z)``, held at its outermost
     measured levels beyond them."""
     z = np.linspace(-WHITE_TABLE_SIGMAS, WHITE_TABLE_SIGMAS, WHITE_TABLE_POINTS)
-    return read.white_adu * np.interp(stats.norm.cdf(z), QUANTILE_LEVELS, read.quantiles)
+    return read.white_adu * np.interp(special.ndtr(z), QUANTILE_LEVELS, read.quantiles)
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,7 +241,7 @@ def load_kernel() -> None:
 def _normal_table() -> np.ndarray:
     """The normal quantile function at the ``2**NORMAL_TABLE_BITS + 1`` levels ``k / 2**NORMAL_TABLE_BITS``,
     its infinite ends replaced by the next levels' values (the tails are drawn by ``_normal_tail``)."""
-    table = stats.norm.ppf(np.arange((1 << NORMAL_TABLE_BITS) + 1) / (1 << NORMAL_TABLE_BITS))
+    table = special.ndtri(np.arange((1 << NORMAL_TABLE_BITS) + 1) / (1 << NORMAL_TABLE_BITS))
     table[0], table[-1] = table[1], table[-2]
     return table.astype(np.float32)
 
@@ -252,8 +252,9 @@ def _poisson_tables() -> tuple[np.ndarray, np.ndarray]:
     last column ``2**32 - 1``), and ``guide[j, b]``, the first ``k`` whose ``cdf`` exceeds
     ``b * 2**(32 - POISSON_GUIDE_BITS)`` (where a search for a uniform in bucket ``b`` starts)."""
     means = np.arange(int(POISSON_EXACT_BELOW_E * POISSON_GRID_PER_E)) / POISSON_GRID_PER_E
-    length = int(stats.poisson.isf(2.0**-33, means[-1])) + 2
-    cdf = np.rint(stats.poisson.cdf(np.arange(length), means[:, None]) * 2.0**32)
+    counts = np.arange(int(4 * POISSON_EXACT_BELOW_E) + 64)  # beyond where the last mean's tail drops below 2**-33
+    length = int(np.argmax(special.pdtrc(counts, means[-1]) <= 2.0**-33)) + 2
+    cdf = np.rint(special.pdtr(np.arange(length), means[:, None]) * 2.0**32)
     cdf = np.minimum(cdf, 2.0**32 - 1).astype(np.uint32)
     cdf[:, -1] = 2**32 - 1
     starts = np.arange(1 << POISSON_GUIDE_BITS, dtype=np.uint64) << np.uint64(32 - POISSON_GUIDE_BITS)
