@@ -13,18 +13,18 @@ medians over the repeats, and the ratios, which are what survives the shared mac
 CPU time (``time.process_time``) is reported next to wall time.
 
 ``--loader``: a store written by ``skyprep run`` (``--sessions`` synthetic sessions of ``--size``
-pixels, 4 e91 frames, ``synthesis.realizations: 2``), read by main's loader
-(``pipeline.tools.loader.PatchDataset``, default parameters: frame cache, ``mean`` as input and
-target) per sample, in rounds that alternate three routes over the same sample indices: the
-loader's sample alone, the sample plus a stored ``syn`` window (``SynPatches.stored``, read
-through the loader's frame cache) and the sample plus a realization drawn on the fly
-(``SynPatches.fresh``: five windows and the draw). Reported: samples per second of each route
-(medians over the rounds) and the on-the-fly rate over the stored rate.
+pixels, 4 e91 frames, ``synthesis.realizations: 2``), read by the loader
+(``pipeline.tools.loader.PatchDataset``, default parameters but ``mean`` as the target, batches
+of 32 through ``__getitems__``), in rounds that alternate three routes over the same sample
+indices: ``mean`` as the input, a stored ``syn`` realization as the input, and ``syn`` drawn on
+the fly (``synthesize_on_the_fly``: five clean windows and the draw). Reported: samples per second
+of each route (medians over the rounds) and the on-the-fly rate over the stored rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -126,43 +126,27 @@ def run_loader_benchmark(size: int = 2048, sessions: int = 2, samples: int = 100
     import tempfile
 
     from pipeline.tools.loader import LoaderParams, PatchDataset
-    from pipeline.tools.syn_patches import SynPatches
 
+    batch = 32
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         store = _store_with_syn(Path(tmp), size, sessions)
-        dataset = PatchDataset(store, LoaderParams(input="mean", target="mean"))
-        syn = SynPatches(store)
-        p = dataset.params.patch_px
-
-        def read(session, name, lead, y, x, out):  # the loader's window, through its frame cache
-            out[...] = dataset._frame(session, name, lead[0] if lead else None)[y : y + p, x : x + p]
-
-        out = np.empty((p, p), np.float32)
-
-        def sample(i):
-            return dataset[i]
-
-        def stored(i):
-            found = dataset[i]
-            s, y, x = (int(v) for v in found["index"])
-            syn.stored(dataset.sessions[s], y, x, out, 0, 0, i, read)
-
-        def fresh(i):
-            found = dataset[i]
-            s, y, x = (int(v) for v in found["index"])
-            syn.fresh(dataset.sessions[s], y, x, out, 0, 0, i, read)
-
-        routes = {"loader sample": sample, "+ stored syn": stored, "+ syn on the fly": fresh}
-        for work in routes.values():  # frames decoded into the cache, kernel loaded
-            for i in range(len(dataset.sessions) * 8):
-                work(i)
-        wall = {name: [] for name in routes}
-        cpu = {name: [] for name in routes}
+        clean = LoaderParams(input="mean", target="mean", patches_per_epoch=samples)
+        datasets = {
+            "loader sample (mean)": PatchDataset(store, clean),
+            "stored syn": PatchDataset(store, dataclasses.replace(clean, input="syn")),
+            "syn on the fly": PatchDataset(store, dataclasses.replace(clean, input="syn", synthesize_on_the_fly=True)),
+        }
+        p = clean.patch_px
+        batches = [list(range(i, min(i + batch, samples))) for i in range(0, samples, batch)]
+        for dataset in datasets.values():  # stores opened, kernel loaded
+            dataset.__getitems__(batches[0])
+        wall = {name: [] for name in datasets}
+        cpu = {name: [] for name in datasets}
         for _ in range(repeats):
-            for name, work in routes.items():
+            for name, dataset in datasets.items():
                 t0, c0 = time.perf_counter(), time.process_time()
-                for i in range(samples):
-                    work(i)
+                for indices in batches:
+                    dataset.__getitems__(indices)
                 wall[name].append(samples / (time.perf_counter() - t0))
                 cpu[name].append(samples / (time.process_time() - c0))
     per_s = {name: statistics.median(values) for name, values in wall.items()}
@@ -174,7 +158,7 @@ def run_loader_benchmark(size: int = 2048, sessions: int = 2, samples: int = 100
         "repeats": repeats,
         "samples_per_s": per_s,
         "samples_per_cpu_s": per_cpu_s,
-        "fresh_over_stored": per_s["+ syn on the fly"] / per_s["+ stored syn"],
+        "fresh_over_stored": per_s["syn on the fly"] / per_s["stored syn"],
         "all_rounds_per_s": wall,
     }
     print(f"{sessions} sessions of {size} px, {p} px samples, median of {repeats} x {samples}: "

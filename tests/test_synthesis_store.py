@@ -204,3 +204,40 @@ def test_info_shows_the_noise_models(store):
     for key in complete_sessions(store):
         noise = zarr.open_group(str(store), mode="r", zarr_format=3).attrs["skyprep"]["sessions"][key]["noise"]
         assert f"{noise['gain_e_per_adu']:.3f} / {noise['gain_ptc_e_per_adu']:.3f}" in text
+
+
+def test_the_loader_serves_stored_syn_and_draws_it_on_the_fly(store):
+    from pipeline.steps.noise_model import NoiseModel
+    from pipeline.steps.synthesize import Patch, SynthKey, synthesize_patch
+    from pipeline.tools.loader import LoaderParams, PatchDataset
+    from pipeline.tools.syn_patches import realization_of
+
+    p, seed = 64, 7
+    stored = PatchDataset(store, LoaderParams(input="syn", target="mean", patch_px=p, patches_per_epoch=16, seed=seed))
+    fresh = PatchDataset(store, dataclasses.replace(stored.params, synthesize_on_the_fly=True))
+    fresh.set_epoch(2)
+    assert stored.sessions and stored.sessions == fresh.sessions
+    frames = {}
+    for key in stored.sessions:
+        ds = _open(store, key)
+        clean = (ds[n].values for n in ("mean", "flat", "dark", "bias", "count"))
+        frames[key] = (ds["syn"].values, Patch(0, 0, *clean), NoiseModel.from_attrs(ds.attrs["noise_model"]))
+    batch = fresh.__getitems__(list(range(16)))
+    for i in range(16):
+        sample = stored[i]
+        s, y, x = (int(v) for v in sample["index"])
+        syn, patch, model = frames[stored.sessions[s]]
+        window = (slice(y, y + p), slice(x, x + p))
+        expected = syn[(realization_of(seed, 0, i, syn.shape[0]), *window)]
+        np.testing.assert_array_equal(sample["input"][0], np.nan_to_num(expected, nan=0.0, posinf=0.0, neginf=0.0))
+        s, y, x = (int(v) for v in batch[i]["index"])
+        key = fresh.sessions[s]
+        _, patch, model = frames[key]
+        whole = synthesize_patch(patch, model, SynthKey(seed, key, (2, i)))  # the frame's draw for (seed, epoch, i)
+        expected = np.nan_to_num(whole[y : y + p, x : x + p], nan=0.0, posinf=0.0, neginf=0.0)
+        np.testing.assert_array_equal(batch[i]["input"][0], expected)
+        np.testing.assert_array_equal(fresh[i]["input"], batch[i]["input"])  # one sample, alone or batched
+    fresh.set_epoch(3)
+    assert not np.array_equal(fresh[0]["input"], batch[0]["input"])  # a new epoch, new noise
+    with pytest.raises(ValueError, match="input='syn'"):
+        LoaderParams(input="os", synthesize_on_the_fly=True)

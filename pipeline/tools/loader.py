@@ -49,11 +49,13 @@ from ..io.contract import Presence, named
 from ..io.index import index, is_complete, splits
 from ..io.objects import ObjectPath, location, zarr_store
 from ..steps.masks import Flag
+from .syn_patches import SynPatches
 
 _VARIABLE = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)(\[(?P<frame>\d+)\])?$")
 MODES = ("random", "tiled")
 NORMALISATIONS = (None, "asinh")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+SYN = "syn"  # served through pipeline.tools.syn_patches: a stored realization or one drawn on the fly
 OPEN_ARRAYS = 1024  # per process: (session, variable) handles kept open, least recently used closed
 
 
@@ -68,6 +70,10 @@ class LoaderParams:
     ``asinh_scale_adu``: the ``asinh`` normalisation's linear scale. ``mapped_mb``: per-process
     budget, in MiB, of resident chunk-file pages (page-cache pages, but counted in the process's
     RSS; the least recently read released beyond it, ``pipeline.io.chunk_files.ChunkMaps``).
+    ``syn`` (no frame index) serves one of the session's stored realizations, chosen by ``(seed,
+    epoch, i)``; with ``synthesize_on_the_fly`` (``input="syn"`` only) a new realization of the
+    patch is drawn for ``(seed, epoch, i)`` from the session's ``mean``, masters and noise model
+    instead (``pipeline.tools.syn_patches``): unlimited pairs, the same in every worker.
     """
 
     input: str = "os"
@@ -81,6 +87,7 @@ class LoaderParams:
     asinh_scale_adu: float = 10.0
     with_variance: bool = True
     mapped_mb: int = 256
+    synthesize_on_the_fly: bool = False
 
     def __post_init__(self):
         for spec in (self.input, self.target):
@@ -92,6 +99,8 @@ class LoaderParams:
             raise ValueError(f"normalise {self.normalise!r}: expected one of {NORMALISATIONS}")
         if self.split not in (None, "train", "test"):
             raise ValueError(f"split {self.split!r}: expected 'train', 'test' or None")
+        if self.synthesize_on_the_fly and self.input != SYN:
+            raise ValueError(f"synthesize_on_the_fly draws the input: it needs input={SYN!r}, not {self.input!r}")
         if self.patch_px <= 0 or self.patches_per_epoch <= 0 or self.asinh_scale_adu <= 0 or self.mapped_mb < 0:
             raise ValueError("patch_px, patches_per_epoch, asinh_scale_adu must be positive, mapped_mb >= 0")
 
@@ -293,6 +302,7 @@ class PatchDataset:
                 dtype=np.int64,
             )
         self._reader = None
+        self._syn = None
 
     def __len__(self) -> int:
         return len(self._tiles) if self._tiles is not None else self.params.patches_per_epoch
@@ -302,7 +312,7 @@ class PatchDataset:
         self.epoch = int(epoch)
 
     def __getstate__(self):
-        return {**self.__dict__, "_reader": None}
+        return {**self.__dict__, "_reader": None, "_syn": None}
 
     def origins(self, indices) -> np.ndarray:
         """``(B, 3)`` int64 ``(session position, y, x)`` of patches ``indices``; each row a function
@@ -344,7 +354,7 @@ class PatchDataset:
         array per role, each sample a view of it. A sample is assembled as soon as its windows are
         in (while they are in the CPU's cache); reads through tensorstore are all in flight first."""
         p = self.params.patch_px
-        origins = self.origins(indices)
+        origins, numbers = self.origins(indices), np.asarray(indices, dtype=np.int64).reshape(-1)
         reads = self._reads()
         batch = {role: np.empty((len(origins), 1, p, p), np.int32 if role == "mask" else np.float32)
                  for role, _, _ in reads if role != "frame_mask"}  # fmt: skip
@@ -357,6 +367,9 @@ class PatchDataset:
                     target, k = frame_masks[j, k], k + 1
                 else:
                     target = batch[role][j, 0]
+                if name == SYN and not lead:
+                    self._syn_window(reader, session, y, x, target, int(numbers[j]))
+                    continue
                 future = reader.window(session, name, lead, y, x, target)
                 if future is not None:
                     pending.setdefault(j, []).append((target, future))
@@ -368,6 +381,19 @@ class PatchDataset:
             self._assemble({role: values[j, 0] for role, values in batch.items()}, frame_masks[j])
         return [{role: values[j] for role, values in batch.items()} | {"index": origin}
                 for j, origin in enumerate(origins)]  # fmt: skip
+
+    def _syn_window(self, reader: _StoreReader, session: str, y: int, x: int, out: np.ndarray, i: int) -> None:
+        """Fill ``out`` with the ``syn`` window of sample ``i``: stored, or drawn on the fly."""
+        if self._syn is None:
+            self._syn = SynPatches(self.store)
+
+        def read(session: str, name: str, lead: tuple[int, ...], y: int, x: int, window: np.ndarray) -> None:
+            future = reader.window(session, name, lead, y, x, window)
+            if future is not None:
+                window[...] = future.result()
+
+        draw = self._syn.fresh if self.params.synthesize_on_the_fly else self._syn.stored
+        draw(session, y, x, out, self.params.seed, self.epoch, i, read)
 
     def _assemble(self, sample: dict[str, np.ndarray], frame_masks: np.ndarray) -> None:
         """A sample's (P, P) windows in place: frame masks OR-ed in, NaN/inf to 0 and flagged
