@@ -277,6 +277,12 @@ class _StoreReader:
         future that gives it (tensorstore reads, kept in flight until the batch is assembled)."""
         return self.array(session, name).window(lead, y, x, out)
 
+    def read_now(self, session: str, name: str, lead: tuple[int, ...], y: int, x: int, out: np.ndarray) -> None:
+        """Fill ``out`` with the window now (waiting for tensorstore's read where there is one)."""
+        future = self.window(session, name, lead, y, x, out)
+        if future is not None:
+            out[...] = future.result()
+
 
 class PatchDataset:
     """Map-style dataset of patches (see the module docstring): ``len``, ``[i]``,
@@ -386,14 +392,8 @@ class PatchDataset:
         """Fill ``out`` with the ``syn`` window of sample ``i``: stored, or drawn on the fly."""
         if self._syn is None:
             self._syn = SynPatches(self.store)
-
-        def read(session: str, name: str, lead: tuple[int, ...], y: int, x: int, window: np.ndarray) -> None:
-            future = reader.window(session, name, lead, y, x, window)
-            if future is not None:
-                window[...] = future.result()
-
         draw = self._syn.fresh if self.params.synthesize_on_the_fly else self._syn.stored
-        draw(session, y, x, out, self.params.seed, self.epoch, i, read)
+        draw(session, y, x, out, self.params.seed, self.epoch, i, reader.read_now)
 
     def _assemble(self, sample: dict[str, np.ndarray], frame_masks: np.ndarray) -> None:
         """A sample's (P, P) windows in place: frame masks OR-ed in, NaN/inf to 0 and flagged
