@@ -19,6 +19,7 @@ import numpy as np
 import zarr
 
 from ..errors import InputError
+from ..io.contract import CONTRACT
 from ..steps.noise_model import NoiseModel
 from ..steps.synthesize import Patch, SynthKey, synthesize_patch
 
@@ -70,9 +71,7 @@ class SynPatches:
               read: Reader, subtract_base_noise: bool = True) -> None:  # fmt: skip
         """Fill ``out`` (P, P) with a new realization drawn at ``(y, x)`` for ``(seed, epoch, index)``."""
         if out.shape not in self._windows:
-            self._windows[out.shape] = {
-                n: np.empty(out.shape, np.uint16 if n == "count" else np.float32) for n in CLEAN
-            }
+            self._windows[out.shape] = {name: np.empty(out.shape, CONTRACT[name].dtype) for name in CLEAN}
         windows = self._windows[out.shape]
         for name in CLEAN:
             read(session, name, (), y, x, windows[name])
