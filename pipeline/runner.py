@@ -33,7 +33,7 @@ from .config import Config
 from .errors import Interrupted, SkyprepError, UsageError
 from .graph import build_session, load_kernels
 from .io.discover import Session, find_sessions
-from .io.index import complete_sessions, consolidate, mark_complete, open_index
+from .io.index import IndexWriter, open_index
 from .io.objects import ObjectPath, location
 from .io.provenance import Provenance, SessionSummary
 from .io.store import write_session
@@ -258,8 +258,8 @@ def run(
     sessions, problems = find_sessions(input_root, pattern)
     if pattern and not sessions and not problems:
         raise UsageError(f"--sessions {pattern!r} matches no session under {input_root}")
-    open_index(store)
-    done = complete_sessions(store)
+    index = open_index(store)
+    done = index.complete_keys()
     if redo is not None:
         chosen = {s.key for s in sessions if s.key in done and fnmatch.fnmatchcase(s.key, redo)}
         if not chosen:
@@ -295,7 +295,7 @@ def run(
             session = pending[-1]  # popped once built: an interruption meanwhile finds it not started
             t0 = time.perf_counter()
             try:
-                future, attrs = _submit(session, store, config, client)
+                future, attrs = _submit(session, store, config, client, index)
             except Exception as err:  # bad input found while building: report, go on
                 pending.pop()
                 finish(SessionResult(session.key, "failed", _reason(err), time.perf_counter() - t0))
@@ -312,7 +312,7 @@ def run(
             session, attrs, t0 = inflight[future]
             try:
                 provenance = future.result()
-                mark_complete(store, session.key, attrs, provenance)
+                index.complete(session.key, attrs, provenance)
                 notes = "; ".join(provenance.warnings())  # e.g. a measured gain far from the header's
                 result = SessionResult(session.key, "ok", notes, time.perf_counter() - t0, len(session.e91))
             except Exception as err:
@@ -335,16 +335,16 @@ def run(
                                                 time.perf_counter() - t0, len(session.e91)))  # fmt: skip
         report.results += [SessionResult(s.key, "stopped", f"not started: interrupted by {stop.name}",
                                          frames=len(s.e91)) for s in pending]  # fmt: skip
-    if any(r.status == "ok" for r in report.results):
-        consolidate(store)
+    index.flush(rebuild=any(r.status == "ok" for r in report.results))
     report.seconds = time.perf_counter() - started
     report.results.sort(key=lambda r: r.key)
     return report
 
 
-def _submit(session: Session, store: Path | str, config: Config, client: Client) -> tuple[Future, dict]:
+def _submit(session: Session, store: Path | str, config: Config, client: Client,
+            index: IndexWriter) -> tuple[Future, dict]:  # fmt: skip
     graph = build_session(session, config)
-    write = write_session(graph.dataset, store, session.key, config.chunks.store_chunk_px)
+    write = write_session(graph.dataset, store, session.key, config.chunks.store_chunk_px, index)
     name = f"done-{session.key.replace('/', '-')}-{tokenize(write)[:8]}"
     files = [path.name for path in session.e91]
     done = dask.delayed(_provenance, pure=True)(write, graph.summary, files, config.to_dict(), dask_key_name=name)

@@ -9,7 +9,15 @@ import pytest
 import xarray as xr
 import zarr
 
-from pipeline.io.index import StoreIndexError, complete_sessions, consolidate, index, mark_complete, open_index
+from pipeline.io import index as store_index
+from pipeline.io.index import (
+    StoreIndexError,
+    complete_sessions,
+    consolidate,
+    index,
+    mark_complete,
+    open_index,
+)
 from pipeline.io.provenance import Provenance
 from pipeline.io.store import write_session
 
@@ -17,14 +25,20 @@ SHAPE = (32, 32)
 NO_PROVENANCE = Provenance(registration=[], inputs=[], array_sha256={}, reference_check={}, config={})
 
 
-def _write(store, key, complete=True):
+def _attrs(key):
+    instrument_band, obs_id = key.split("/")
+    instrument, band = instrument_band.split("_")
+    return {"instrument": instrument, "band": band, "obs_id": obs_id}
+
+
+def _write(store, key, complete=True, writer=None):
     values = np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)
     dataset = xr.Dataset({"calib": (("y", "x"), da.from_array(values, chunks=SHAPE))})
-    dask.compute(write_session(dataset, store, key, 32), scheduler="synchronous")
-    if complete:
-        instrument_band, obs_id = key.split("/")
-        instrument, band = instrument_band.split("_")
-        mark_complete(store, key, {"instrument": instrument, "band": band, "obs_id": obs_id}, NO_PROVENANCE)
+    dask.compute(write_session(dataset, store, key, 32, writer), scheduler="synchronous")
+    if complete and writer is None:
+        mark_complete(store, key, _attrs(key), NO_PROVENANCE)
+    elif complete:
+        writer.complete(key, _attrs(key), NO_PROVENANCE)
 
 
 def _tree_sessions(store):
@@ -122,3 +136,49 @@ def test_complete_must_be_true_not_a_truthy_string(tmp_path):
     _write(store, "cam_g/obs1")
     _damage_index(store, lambda meta: meta["sessions"]["cam_g/obs1"].update(complete="false"))
     assert complete_sessions(store) == set()
+
+
+def test_a_runs_writer_queues_completions_and_the_store_never_lists_one_before_it_is_written(tmp_path, monkeypatch):
+    store = tmp_path / "s.zarr"
+    monkeypatch.setattr(store_index, "WRITE_SPACING", float("inf"))  # nothing is due until flushed
+    writer = open_index(store)
+    _write(store, "cam_g/obs1", writer=writer)
+    _write(store, "cam_r/obs2", writer=writer)
+    assert writer.complete_keys() == {"cam_g/obs1", "cam_r/obs2"}
+    assert complete_sessions(store) == set() == _tree_sessions(store)  # a crash now: both rewritten next run
+    writer.flush()
+    assert _tree_sessions(store) == complete_sessions(store) == {"cam_g/obs1", "cam_r/obs2"}
+    _write(store, "cam_g/obs3", writer=writer)  # queued, then an unmark writes it with the unmark
+    _write(store, "cam_g/obs1", complete=False, writer=writer)
+    assert _tree_sessions(store) == complete_sessions(store) == {"cam_r/obs2", "cam_g/obs3"}
+
+
+def test_completions_are_written_at_once_while_writes_are_cheap(tmp_path, monkeypatch):
+    store = tmp_path / "s.zarr"
+    monkeypatch.setattr(store_index, "WRITE_SPACING", 0.0)
+    writer = open_index(store)
+    _write(store, "cam_g/obs1", writer=writer)
+    assert complete_sessions(store) == _tree_sessions(store) == {"cam_g/obs1"}
+
+
+def test_a_runs_writer_reads_the_root_document_once(tmp_path, monkeypatch):
+    store = tmp_path / "s.zarr"
+    _write(store, "cam_g/obs0")
+    reads = []
+    root_document = store_index._root_document
+    monkeypatch.setattr(store_index, "_root_document", lambda s: reads.append(s) or root_document(s))
+    writer = open_index(store)
+    for n in range(1, 6):
+        _write(store, f"cam_g/obs{n}", writer=writer)
+    writer.flush()
+    assert len(reads) == 1
+    assert complete_sessions(store) == {f"cam_g/obs{n}" for n in range(6)}
+
+
+@pytest.mark.parametrize("key", ["a_b/c", "a_b/c-1", "a_b/c0", "a_b/cc", "a_b/b", "a_b/d"])
+def test_the_entries_under_a_session_are_found_by_prefix_exactly(key):
+    paths = sorted(["a_b", "a_b/c", "a_b/c/x", "a_b/c/y", "a_b/c-1", "a_b/c-1/x", "a_b/c0", "a_b/c0/x",
+                    "a_b/cc/x", "a_b/c/x/deeper", "a_b/b/x"])  # fmt: skip
+    expected = [p for p in paths if p == key or p.startswith(key + "/")]
+    assert store_index._under(paths, key) == expected
+    assert expected or key == "a_b/d"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from bisect import bisect_left
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +32,7 @@ class StoreIndexError(StoreError):
 
 
 _NO_MEMBERS = {"kind": "inline", "must_understand": False, "metadata": {}}
+_NEW_ROOT = {"zarr_format": 3, "node_type": "group", "attributes": {}}
 
 
 def _read_json(path: Path | ObjectPath) -> dict:
@@ -103,12 +106,12 @@ def _index_problem(meta) -> str:
     return ""
 
 
-def index_document(store: Path | ObjectPath | str) -> dict | None:
-    """The store's index ``{store_version, sessions, split}``, ``None`` when it has none yet; raise
+def _read_index(store: Path | ObjectPath | str) -> tuple[dict | None, dict | None]:
+    """The root ``zarr.json`` and the index in it (either ``None`` when absent); raise
     :class:`StoreIndexError` for another tool's store, a malformed index or another store version."""
     document = _root_document(store)
     if document is None:
-        return None
+        return None, None
     attributes = document.get("attributes", {})
     if not isinstance(attributes, dict) or INDEX_KEY not in attributes:
         if members(location(store)):
@@ -116,7 +119,7 @@ def index_document(store: Path | ObjectPath | str) -> dict | None:
                 f"{store}: a Zarr store written by another tool (its root has no skyprep index); "
                 "skyprep does not write into it: choose another store"
             )
-        return None
+        return document, None
     meta = attributes[INDEX_KEY]
     problem = _index_problem(meta)
     if problem:
@@ -126,7 +129,13 @@ def index_document(store: Path | ObjectPath | str) -> dict | None:
             f"{store}: written as store version {meta['store_version']}; this skyprep reads and writes "
             f"version {STORE_VERSION}"
         )
-    return meta
+    return document, meta
+
+
+def index_document(store: Path | ObjectPath | str) -> dict | None:
+    """The store's index ``{store_version, sessions, split}``, ``None`` when it has none yet; raise
+    :class:`StoreIndexError` for another tool's store, a malformed index or another store version."""
+    return _read_index(store)[1]
 
 
 def index(store: Path | ObjectPath | str) -> dict[str, dict]:
@@ -146,46 +155,129 @@ def complete_sessions(store: Path | ObjectPath | str) -> set[str]:
     return {key for key, record in index(store).items() if is_complete(record)}
 
 
-def open_index(store: Path | ObjectPath | str) -> None:
+def open_index(store: Path | ObjectPath | str) -> IndexWriter:
     """Make ``store`` ready for a run: refuse a store skyprep cannot use (:class:`StoreIndexError`),
     create the index of a new one, and rebuild the consolidated metadata from the index (a store
-    left by an older version or a killed run is consistent again)."""
-    meta = index_document(store) or {"store_version": STORE_VERSION, "sessions": {}}
-    where = location(store)
-    if isinstance(where, Path):
-        where.mkdir(parents=True, exist_ok=True)
-    _write_index(store, meta, rebuild=True)
+    left by an older version or a killed run is consistent again). Returns the run's writer."""
+    writer = IndexWriter(store)
+    writer.flush(rebuild=True)
+    return writer
 
 
-def _write_index(store: Path | ObjectPath | str, meta: dict, rebuild: bool = False) -> None:
+WRITE_SPACING = 20  # queued completions wait until this many times the last write's duration has passed
+
+
+class IndexWriter:
+    """The root index of ``store`` held by its one writer (a run, under the store's lock): the
+    root document is read once; an unmark is written at once, completions are queued.
+
+    Queued completions are written by the next write, or once ``WRITE_SPACING`` times the last
+    write's duration has passed since it, so the index's cost stays a bounded share of a run
+    however many sessions the store holds. A session whose completion is still queued when the
+    process dies is incomplete in the store, and the next run rewrites it. Creates the index of a
+    store that has none (its root is written before any other node)."""
+
+    def __init__(self, store: Path | ObjectPath | str):
+        self.store = store
+        document, meta = _read_index(store)
+        self._document = document or _NEW_ROOT
+        self._meta = meta or {"store_version": STORE_VERSION, "sessions": {}}
+        self._queued = meta is None
+        self._written_at, self._cost_s = time.perf_counter(), 0.0
+        if meta is None:
+            if isinstance(location(store), Path):
+                location(store).mkdir(parents=True, exist_ok=True)
+            self.flush()
+
+    def complete_keys(self) -> set[str]:
+        """Keys of the sessions recorded complete (queued ones included)."""
+        return {key for key, record in self._meta["sessions"].items() if is_complete(record)}
+
+    def unmark(self, key: str) -> None:
+        """Drop ``key`` from the index, written before returning (before its group is rewritten)."""
+        if key in self._meta["sessions"]:
+            self._set(key, None)
+            self.flush()
+
+    def complete(self, key: str, attrs: dict, provenance: Provenance) -> None:
+        """Record the session's ``attrs`` and ``provenance`` in its group now, and queue it complete."""
+        import zarr  # here, not at the top: reading the index (``skyprep info``) needs no zarr
+
+        group = zarr.open_group(zarr_store(self.store), path=key, mode="r+", zarr_format=3)
+        group.attrs.update(_jsonable({**attrs, **provenance.attrs()}))
+        record = {
+            "complete": True,
+            "written": datetime.now(UTC).isoformat(timespec="seconds"),
+            "shape": list(group["calib"].shape),
+            "n_frames": int(group["e91"].shape[0]) if "e91" in group else 0,
+            "instrument": attrs.get("instrument"),
+            "band": attrs.get("band"),
+            "obs_id": attrs.get("obs_id"),
+        }
+        self._set(key, _jsonable({**record, **provenance.index_fields()}))
+        if time.perf_counter() - self._written_at >= WRITE_SPACING * self._cost_s:
+            self.flush()
+
+    def flush(self, rebuild: bool = False) -> None:
+        """Write what is queued (everything, and the consolidated metadata read afresh, with ``rebuild``)."""
+        if not (self._queued or rebuild):
+            return
+        started = time.perf_counter()
+        self._document = _write_index(self.store, self._meta, self._document, rebuild)
+        self._queued = False
+        self._written_at = time.perf_counter()
+        self._cost_s = self._written_at - started
+
+    def _set(self, key: str, record: dict | None) -> None:
+        sessions = dict(self._meta["sessions"])
+        if record is None:
+            sessions.pop(key, None)
+        else:
+            split = self._meta.get("split", {}).get("sessions", {}).get(key)
+            sessions[key] = {**record, "split": split} if split else record
+        self._meta = {**self._meta, "sessions": dict(sorted(sessions.items()))}
+        self._queued = True
+
+
+def _write_index(store: Path | ObjectPath | str, meta: dict, document: dict, rebuild: bool = False) -> dict:
     """Write the index and the consolidated metadata of exactly its complete sessions, together
-    in the root's ``zarr.json``, atomically: a reader sees the old document or the new one (a
-    local file is replaced by a rename, an object by one PUT)."""
+    in the root's ``zarr.json`` (``document``, as last read or written), atomically: a reader sees
+    the old document or the new one (a local file is replaced by a rename, an object by one PUT).
+    Returns the document written."""
     root = location(store) / "zarr.json"
-    document = _root_document(store) or {"zarr_format": 3, "node_type": "group", "attributes": {}}
-    document["attributes"] = {**document.get("attributes", {}), INDEX_KEY: meta}
+    document = {**document, "attributes": {**document.get("attributes", {}), INDEX_KEY: meta}}
     previous = {} if rebuild else document.get("consolidated_metadata", {}).get("metadata", {})
     document["consolidated_metadata"] = {**_NO_MEMBERS, "metadata": _consolidated(store, meta, previous)}
-    text = json.dumps(document, indent=2)
+    text = json.dumps(document, separators=(",", ":"))
     if isinstance(root, ObjectPath):
         root.write_text(text)
-        return
+        return document
     tmp = root.with_name(f".zarr.json.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, root)
+    return document
 
 
 def _consolidated(store: Path | ObjectPath | str, meta: dict, previous: dict) -> dict:
     """Every node's metadata under the complete sessions (and their instrument groups), by path;
     entries of sessions already consolidated are kept from ``previous``, the others read."""
+    paths = sorted(previous)
     entries = {}
     for key in sorted(k for k, record in meta["sessions"].items() if is_complete(record)):
-        kept = {path: entry for path, entry in previous.items() if path == key or path.startswith(key + "/")}
-        entries.update(kept or _node_entries(store, key))
+        kept = _under(paths, key)
+        entries.update({path: previous[path] for path in kept} if kept else _node_entries(store, key))
         parent = key.rsplit("/", 1)[0]
         if "/" in key and parent not in entries:
             entries[parent] = previous.get(parent) or _entry(location(store) / parent / "zarr.json")
     return dict(sorted(entries.items()))
+
+
+def _under(paths: list[str], key: str) -> list[str]:
+    """The sorted ``paths`` that are ``key`` or lie under it."""
+    first = bisect_left(paths, key)
+    own = paths[first : first + 1] if paths[first : first + 1] == [key] else []
+    below = paths[bisect_left(paths, key + "/") : bisect_left(paths, key + "0")]  # "0" sorts right after "/"
+    return own + below
 
 
 def _entry(path: Path | ObjectPath) -> dict:
@@ -204,17 +296,6 @@ def _node_entries(store: Path | ObjectPath | str, key: str) -> dict:
     return {"/".join(filter(None, (key, node))): _entry(group / node / "zarr.json") for node in nodes}
 
 
-def _update_index(store: Path | ObjectPath | str, key: str, record: dict | None) -> None:
-    meta = index_document(store) or {"store_version": STORE_VERSION, "sessions": {}}
-    sessions = dict(meta["sessions"])
-    if record is None:
-        sessions.pop(key, None)
-    else:
-        split = meta.get("split", {}).get("sessions", {}).get(key)
-        sessions[key] = {**record, "split": split} if split else record
-    _write_index(store, {**meta, "sessions": dict(sorted(sessions.items()))})
-
-
 def splits(store: Path | ObjectPath | str) -> dict[str, str]:
     """The recorded train/test split, ``{key: 'train' | 'test'}`` (empty when none is recorded)."""
     meta = index_document(store)
@@ -224,45 +305,33 @@ def splits(store: Path | ObjectPath | str) -> dict[str, str]:
 def record_split(store: Path | ObjectPath | str, assignment: dict[str, str], how: dict) -> None:
     """Record a split (``{key: 'train' | 'test'}`` and how it was made) in the root index.
 
-    The split outlives rewrites of its sessions: ``_update_index`` copies it into each record.
+    The split outlives rewrites of its sessions: :class:`IndexWriter` copies it into each record.
     """
-    meta = index_document(store) or {"store_version": STORE_VERSION, "sessions": {}}
+    document, meta = _read_index(store)
+    meta = meta or {"store_version": STORE_VERSION, "sessions": {}}
     sessions = {key: {**record, "split": assignment.get(key)} for key, record in meta["sessions"].items()}
     split = {**_jsonable(how), "sessions": dict(sorted(assignment.items()))}
-    _write_index(store, {**meta, "split": split, "sessions": sessions})
+    _write_index(store, {**meta, "split": split, "sessions": sessions}, document or _NEW_ROOT)
 
 
 def unmark(store: Path | ObjectPath | str, key: str) -> None:
     """Drop ``key`` from the index (before its group is rewritten)."""
-    if key in index(store):
-        _update_index(store, key, None)
+    IndexWriter(store).unmark(key)
 
 
 def mark_complete(store: Path | ObjectPath | str, key: str, attrs: dict, provenance: Provenance) -> None:
     """Record the session's ``attrs`` and ``provenance`` in its group, then mark it complete in the root index."""
-    import zarr  # here, not at the top: reading the index (``skyprep info``) needs no zarr
-
-    group = zarr.open_group(zarr_store(store), path=key, mode="r+", zarr_format=3)
-    group.attrs.update(_jsonable({**attrs, **provenance.attrs()}))
-    record = {
-        "complete": True,
-        "written": datetime.now(UTC).isoformat(timespec="seconds"),
-        "shape": list(group["calib"].shape),
-        "n_frames": int(group["e91"].shape[0]) if "e91" in group else 0,
-        "instrument": attrs.get("instrument"),
-        "band": attrs.get("band"),
-        "obs_id": attrs.get("obs_id"),
-    }
-    _update_index(store, key, _jsonable({**record, **provenance.index_fields()}))
+    writer = IndexWriter(store)
+    writer.complete(key, attrs, provenance)
+    writer.flush()
 
 
 def consolidate(store: Path | ObjectPath | str) -> None:
     """Rebuild the consolidated metadata (``xarray.open_datatree`` opens the store with one read)
     from the index: it lists exactly the complete sessions. Every index write keeps it so; this
     repairs a store whose consolidated copy was written otherwise."""
-    meta = index_document(store)
-    if meta is not None:
-        _write_index(store, meta, rebuild=True)
+    if index_document(store) is not None:
+        IndexWriter(store).flush(rebuild=True)
 
 
 def _jsonable(value):

@@ -19,7 +19,7 @@ from dask.base import tokenize
 from zarr.codecs import ZstdCodec
 
 from ..blocks import freeing
-from .index import index_document, open_index, unmark
+from .index import IndexWriter
 from .objects import ObjectPath, location, zarr_store
 
 # Codecs (store version 2, docs/store-layout.md). Image variables (floats and the 2-D mask) are
@@ -44,7 +44,8 @@ def encoding(dataset: xr.Dataset, chunk_px: int) -> dict:
     return result
 
 
-def write_session(dataset: xr.Dataset, store: Path | ObjectPath | str, key: str, chunk_px: int):
+def write_session(dataset: xr.Dataset, store: Path | ObjectPath | str, key: str, chunk_px: int,
+                  index: IndexWriter | None = None):  # fmt: skip
     """Write the session's metadata now and return the Delayed that writes its arrays and gives
     the SHA-256 of each array's files, ``{name: hex digest}`` (``array_files_sha256``).
 
@@ -52,12 +53,11 @@ def write_session(dataset: xr.Dataset, store: Path | ObjectPath | str, key: str,
     of the Zarr chunks along every axis, so each Zarr chunk is written by exactly one task: one
     region write per Dask block, which takes the block's own key (so a task elsewhere in the
     session's graph that uses the same block shares its computation rather than repeating it).
-    Each array is hashed as soon as its own blocks are written.
+    Each array is hashed as soon as its own blocks are written. ``index`` is the run's writer of
+    the store's index (default: one for this call, which creates the index of a new store).
     """
     _check_alignment(dataset, chunk_px)
-    if index_document(store) is None:  # a new store gets its (empty) index before any group
-        open_index(store)
-    unmark(store, key)
+    (index or IndexWriter(store)).unmark(key)
     where = location(store)
     dataset.to_zarr(
         zarr_store(where),
