@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from benchmarks.bench_end_to_end import floor_seconds
-from benchmarks.common import REPO, local_client, machine, publish, skyprep, timed_command
+from benchmarks.common import REPO, local_client, machine, publish, skyprep, timed_command, warm_kernels_command
 from pipeline.io.discover import find_sessions
 from pipeline.synth import SynthSpec, write_archive
 
@@ -75,7 +75,9 @@ def run_benchmark(workdir: Path, sessions: int = 3, size: int = 2048, frames: in
     workers = len(os.sched_getaffinity(0))
     t0 = time.perf_counter()
     archive = archive_for(workdir, sessions, size, frames)
-    log(f"archive {archive} ready in {time.perf_counter() - t0:.1f} s")
+    log(
+        f"archive {archive} ready in {time.perf_counter() - t0:.1f} s; kernels warmed in {warm_kernels_command():.1f} s"
+    )
     files = input_files(archive, sessions)
     store, naive_out = workdir / f"command-{sessions}x{size}-{frames}.zarr", workdir / "naive-ccdproc-out"
     runs = []

@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, publish, skyprep, timed_command
+from benchmarks.common import machine, publish, skyprep, timed_command, warm_kernels_command
 from pipeline import runner
 from pipeline.config import Config
 from pipeline.synth import SynthSpec, write_archive
@@ -43,6 +43,7 @@ def _archive(workdir: Path, sessions: int, size: int, frames: int) -> Path:
 def per_session(workdir: Path, counts=COUNTS, size: int = 256, frames: int = 6, log=print) -> list[dict]:
     """``skyprep run`` over each count of sessions: wall and run seconds, in total and per session."""
     rows = []
+    log(f"kernels warmed in {warm_kernels_command():.1f} s (skyprep compile)")
     for n in counts:
         root, store = _archive(workdir, n, size, frames), workdir / f"sessions-{n}.zarr"
         shutil.rmtree(store, ignore_errors=True)

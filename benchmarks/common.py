@@ -83,9 +83,14 @@ class Command:
     peak_process_mb: float
 
 
+def _checkout_env() -> dict[str, str]:
+    """This process's environment with ``PYTHONPATH`` pointing at this checkout first."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
 def timed_command(argv: Sequence[str], cwd: Path | None = None, sample_s: float = 0.05) -> Command:
     """Run ``argv`` (``PYTHONPATH`` pointing at this checkout) and time it from spawn to exit."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = _checkout_env()
     peaks = [0.0, 0.0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -115,6 +120,14 @@ def timed_command(argv: Sequence[str], cwd: Path | None = None, sample_s: float 
 def skyprep(*args: str) -> list[str]:
     """The ``skyprep`` command line as a user runs it (``python -m pipeline``, this interpreter)."""
     return [sys.executable, "-m", "pipeline", *args]
+
+
+def warm_kernels_command() -> float:
+    """``skyprep compile`` once (the image build's step), so no timed command pays numba's first
+    compile; its seconds."""
+    t0 = time.perf_counter()
+    subprocess.run(skyprep("compile"), env=_checkout_env(), check=True, capture_output=True)
+    return time.perf_counter() - t0
 
 
 def machine() -> dict:
