@@ -182,3 +182,21 @@ def test_the_entries_under_a_session_are_found_by_prefix_exactly(key):
     expected = [p for p in paths if p == key or p.startswith(key + "/")]
     assert store_index._under(paths, key) == expected
     assert expected or key == "a_b/d"
+
+
+def test_a_run_reads_the_root_document_a_fixed_number_of_times_whatever_its_sessions(tiny_archive, tmp_path,
+                                                                                      monkeypatch, client):  # fmt: skip
+    from pipeline.config import Config
+    from pipeline.runner import run
+
+    reads = []
+    root_document = store_index._root_document
+    monkeypatch.setattr(store_index, "_root_document", lambda s: reads.append(s) or root_document(s))
+    counts = []
+    for sessions in ("*/*_005_000", None):  # one session, then the other two of the archive
+        reads.clear()
+        report = run(tiny_archive, tmp_path / "out.zarr", Config(), client, pattern=sessions, echo=lambda line: None)
+        assert report.exit_code == 0 and sum(r.status == "ok" for r in report.results) >= 1
+        counts.append(len(reads))
+    assert len(complete_sessions(tmp_path / "out.zarr")) == 3
+    assert counts[0] == counts[1] == 1, counts
