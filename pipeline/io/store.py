@@ -59,9 +59,9 @@ def write_session(dataset: xr.Dataset, store: Path | ObjectPath | str, key: str,
     _check_alignment(dataset, chunk_px)
     (index or IndexWriter(store)).unmark(key)
     where = location(store)
+    _ensure_groups(where, key)
     dataset.to_zarr(
-        zarr_store(where),
-        group=key,
+        zarr_store(where / key),
         mode="w",
         compute=False,
         consolidated=False,
@@ -88,6 +88,17 @@ def write_session(dataset: xr.Dataset, store: Path | ObjectPath | str, key: str,
             digests[name] = dask.delayed(_digest_after, pure=True)(writes, where / key / name,
                                                                    dask_key_name=f"sha256-{name}-{label}-{token}")  # fmt: skip
     return dask.delayed(dict, pure=True)(digests, dask_key_name=f"written-{label}-{token}")
+
+
+def _ensure_groups(where: Path | ObjectPath, key: str) -> None:
+    """Create the groups above ``key`` that do not exist yet. The template is then written through
+    a store rooted at the session's own group: zarr, creating a node, reads every parent's
+    metadata, and the root's holds the index and consolidated metadata of the whole store."""
+    parts = key.split("/")[:-1]
+    for depth in range(1, len(parts) + 1):
+        group = where / "/".join(parts[:depth])
+        if not (group / "zarr.json").exists():
+            zarr.open_group(zarr_store(group), mode="a", zarr_format=3)
 
 
 def _write_region(block: np.ndarray, store: Path | ObjectPath, path: str, region: tuple[slice, ...]) -> None:
