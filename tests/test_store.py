@@ -85,3 +85,24 @@ def test_sessions_are_not_added_to_a_store_of_another_version(written, tmp_path)
         StoreIndexError, match=f"store version 1; this skyprep reads and writes version {STORE_VERSION}"
     ):
         write_session(dataset, store, KEY, CHUNK)
+
+
+def test_writing_a_sessions_template_reads_no_other_nodes_metadata(tmp_path, monkeypatch):
+    """The root's zarr.json holds the whole store's index and consolidated metadata: a session's
+    template must not read it (nor another session's nodes), or each new session costs more."""
+    store = tmp_path / "s.zarr"
+    values = da.zeros((64, 64), chunks=CHUNK, dtype=np.float32)
+    dataset = xr.Dataset({"calib": (("y", "x"), values), "mean": (("y", "x"), values)})
+    dask.compute(write_session(dataset, store, "muscat3_g/first", CHUNK), scheduler="synchronous")
+    read = []
+    get = zarr.storage.LocalStore.get
+
+    async def recording_get(self, key, *args, **kwargs):
+        read.append(f"{self.root.name}/{key}")
+        return await get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", recording_get)
+    write_session(dataset, store, "muscat3_g/second", CHUNK)
+    write_session(dataset, store, "muscat4_r/third", CHUNK)
+    assert read, "no read through zarr's LocalStore was recorded"
+    assert not [key for key in read if key.startswith(("s.zarr/", "muscat3_g/first", "first/"))], read
