@@ -26,9 +26,11 @@ Randomness is counter-based: every random number is splitmix64 of a 64-bit strea
 that names what it is for, so a draw needs no generator state and any patch or strip is drawn
 without the rest of the frame and equals the crop of the whole frame drawn at once:
 
-- a pixel: its index on the session grid (``Stream.PIXELS``), 64 bits: the shot noise's deviate
-  (upper 32) and the white read noise's (lower 32); below ``POISSON_EXACT_BELOW_E`` the shot
-  noise's uniform is one more mix of the same bits;
+- a pixel: its index ``c`` on the session grid (``Stream.PIXELS``): 32 bits, the lower half of
+  the 64 of counter ``c // 2`` for an even ``c``, the upper half for an odd one (two pixels per
+  hash), give its normal deviate; below ``POISSON_EXACT_BELOW_E`` the shot noise's 64 bits are
+  one more mix of the pair's bits (``_EXACT_MIX`` plus the parity), and a measured (not Gaussian)
+  white noise's deviate another (``_WHITE_MIX``);
 - a row offset: the white deviate of every session row (``Stream.ROWS``, one key per amplifier),
   so a patch filters only its rows and ``row_filter``'s reach;
 - cosmic rays: per ``COSMIC_TILE_PX`` tile of the session grid (``Stream.COSMICS``), counter 0..
@@ -42,14 +44,18 @@ Shot noise below ``POISSON_EXACT_BELOW_E`` expected electrons is exact: a Poisso
 independent Poissons, so Poisson(``l``) is drawn as the tabulated Poisson of ``l`` rounded down to
 a multiple of ``1 / POISSON_GRID_PER_E`` (inversion of 32 bits by a guided table search) plus the
 Poisson of the remainder (below 1/16 e-: inversion of 32 more bits against its CDF at 0..5), both
-from one more mix of the pixel's bits. Above it, the Cornish-Fisher expansion
-``sqrt(l - 1/18) z + (z^2 - 1) / 6`` of the normal ``z``: the Poisson's mean and variance exactly,
-its third cumulant to ``1/54`` (``l``; a Poisson's is ``l``) and its fourth ``4/3 l`` (``l``).
+from one more mix of the pixel's bits, and the Gaussian white noise is the pixel's deviate. Above
+it, one deviate ``z`` draws the sum of the shot noise and the Gaussian white noise (ADU): the
+Cornish-Fisher expansion ``a z + b (z^2 - 1)`` with ``v = l / g^2 + white^2`` (their variance),
+``b = l / (6 g^3 v)`` and ``a^2 = v - 2 b^2``: the sum's mean and variance exactly, its third
+cumulant (``l / g^3``, the Poisson's) to ``4 b^3`` (relative ``1/(54 l)`` without white noise,
+where it is ``sqrt(l - 1/18) z + (z^2 - 1) / 6`` in electrons). A measured white noise is added
+apart (its own deviate), to the shot noise's expansion alone.
 
 The per-pixel work, the row offsets and the cosmic rays are one compiled call (``_synthesize``),
-row by row in short loops the compiler vectorises (float32 arithmetic); the rare pixels (a
-deviate in a tail) are flagged and drawn apart, and the cosmic rays are a sparse list of
-deposits. ``load_kernel`` loads it ahead of the first task; ``DRAW_VERSION`` is recorded with
+row by row in short loops the compiler vectorises (float32 arithmetic); the pixels of a small
+mean are flagged and drawn apart, and the cosmic rays are a sparse list of deposits.
+``load_kernel`` loads it ahead of the first task; ``DRAW_VERSION`` is recorded with
 ``syn`` (``pipeline.io.provenance.syn_record``). Tests against scipy: ``tests/test_synthesis_generator.py``.
 """
 
@@ -449,12 +455,11 @@ def _row_offsets(rows, first_row, key, taps, count, table):
     return out
 
 
-_TAIL, _SMALL_MEAN = np.uint8(1), np.uint8(2)  # what a pixel's flags say
 _EXACT_MIX, _WHITE_MIX = 1, 3  # a pixel's further bits: splitmix64 of its pair's 64 bits at counter these + its parity
 
 # The per-row work is split into loops over a row's pixels that each touch few arrays, so that
-# the compiler vectorises them; the rare pixels (a deviate in a tail, a small mean) are found by
-# their flags and drawn apart.
+# the compiler vectorises them (the table normals' loop is scalar: its loads are not contiguous);
+# the pixels of a small mean are found by their flags and drawn apart.
 
 
 @njit(**_KERNEL)
@@ -466,38 +471,39 @@ def _pair_hashes(pixel_key, first_pair, pairs):
 
 
 @njit(**_KERNEL)
-def _centre_normals(bits32, table, z):
-    """The table's normal deviates of the pixels' 32 bits (right outside the tails)."""
+def _normals(bits32, table, z):
+    """The normal deviates of the pixels' 32 bits (``_normal``: the table, AS 241 in the tails)."""
     for j in range(z.size):
-        z[j] = _normal_centre(table, bits32[j])
+        z[j] = _normal(table, bits32[j])
 
 
 @njit(**_KERNEL)
-def _expected(mean, flat, dark, scale_e, dark_e, bits32, lam, flags):
-    """The expected electrons ``scale_e * mean * flat + dark_e * dark`` (at least 0), and the
-    ``flags`` of the pixels drawn apart: the deviate in a tail, an expected charge below
-    ``POISSON_EXACT_BELOW_E``."""
+def _expected(mean, flat, dark, scale_e, dark_e, lam, small):
+    """The expected electrons ``scale_e * mean * flat + dark_e * dark`` (at least 0), ``small``
+    where they are below ``POISSON_EXACT_BELOW_E`` (1, else 0), and how many are."""
+    found = 0
     for j in range(lam.size):
         expected = scale_e * mean[j] * flat[j] + dark_e * dark[j]
         expected = expected if expected > 0 else np.float32(0.0)
         lam[j] = expected
-        flags[j] = ((expected < POISSON_EXACT_BELOW_E) * _SMALL_MEAN) | (_in_tail(bits32[j]) * _TAIL)
+        below = expected < POISSON_EXACT_BELOW_E
+        small[j] = below
+        found += below
+    return found
 
 
 @njit(**_KERNEL)
-def _rare_pixels(n, pairs, parity, z, lam, flags, exact, cdf, guide):
-    """The flagged pixels among the first ``n`` (``flags`` zero beyond them to a multiple of 8),
-    found eight at a time: a tail deviate by AS 241, and the exact shot noise (e-, about the mean)
-    where the mean is small, from the 64 bits of one more mix of the pixel's pair."""
-    words, bits32 = flags.view(np.uint64), pairs.view(np.uint32)
+def _exact_shot(n, pairs, parity, lam, small, exact, cdf, guide):
+    """The exact shot noise (e-, about the mean) of the ``small`` pixels among the first ``n``
+    (``small`` zero beyond them to a multiple of 8; found eight at a time), from the 64 bits of one
+    more mix of the pixel's pair."""
+    words = small.view(np.uint64)
     for w in range((n + 7) // 8):
         if words[w] == 0:
             continue
         for j in range(8 * w, min(8 * w + 8, n)):
-            f, c = flags[j], parity + j
-            if f & _TAIL:
-                z[j] = _normal_tail((np.float64(bits32[c]) + 0.5) * _TO_UNIT)
-            if f & _SMALL_MEAN:
+            if small[j]:
+                c = parity + j
                 bits = _bits(pairs[c >> 1], _EXACT_MIX + (c & 1))
                 exact[j] = _poisson_exact(np.float64(lam[j]), bits, cdf, guide) - np.float64(lam[j])
 
@@ -518,7 +524,7 @@ def _measured_white(pairs, parity, table, white_table, white):
 
 
 @njit(**_KERNEL)
-def _quantised(count, bias, mean, out, lam, z, exact, flags, extra, white, true_e, level, inverse_gain, white_adu,
+def _quantised(count, bias, mean, out, lam, z, exact, small, extra, white, true_e, level, inverse_gain, white_adu,
                row, saturate, subtract):  # fmt: skip
     """A row of ``syn`` (ADU): the noise (ADU, about the expected value) scaled by ``s``
     (``subtract``), quantised like ``os``, NaN where the stack has no value. The noise: where the
@@ -538,7 +544,7 @@ def _quantised(count, bias, mean, out, lam, z, exact, flags, extra, white, true_
         b = lj * skew * (r * ci)
         a = np.sqrt(max(v - np.float32(2.0) * b * b, np.float32(0.0)))
         approximate = a * zj + b * (zj * zj - np.float32(1.0))
-        noise = (exact[j] * inverse_gain + white_adu * zj if flags[j] & _SMALL_MEAN else approximate) + white[j]
+        noise = (exact[j] * inverse_gain + white_adu * zj if small[j] else approximate) + white[j]
         s = np.sqrt(max(np.float32(0.0), np.float32(1.0) - r * v)) if subtract else np.float32(1.0)
         electrons = lj + true_e * (bias[j] + extra[j])
         raw = np.rint(level + electrons * inverse_gain + s * (noise + row))
@@ -560,7 +566,7 @@ def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, 
     out[:] = np.nan
     hit_rows, hit_cols, hit_charges = _cosmic_deposits(y0, x0, ny, nx, frame_ny, frame_nx, cosmic_key, hits_per_px,
                                                         start, dy, dx, charge)  # fmt: skip
-    pairs, flags = np.empty(nx // 2 + 1, np.uint64), np.zeros(8 * ((nx + 7) // 8), np.uint8)
+    pairs, small = np.empty(nx // 2 + 1, np.uint64), np.zeros(8 * ((nx + 7) // 8), np.uint8)
     z, lam, exact = np.empty(nx, np.float32), np.empty(nx, np.float32), np.empty(nx, np.float32)
     extra, white = np.zeros(nx, np.float32), np.zeros(nx, np.float32)
     for a in range(regions.shape[0]):
@@ -575,8 +581,8 @@ def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, 
         rows = _row_offsets(iy1 - iy0, iy0, row_keys[a], row_filters[a], row_taps[a], table)
         j0, n = ix0 - x0, ix1 - ix0
         j1 = j0 + n
-        flags[n:] = 0
-        za, la, fl, ex, xt, wh = z[:n], lam[:n], flags[:n], exact[:n], extra[:n], white[:n]
+        small[n:] = 0
+        za, la, sm, ex, xt, wh = z[:n], lam[:n], small[:n], exact[:n], extra[:n], white[:n]
         hit = np.searchsorted(hit_rows, iy0 - y0)
         for i in range(iy0 - y0, iy1 - y0):
             y = i + y0
@@ -584,10 +590,9 @@ def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, 
             parity = first & 1
             ps = pairs[: (parity + n + 1) // 2]
             _pair_hashes(pixel_key, first >> 1, ps)
-            bits32 = ps.view(np.uint32)[parity : parity + n]
-            _centre_normals(bits32, table, za)
-            _expected(mean[i, j0:j1], flat[i, j0:j1], dark[i, j0:j1], scale_e, dark_e, bits32, la, fl)
-            _rare_pixels(n, ps, parity, z, lam, flags, exact, cdf, guide)
+            _normals(ps.view(np.uint32)[parity : parity + n], table, za)
+            if _expected(mean[i, j0:j1], flat[i, j0:j1], dark[i, j0:j1], scale_e, dark_e, la, sm):
+                _exact_shot(n, ps, parity, lam, small, exact, cdf, guide)
             if not gaussian[a]:
                 _measured_white(ps, parity, table, white_tables[a], wh)
             first_hit = hit
@@ -595,7 +600,7 @@ def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, 
                 if j0 <= hit_cols[hit] < j1:
                     extra[hit_cols[hit] - j0] += hit_charges[hit]
                 hit += 1
-            _quantised(count[i, j0:j1], bias[i, j0:j1], mean[i, j0:j1], out[i, j0:j1], la, za, ex, fl, xt, wh, true_e32,
+            _quantised(count[i, j0:j1], bias[i, j0:j1], mean[i, j0:j1], out[i, j0:j1], la, za, ex, sm, xt, wh, true_e32,
                        level, inverse_gain, white_adu, np.float32(rows[y - iy0]), saturate, subtract)  # fmt: skip
             for k in range(first_hit, hit):
                 if j0 <= hit_cols[k] < j1:
