@@ -273,6 +273,8 @@ def test_the_loader_serves_stored_syn_and_draws_it_on_the_fly(store):
         whole = synthesize_patch(patch, model, SynthKey(seed, key, (2, i)))  # the frame's draw for (seed, epoch, i)
         expected = np.nan_to_num(whole[y : y + p, x : x + p], nan=0.0, posinf=0.0, neginf=0.0)
         np.testing.assert_array_equal(batch[i]["input"][0], expected)
+        target = np.nan_to_num(patch.mean_adu[y : y + p, x : x + p], nan=0.0, posinf=0.0, neginf=0.0)
+        np.testing.assert_array_equal(batch[i]["target"][0], target)  # the mean window the draw read
         np.testing.assert_array_equal(fresh[i]["input"], batch[i]["input"])  # one sample, alone or batched
     fresh.set_epoch(3)
     assert not np.array_equal(fresh[0]["input"], batch[0]["input"])  # a new epoch, new noise
