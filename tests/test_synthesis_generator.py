@@ -187,15 +187,32 @@ def test_neighbouring_counters_are_independent():
     for other in ((0, 1), (1, 0)):
         assert abs(_correlation(_deviates((0, 0)), _deviates(other))) < bound
     assert abs(_correlation(z, _draw(np.zeros((SIZE, SIZE)), WHITE_ADU, SynthKey(13, "white", (0,))))) < bound
-    # the two deviates of one pixel (the upper and lower halves of its 64 bits): shot noise
-    # alone and white noise alone drawn with the same key
-    key = SynthKey(14, "pair", (0,))
-    shot = _draw(np.full((SIZE, SIZE), 1000.0), 0.0, key)
-    white = _draw(np.zeros((SIZE, SIZE)), WHITE_ADU, key)
-    assert abs(_correlation(shot, white)) < bound
-    assert abs(_correlation(shot[:, 1:], white[:, :-1])) < bound
+    # the two pixels of one pair (the lower and upper halves of one 64 bits): even columns
+    # against the next odd ones (counters 2k, 2k + 1; the frame width is even)
+    assert abs(_correlation(z[:, 0::2], z[:, 1::2])) < 5 / math.sqrt(z[:, 0::2].size)
     # squares (dependence a correlation of the values misses)
     assert abs(_correlation(z[:, 1:] ** 2, z[:, :-1] ** 2)) < bound
+
+
+@pytest.mark.parametrize(("lam", "white"), [(5.0, 2.0), (29.0, 0.7), (200.0, 3.0), (1000.0, 20.0)])
+def test_shot_and_white_noise_together_have_the_distribution_of_their_sum(lam, white):
+    """Shot noise and Gaussian white noise (ADU of 1 e-) drawn together, quantised: against the
+    Poisson convolved with the normal and rounded (scipy), by chi-square and the variance. Below
+    the switch the exact Poisson and the white deviate come from different bits of the pixel; above
+    it one deviate draws their sum (Cornish-Fisher), so a wrong variance, a dependence between the
+    two or a lost skewness shows here."""
+    drawn = _draw(np.full((SIZE, SIZE), lam), white, SynthKey(15, "sum", (0,))).ravel()
+    n = np.arange(int(max(0.0, lam - 12 * math.sqrt(lam) - 12)), int(lam + 12 * math.sqrt(lam) + 12))
+    spread = math.sqrt(lam + white**2)
+    first = int(lam - 8 * spread)
+    k = np.arange(first, int(lam + 8 * spread) + 2)
+    poisson = stats.poisson.pmf(n, lam)
+    pmf = (poisson[None, :] * (stats.norm.cdf((k[:, None] + 0.5 - n) / white)
+                               - stats.norm.cdf((k[:, None] - 0.5 - n) / white))).sum(axis=1)  # fmt: skip
+    below = float((poisson * stats.norm.cdf((first - 0.5 - n) / white)).sum())
+    assert _chi_square_p(drawn, first, pmf, below=below) > P_MIN
+    variance = lam + white**2 + 1 / 12  # the rounding of a continuous value adds 1/12
+    assert abs(drawn.var() / variance - 1) < 5 * math.sqrt(2 / drawn.size) * (1 + lam / variance)
 
 
 def test_the_draw_is_a_function_of_the_key_and_the_pixel():

@@ -18,6 +18,7 @@ from pipeline.config import Config
 from pipeline.io.index import complete_sessions
 from pipeline.runner import run
 from pipeline.steps.params import SynthesisParams
+from pipeline.steps.synthesize import DRAW_VERSION
 from pipeline.tools.export import export_syn
 from pipeline.tools.noise_report import noise_report
 from pipeline.tools.synthesize import synthesize_store
@@ -45,7 +46,12 @@ def test_run_writes_syn_and_the_noise_model(store, archive):
         syn = ds["syn"]
         assert syn.dims == ("realization", "y", "x") and syn.dtype == np.float32 and syn.shape[0] == 2
         assert syn.attrs["units"] == "adu"
-        assert ds.attrs["syn"] == {"realizations": 2, "seed": 0, "subtract_base_noise": True, "draw_version": 2}
+        assert ds.attrs["syn"] == {
+            "realizations": 2,
+            "seed": 0,
+            "subtract_base_noise": True,
+            "draw_version": DRAW_VERSION,
+        }
         for name in ("flat", "dark", "bias"):
             assert ds[name].shape == ds["os"].shape
         model = ds.attrs["noise_model"]
@@ -115,7 +121,38 @@ def test_syn_of_an_older_draw_is_stale_and_redrawn(store, tmp_path):
     for key in keys[:2]:
         ds = _open(copy, key)
         np.testing.assert_array_equal(ds["syn"].values, expected[key])
-        assert ds.attrs["syn"]["draw_version"] == 2
+        assert ds.attrs["syn"]["draw_version"] == DRAW_VERSION
+    assert not any(verify(copy).values())
+
+
+def test_verify_flags_a_syn_record_of_another_draw_version(store, tmp_path, capsys):
+    """A session whose ``syn`` record names an older draw version (or none) is a problem of that
+    session alone, naming ``skyprep synthesize`` with its recorded realizations and seed; redrawing
+    it as told clears it."""
+    import shutil
+
+    from pipeline.tools.verify import repair_commands
+
+    copy = tmp_path / "stale.zarr"
+    shutil.copytree(store, copy)
+    keys = sorted(complete_sessions(copy))
+    old = {"realizations": 2, "seed": 0, "subtract_base_noise": True, "draw_version": DRAW_VERSION - 1}
+    for key, record in zip(keys[:2], (old, {k: v for k, v in old.items() if k != "draw_version"})):
+        zarr.open_group(str(copy), path=key, mode="r+", zarr_format=3).attrs["syn"] = record
+    problems = verify(copy)
+    assert not problems[keys[2]]
+    for key, version in zip(keys[:2], (DRAW_VERSION - 1, None)):
+        assert len(problems[key]) == 1
+        assert f"draw version {version}, this code draws version {DRAW_VERSION}" in problems[key][0]
+        assert f"skyprep synthesize {copy} --sessions '{key}' --realizations 2 --seed 0" in problems[key][0]
+    assert repair_commands(copy, problems) == [
+        f"skyprep synthesize {copy} --sessions '{key}' --realizations 2 --seed 0" for key in keys[:2]
+    ]
+    assert main(["verify", str(copy)]) == 1
+    out = capsys.readouterr().out
+    assert all(f"{key}: syn: drawn by an older generator" in out for key in keys[:2]) and keys[2] + ":" not in out
+    for key in keys[:2]:
+        synthesize_store(copy, SynthesisParams(realizations=2, seed=0), pattern=key, echo=lambda line: None)
     assert not any(verify(copy).values())
 
 
@@ -236,8 +273,56 @@ def test_the_loader_serves_stored_syn_and_draws_it_on_the_fly(store):
         whole = synthesize_patch(patch, model, SynthKey(seed, key, (2, i)))  # the frame's draw for (seed, epoch, i)
         expected = np.nan_to_num(whole[y : y + p, x : x + p], nan=0.0, posinf=0.0, neginf=0.0)
         np.testing.assert_array_equal(batch[i]["input"][0], expected)
+        target = np.nan_to_num(patch.mean_adu[y : y + p, x : x + p], nan=0.0, posinf=0.0, neginf=0.0)
+        np.testing.assert_array_equal(batch[i]["target"][0], target)  # the mean window the draw read
         np.testing.assert_array_equal(fresh[i]["input"], batch[i]["input"])  # one sample, alone or batched
     fresh.set_epoch(3)
     assert not np.array_equal(fresh[0]["input"], batch[0]["input"])  # a new epoch, new noise
     with pytest.raises(ValueError, match="input='syn'"):
         LoaderParams(input="os", synthesize_on_the_fly=True)
+
+
+def test_on_the_fly_draws_follow_the_sessions_recorded_base_noise_setting(store, tmp_path):
+    """A session redrawn with ``subtract_base_noise`` false is drawn on the fly without the
+    subtraction too (the others with it): each sample is its frame's draw with the session's
+    setting, whose noise (the difference of two draws: the fixed structure cancels) is that of
+    the other setting scaled by ``s = sqrt(1 - 1 / count)`` per pixel (cosmic rays' outliers
+    aside)."""
+    import shutil
+
+    from pipeline.steps.noise_model import NoiseModel
+    from pipeline.steps.synthesize import Patch, SynthKey, synthesize_patch
+    from pipeline.tools.loader import LoaderParams, PatchDataset
+
+    copy = tmp_path / "plain.zarr"
+    shutil.copytree(store, copy)
+    keys = sorted(complete_sessions(copy))
+    params = SynthesisParams(realizations=2, seed=0, subtract_base_noise=False)
+    assert [r.status for r in synthesize_store(copy, params, pattern=keys[0], echo=lambda line: None)] == ["ok"]
+    p, seed = 64, 4
+    dataset = PatchDataset(copy, LoaderParams(input="syn", target="mean", patch_px=p, patches_per_epoch=48, seed=seed,
+                                              synthesize_on_the_fly=True))  # fmt: skip
+    noise = {True: ([], []), False: ([], [])}  # per setting: the draw's noise, the other setting's scaled to it
+    for i, sample in enumerate(dataset.__getitems__(list(range(48)))):
+        s, y, x = (int(v) for v in sample["index"])
+        key = dataset.sessions[s]
+        ds = _open(copy, key)
+        patch = Patch(y, x, *(ds[n].values[y : y + p, x : x + p] for n in ("mean", "flat", "dark", "bias", "count")))
+        model, draw, again = (
+            NoiseModel.from_attrs(ds.attrs["noise_model"]),
+            SynthKey(seed, key, (0, i)),
+            SynthKey(seed, key, (9, i)),
+        )
+        subtract = key != keys[0]
+        drawn = synthesize_patch(patch, model, draw, subtract)
+        np.testing.assert_array_equal(sample["input"][0], np.nan_to_num(drawn, nan=0.0))
+        other = synthesize_patch(patch, model, draw, not subtract) - synthesize_patch(patch, model, again, not subtract)
+        finite = (patch.count > 1) & np.isfinite(drawn)
+        scale = np.sqrt(1 - 1 / patch.count[finite].astype(float)) ** (1 if subtract else -1)
+        noise[subtract][0].append((drawn - synthesize_patch(patch, model, again, subtract))[finite])
+        noise[subtract][1].append(other[finite] * scale)
+    for subtract, (own, scaled) in noise.items():
+        own, scaled = np.concatenate(own), np.concatenate(scaled)
+        assert own.size > 10000, subtract
+        variance = [np.var(values[np.abs(values) < 8 * np.std(values)]) for values in (own, scaled)]  # hits aside
+        assert abs(variance[0] / variance[1] - 1) < 0.03, (subtract, variance)

@@ -26,9 +26,11 @@ Randomness is counter-based: every random number is splitmix64 of a 64-bit strea
 that names what it is for, so a draw needs no generator state and any patch or strip is drawn
 without the rest of the frame and equals the crop of the whole frame drawn at once:
 
-- a pixel: its index on the session grid (``Stream.PIXELS``), 64 bits: the shot noise's deviate
-  (upper 32) and the white read noise's (lower 32); below ``POISSON_EXACT_BELOW_E`` the shot
-  noise's uniform is one more mix of the same bits;
+- a pixel: its index ``c`` on the session grid (``Stream.PIXELS``): 32 bits, the lower half of
+  the 64 of counter ``c // 2`` for an even ``c``, the upper half for an odd one (two pixels per
+  hash), give its normal deviate; below ``POISSON_EXACT_BELOW_E`` the shot noise's 64 bits are
+  one more mix of the pair's bits (``_EXACT_MIX`` plus the parity), and a measured (not Gaussian)
+  white noise's deviate another (``_WHITE_MIX``);
 - a row offset: the white deviate of every session row (``Stream.ROWS``, one key per amplifier),
   so a patch filters only its rows and ``row_filter``'s reach;
 - cosmic rays: per ``COSMIC_TILE_PX`` tile of the session grid (``Stream.COSMICS``), counter 0..
@@ -42,14 +44,18 @@ Shot noise below ``POISSON_EXACT_BELOW_E`` expected electrons is exact: a Poisso
 independent Poissons, so Poisson(``l``) is drawn as the tabulated Poisson of ``l`` rounded down to
 a multiple of ``1 / POISSON_GRID_PER_E`` (inversion of 32 bits by a guided table search) plus the
 Poisson of the remainder (below 1/16 e-: inversion of 32 more bits against its CDF at 0..5), both
-from one more mix of the pixel's bits. Above it, the Cornish-Fisher expansion
-``sqrt(l - 1/18) z + (z^2 - 1) / 6`` of the normal ``z``: the Poisson's mean and variance exactly,
-its third cumulant to ``1/54`` (``l``; a Poisson's is ``l``) and its fourth ``4/3 l`` (``l``).
+from one more mix of the pixel's bits, and the Gaussian white noise is the pixel's deviate. Above
+it, one deviate ``z`` draws the sum of the shot noise and the Gaussian white noise (ADU): the
+Cornish-Fisher expansion ``a z + b (z^2 - 1)`` with ``v = l / g^2 + white^2`` (their variance),
+``b = l / (6 g^3 v)`` and ``a^2 = v - 2 b^2``: the sum's mean and variance exactly, its third
+cumulant (``l / g^3``, the Poisson's) to ``4 b^3`` (relative ``1/(54 l)`` without white noise,
+where it is ``sqrt(l - 1/18) z + (z^2 - 1) / 6`` in electrons). A measured white noise is added
+apart (its own deviate), to the shot noise's expansion alone.
 
 The per-pixel work, the row offsets and the cosmic rays are one compiled call (``_synthesize``),
-row by row in short loops the compiler vectorises (float32 arithmetic); the rare pixels (a
-deviate in a tail) are flagged and drawn apart, and the cosmic rays are a sparse list of
-deposits. ``load_kernel`` loads it ahead of the first task; ``DRAW_VERSION`` is recorded with
+row by row in short loops the compiler vectorises (float32 arithmetic); the pixels of a small
+mean are flagged and drawn apart, and the cosmic rays are a sparse list of deposits.
+``load_kernel`` loads it ahead of the first task; ``DRAW_VERSION`` is recorded with
 ``syn`` (``pipeline.io.provenance.syn_record``). Tests against scipy: ``tests/test_synthesis_generator.py``.
 """
 
@@ -70,7 +76,7 @@ from scipy import special
 from .noise_fit import MAX_HIT_EXTENT_PX, QUANTILE_LEVELS, CosmicFit, ReadNoise, fit_read_noise
 from .noise_model import AmpModel, NoiseModel
 
-DRAW_VERSION = 2  # the random draw's version, recorded with syn: a new one draws other frames for the same keys
+DRAW_VERSION = 3  # the random draw's version, recorded with syn: a new one draws other frames for the same keys
 COSMIC_TILE_PX = 512  # cosmic-ray arrivals: one random stream per tile
 POISSON_EXACT_BELOW_E = 30.0  # expected electrons below which shot noise is drawn exactly
 POISSON_GRID_PER_E = 16  # the exact draw's tables: Poisson means on a grid of 1/16 e- (the remainder drawn apart)
@@ -449,103 +455,105 @@ def _row_offsets(rows, first_row, key, taps, count, table):
     return out
 
 
-_TAIL_SHOT, _TAIL_WHITE, _SMALL_MEAN = np.uint8(1), np.uint8(2), np.uint8(4)  # what a pixel's flags say
+_EXACT_MIX, _WHITE_MIX = 1, 3  # a pixel's further bits: splitmix64 of its pair's 64 bits at counter these + its parity
 
 # The per-row work is split into loops over a row's pixels that each touch few arrays, so that
-# the compiler vectorises them; the rare pixels (a deviate in a tail, a small mean) are found by
-# their flags and drawn apart.
+# the compiler vectorises them (the table normals' loop is scalar: its loads are not contiguous);
+# the pixels of a small mean are found by their flags and drawn apart.
 
 
 @njit(**_KERNEL)
-def _hashes(pixel_key, first, bits):
-    """The 64 random bits of the pixels whose counters are ``first, first + 1, ..``."""
-    for j in range(bits.size):
-        bits[j] = _bits(pixel_key, first + j)
+def _pair_hashes(pixel_key, first_pair, pairs):
+    """The 64 random bits of the pixel pairs ``first_pair, first_pair + 1, ..`` (pair ``k``: the
+    pixels of counters ``2k`` and ``2k + 1``)."""
+    for m in range(pairs.size):
+        pairs[m] = _bits(pixel_key, first_pair + m)
 
 
 @njit(**_KERNEL)
-def _centre_normals(table, bits, z_shot, z_white):
-    """The table's normal deviates of the bits' upper (shot noise) and lower (white noise) 32."""
-    for j in range(bits.size):
-        z_shot[j] = _normal_centre(table, np.uint32(bits[j] >> _S32))
-        z_white[j] = _normal_centre(table, np.uint32(bits[j] & _LOW))
+def _normals(bits32, table, z):
+    """The normal deviates of the pixels' 32 bits (``_normal``: the table, AS 241 in the tails)."""
+    for j in range(z.size):
+        z[j] = _normal(table, bits32[j])
 
 
 @njit(**_KERNEL)
-def _expected(mean, flat, dark, scale_e, dark_e, lam, flags):
-    """The expected electrons ``scale_e * mean * flat + dark_e * dark`` (at least 0), and the
-    ``flags`` of the pixels whose shot noise is drawn exactly."""
+def _expected(mean, flat, dark, scale_e, dark_e, lam, small):
+    """The expected electrons ``scale_e * mean * flat + dark_e * dark`` (at least 0), ``small``
+    where they are below ``POISSON_EXACT_BELOW_E`` (1, else 0), and how many are."""
+    found = 0
     for j in range(lam.size):
         expected = scale_e * mean[j] * flat[j] + dark_e * dark[j]
         expected = expected if expected > 0 else np.float32(0.0)
         lam[j] = expected
-        flags[j] = (expected < POISSON_EXACT_BELOW_E) * _SMALL_MEAN
+        below = expected < POISSON_EXACT_BELOW_E
+        small[j] = below
+        found += below
+    return found
 
 
 @njit(**_KERNEL)
-def _tail_flags(bits, flags):
-    """Flag the pixels whose shot or white noise deviate falls in a tail."""
-    for j in range(bits.size):
-        h = bits[j]
-        flags[j] |= (_in_tail(np.uint32(h >> _S32)) * _TAIL_SHOT) | (_in_tail(np.uint32(h & _LOW)) * _TAIL_WHITE)
-
-
-@njit(**_KERNEL)
-def _rare_pixels(n, bits, z_shot, z_white, lam, flags, exact, cdf, guide):
-    """The flagged pixels among the first ``n`` (``flags`` zero beyond them to a multiple of 8),
-    found eight at a time: tail deviates by AS 241, and the exact shot noise (e-, about the
-    mean) where the mean is small."""
-    words = flags.view(np.uint64)
+def _exact_shot(n, pairs, parity, lam, small, exact, cdf, guide):
+    """The exact shot noise (e-, about the mean) of the ``small`` pixels among the first ``n``
+    (``small`` zero beyond them to a multiple of 8; found eight at a time), from the 64 bits of one
+    more mix of the pixel's pair."""
+    words = small.view(np.uint64)
     for w in range((n + 7) // 8):
         if words[w] == 0:
             continue
         for j in range(8 * w, min(8 * w + 8, n)):
-            f = flags[j]
-            if f & _TAIL_SHOT:
-                z_shot[j] = _normal_tail((np.float64(bits[j] >> _S32) + 0.5) * _TO_UNIT)
-            if f & _TAIL_WHITE:
-                z_white[j] = _normal_tail((np.float64(bits[j] & _LOW) + 0.5) * _TO_UNIT)
-            if f & _SMALL_MEAN:
-                exact[j] = _poisson_exact(np.float64(lam[j]), _mix(bits[j]), cdf, guide) - np.float64(lam[j])
+            if small[j]:
+                c = parity + j
+                bits = _bits(pairs[c >> 1], _EXACT_MIX + (c & 1))
+                exact[j] = _poisson_exact(np.float64(lam[j]), bits, cdf, guide) - np.float64(lam[j])
 
 
 @njit(**_KERNEL)
-def _white_from_table(z_white, white_table):
-    """Turn normal deviates into the measured white read noise (ADU), in place."""
+def _measured_white(pairs, parity, table, white_table, white):
+    """The measured white read noise (ADU) of a row's pixels: the quantile function tabulated in
+    ``white_table`` at a normal deviate of the pixel's own (the upper 32 bits of one more mix of
+    its pair)."""
     top = white_table.size - 1
     to_index = top / (2.0 * WHITE_TABLE_SIGMAS)
-    for j in range(z_white.size):
-        t = min(max((np.float64(z_white[j]) + WHITE_TABLE_SIGMAS) * to_index, 0.0), top)
+    for j in range(white.size):
+        c = parity + j
+        z = _normal(table, np.uint32(_bits(pairs[c >> 1], _WHITE_MIX + (c & 1)) >> _S32))
+        t = min(max((np.float64(z) + WHITE_TABLE_SIGMAS) * to_index, 0.0), top)
         k = min(int(t), top - 1)
-        z_white[j] = white_table[k] + (t - k) * (white_table[k + 1] - white_table[k])
+        white[j] = white_table[k] + (t - k) * (white_table[k + 1] - white_table[k])
 
 
 @njit(**_KERNEL)
-def _shot_noise(lam, z_shot, exact, flags, shot):
-    """The shot noise (e-, about the mean): exact where flagged, else Cornish-Fisher."""
+def _quantised(count, bias, mean, out, lam, z, exact, small, extra, white, true_e, level, inverse_gain, white_adu,
+               row, saturate, subtract):  # fmt: skip
+    """A row of ``syn`` (ADU): the noise (ADU, about the expected value) scaled by ``s``
+    (``subtract``), quantised like ``os``, NaN where the stack has no value. The noise: where the
+    mean is small, the exact shot noise plus ``white_adu`` times the deviate ``z``; else the
+    Cornish-Fisher expansion ``a z + b (z^2 - 1)`` of the sum of the shot noise and that white
+    noise (variance ``v = lam / g^2 + white_adu^2``, third cumulant ``lam / g^3``: ``b = lam /
+    (6 g^3 v)``, ``a^2 = v - 2 b^2``); plus ``white`` (the measured white noise; 0 where it is
+    Gaussian)."""
+    white2 = white_adu * white_adu
+    inverse_gain2 = inverse_gain * inverse_gain
+    skew = inverse_gain2 * inverse_gain * _SIXTH
     for j in range(lam.size):
-        z = z_shot[j]
-        approximate = np.sqrt(max(lam[j] - _CF_OFFSET, np.float32(0.0))) * z + (z * z - np.float32(1.0)) * _SIXTH
-        shot[j] = exact[j] if flags[j] & _SMALL_MEAN else approximate
-
-
-@njit(**_KERNEL)
-def _quantised(count, bias, mean, out, lam, shot, extra, white, true_e, level, inverse_gain, white_scale, row,
-               saturate, subtract):  # fmt: skip
-    """A row of ``syn`` (ADU): the noise scaled by ``s`` (``subtract``), quantised like ``os``,
-    NaN where the stack has no value."""
-    for j in range(lam.size):
+        zj, lj = z[j], lam[j]
         c = np.float32(count[j])
-        s = np.sqrt(max(np.float32(0.0), np.float32(1.0) - np.float32(1.0) / max(c, np.float32(1.0))))
-        s = s if subtract else np.float32(1.0)
-        electrons = lam[j] + s * shot[j] + true_e * (bias[j] + extra[j])
-        raw = np.rint(level + electrons * inverse_gain + s * (white_scale * white[j] + row))
+        v, ci = max(lj * inverse_gain2 + white2, _TINY), max(c, np.float32(1.0))
+        r = np.float32(1.0) / (v * ci)  # one division for 1 / v and 1 / c
+        b = lj * skew * (r * ci)
+        a = np.sqrt(max(v - np.float32(2.0) * b * b, np.float32(0.0)))
+        approximate = a * zj + b * (zj * zj - np.float32(1.0))
+        noise = (exact[j] * inverse_gain + white_adu * zj if small[j] else approximate) + white[j]
+        s = np.sqrt(max(np.float32(0.0), np.float32(1.0) - r * v)) if subtract else np.float32(1.0)
+        electrons = lj + true_e * (bias[j] + extra[j])
+        raw = np.rint(level + electrons * inverse_gain + s * (noise + row))
         value = min(max(raw, np.float32(0.0)), saturate) - level
         m = mean[j]
         out[j] = value if (m == m and c > 0) else np.float32(np.nan)
 
 
-_CF_OFFSET, _SIXTH = np.float32(1.0 / 18.0), np.float32(1.0 / 6.0)
+_SIXTH, _TINY = np.float32(1.0 / 6.0), np.float32(1e-30)
 
 
 @njit(**_KERNEL)
@@ -558,9 +566,9 @@ def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, 
     out[:] = np.nan
     hit_rows, hit_cols, hit_charges = _cosmic_deposits(y0, x0, ny, nx, frame_ny, frame_nx, cosmic_key, hits_per_px,
                                                         start, dy, dx, charge)  # fmt: skip
-    bits, flags = np.empty(nx, np.uint64), np.zeros(8 * ((nx + 7) // 8), np.uint8)
-    z_shot, z_white, lam = np.empty(nx, np.float32), np.empty(nx, np.float32), np.empty(nx, np.float32)
-    exact, shot, extra = np.empty(nx, np.float32), np.empty(nx, np.float32), np.zeros(nx, np.float32)
+    pairs, small = np.empty(nx // 2 + 1, np.uint64), np.zeros(8 * ((nx + 7) // 8), np.uint8)
+    z, lam, exact = np.empty(nx, np.float32), np.empty(nx, np.float32), np.empty(nx, np.float32)
+    extra, white = np.zeros(nx, np.float32), np.zeros(nx, np.float32)
     for a in range(regions.shape[0]):
         iy0, iy1 = max(regions[a, 0], y0), min(regions[a, 1], y0 + ny)
         ix0, ix1 = max(regions[a, 2], x0), min(regions[a, 3], x0 + nx)
@@ -569,31 +577,32 @@ def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, 
         true_e, level, saturate = values[a, 1], np.float32(values[a, 2]), np.float32(values[a, 3])
         inverse_gain, true_e32 = np.float32(1.0 / values[a, 0]), np.float32(true_e)
         scale_e, dark_e = np.float32(true_e * g_nom), np.float32(true_e * darktime)
-        white_scale = np.float32(values[a, 4]) if gaussian[a] else np.float32(1.0)
+        white_adu = np.float32(values[a, 4]) if gaussian[a] else np.float32(0.0)
         rows = _row_offsets(iy1 - iy0, iy0, row_keys[a], row_filters[a], row_taps[a], table)
         j0, n = ix0 - x0, ix1 - ix0
         j1 = j0 + n
-        flags[n:] = 0
-        b, zs, zw, la = bits[:n], z_shot[:n], z_white[:n], lam[:n]
-        fl, ex, sh, xt = flags[:n], exact[:n], shot[:n], extra[:n]
+        small[n:] = 0
+        za, la, sm, ex, xt, wh = z[:n], lam[:n], small[:n], exact[:n], extra[:n], white[:n]
         hit = np.searchsorted(hit_rows, iy0 - y0)
         for i in range(iy0 - y0, iy1 - y0):
             y = i + y0
-            _hashes(pixel_key, y * frame_nx + ix0, b)
-            _centre_normals(table, b, zs, zw)
-            _expected(mean[i, j0:j1], flat[i, j0:j1], dark[i, j0:j1], scale_e, dark_e, la, fl)
-            _tail_flags(b, fl)
-            _rare_pixels(n, bits, z_shot, z_white, lam, flags, exact, cdf, guide)
+            first = y * frame_nx + ix0
+            parity = first & 1
+            ps = pairs[: (parity + n + 1) // 2]
+            _pair_hashes(pixel_key, first >> 1, ps)
+            _normals(ps.view(np.uint32)[parity : parity + n], table, za)
+            if _expected(mean[i, j0:j1], flat[i, j0:j1], dark[i, j0:j1], scale_e, dark_e, la, sm):
+                _exact_shot(n, ps, parity, lam, small, exact, cdf, guide)
             if not gaussian[a]:
-                _white_from_table(zw, white_tables[a])
-            _shot_noise(la, zs, ex, fl, sh)
+                _measured_white(ps, parity, table, white_tables[a], wh)
             first_hit = hit
             while hit < hit_rows.size and hit_rows[hit] == i:
                 if j0 <= hit_cols[hit] < j1:
                     extra[hit_cols[hit] - j0] += hit_charges[hit]
                 hit += 1
-            _quantised(count[i, j0:j1], bias[i, j0:j1], mean[i, j0:j1], out[i, j0:j1], la, sh, xt, zw, true_e32, level, inverse_gain, white_scale,
-                       np.float32(rows[y - iy0]), saturate, subtract)  # fmt: skip
+            _quantised(count[i, j0:j1], bias[i, j0:j1], mean[i, j0:j1], out[i, j0:j1], la, za, ex, sm, xt, wh, true_e32,
+                       level, inverse_gain, white_adu, np.float32(rows[y - iy0]), saturate, subtract)  # fmt: skip
             for k in range(first_hit, hit):
                 if j0 <= hit_cols[k] < j1:
                     extra[hit_cols[k] - j0] = 0.0
+        wh[:] = 0.0

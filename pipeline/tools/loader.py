@@ -366,6 +366,7 @@ class PatchDataset:
                  for role, _, _ in reads if role != "frame_mask"}  # fmt: skip
         frame_masks = np.empty((len(origins), sum(role == "frame_mask" for role, _, _ in reads), p, p), np.int32)
         reader, pending = self._store_reader(), {}
+        drawn_from_target = self.params.synthesize_on_the_fly and self.params.target == "mean"  # read once, by the draw
         for j, (s, y, x) in enumerate(origins.tolist()):
             session, k = self.sessions[s], 0
             for role, name, lead in reads:
@@ -374,7 +375,10 @@ class PatchDataset:
                 else:
                     target = batch[role][j, 0]
                 if name == SYN and not lead:
-                    self._syn_window(reader, session, y, x, target, int(numbers[j]))
+                    mean = batch["target"][j, 0] if drawn_from_target else None
+                    self._syn_window(reader, session, y, x, target, int(numbers[j]), mean)
+                    continue
+                if role == "target" and drawn_from_target:
                     continue
                 future = reader.window(session, name, lead, y, x, target)
                 if future is not None:
@@ -388,12 +392,16 @@ class PatchDataset:
         return [{role: values[j] for role, values in batch.items()} | {"index": origin}
                 for j, origin in enumerate(origins)]  # fmt: skip
 
-    def _syn_window(self, reader: _StoreReader, session: str, y: int, x: int, out: np.ndarray, i: int) -> None:
-        """Fill ``out`` with the ``syn`` window of sample ``i``: stored, or drawn on the fly."""
+    def _syn_window(self, reader: _StoreReader, session: str, y: int, x: int, out: np.ndarray, i: int,
+                    mean: np.ndarray | None) -> None:  # fmt: skip
+        """Fill ``out`` with the ``syn`` window of sample ``i``: stored, or drawn on the fly (its
+        clean ``mean`` window read into ``mean`` when given)."""
         if self._syn is None:
             self._syn = SynPatches(self.store)
-        draw = self._syn.fresh if self.params.synthesize_on_the_fly else self._syn.stored
-        draw(session, y, x, out, self.params.seed, self.epoch, i, reader.read_now)
+        if self.params.synthesize_on_the_fly:
+            self._syn.fresh(session, y, x, out, self.params.seed, self.epoch, i, reader.read_now, mean)
+        else:
+            self._syn.stored(session, y, x, out, self.params.seed, self.epoch, i, reader.read_now)
 
     def _assemble(self, sample: dict[str, np.ndarray], frame_masks: np.ndarray) -> None:
         """A sample's (P, P) windows in place: frame masks OR-ed in, NaN/inf to 0 and flagged

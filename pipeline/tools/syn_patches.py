@@ -5,8 +5,9 @@ epoch, i, read)`` fills a patch from the stored realizations (which one is a fun
 ``(seed, epoch, i)``); ``fresh(...)`` draws a new realization of the patch from the session's
 ``mean``, ``count``, masters and ``noise_model`` (``pipeline.steps.synthesize.synthesize_patch``),
 keyed by ``(seed, session, (epoch, i))``: the same sample in every process, every worker, every
-run. ``read(session, name, lead, y, x, out)`` is the loader's window reader (``lead`` the
-indices before ``y, x``).
+run, with the session's own ``subtract_base_noise`` (as its stored realizations were drawn).
+``read(session, name, lead, y, x, out)`` is the loader's window reader (``lead`` the indices
+before ``y, x``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import zarr
 from ..errors import InputError
 from ..io.contract import CONTRACT
 from ..steps.noise_model import NoiseModel
+from ..steps.params import SynthesisParams
 from ..steps.synthesize import Patch, SynthKey, synthesize_patch
 
 Reader = Callable[[str, str, tuple[int, ...], int, int, np.ndarray], None]
@@ -39,6 +41,7 @@ class SynPatches:
         self.store = Path(store)
         self._models: dict[str, NoiseModel] = {}
         self._records: dict[str, dict] = {}
+        self._subtract: dict[str, bool] = {}
         self._windows: dict[tuple[int, int], dict[str, np.ndarray]] = {}  # the clean windows' buffers, per shape
 
     def _attrs(self, session: str) -> dict:
@@ -52,6 +55,15 @@ class SynPatches:
                 raise InputError(self.store / session, "no stored syn (run `skyprep synthesize`)")
             self._records[session] = found
         return self._records[session]
+
+    def subtract_base_noise(self, session: str) -> bool:
+        """Whether the session's draws remove the stack's residual noise: its ``syn`` record's
+        setting, else its run's ``synthesis`` configuration's, else the synthesis default."""
+        if session not in self._subtract:
+            attrs = self._attrs(session)
+            recorded = attrs.get("syn") or attrs.get("config", {}).get("synthesis") or {}
+            self._subtract[session] = bool(recorded.get("subtract_base_noise", SynthesisParams.subtract_base_noise))
+        return self._subtract[session]
 
     def model(self, session: str) -> NoiseModel:
         if session not in self._models:
@@ -68,16 +80,20 @@ class SynPatches:
         read(session, "syn", (realization,), y, x, out)
 
     def fresh(self, session: str, y: int, x: int, out: np.ndarray, seed: int, epoch: int, index: int,
-              read: Reader, subtract_base_noise: bool = True) -> None:  # fmt: skip
-        """Fill ``out`` (P, P) with a new realization drawn at ``(y, x)`` for ``(seed, epoch, index)``."""
+              read: Reader, mean_out: np.ndarray | None = None) -> None:  # fmt: skip
+        """Fill ``out`` (P, P) with a new realization drawn at ``(y, x)`` for ``(seed, epoch, index)``;
+        the clean ``mean`` window is read into ``mean_out`` when given (a (P, P) float32 buffer:
+        the loader's target when it is ``mean``, so that window is read once)."""
         if out.shape not in self._windows:
             self._windows[out.shape] = {name: np.empty(out.shape, CONTRACT[name].dtype) for name in CLEAN}
-        windows = self._windows[out.shape]
+        windows = dict(self._windows[out.shape])
+        if mean_out is not None:
+            windows["mean"] = mean_out
         for name in CLEAN:
             read(session, name, (), y, x, windows[name])
         patch = Patch(y, x, *(windows[name] for name in CLEAN))
-        key = SynthKey(seed, session, (epoch, index))
+        key, subtract = SynthKey(seed, session, (epoch, index)), self.subtract_base_noise(session)
         if out.dtype == np.float32 and out.flags.c_contiguous:
-            synthesize_patch(patch, self.model(session), key, subtract_base_noise, out=out)
+            synthesize_patch(patch, self.model(session), key, subtract, out=out)
         else:
-            out[...] = synthesize_patch(patch, self.model(session), key, subtract_base_noise)
+            out[...] = synthesize_patch(patch, self.model(session), key, subtract)

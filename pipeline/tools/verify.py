@@ -17,6 +17,7 @@ from ..io.index import index, is_complete, members, names, node_document
 from ..io.lock import StoreError
 from ..io.objects import ObjectPath, location, zarr_store
 from ..io.store import array_files_sha256
+from ..steps.synthesize import DRAW_VERSION
 
 
 def array_sha256(store: Path | ObjectPath | str, key: str) -> dict[str, str]:
@@ -57,6 +58,8 @@ def check_session(store: Path | ObjectPath | str, key: str, record: dict) -> lis
     elif syn is not None and syn.get("realizations") and "syn" not in names:
         problems.append("syn: missing")
     realizations = int(syn["realizations"]) if syn else 0
+    if realizations and syn.get("draw_version") != DRAW_VERSION:
+        problems.append(stale_draw(store, key, syn))
     for name in sorted(names & set(CONTRACT)):
         problems += _shape_problems(name, group[name], record, realizations)
     recorded = group.attrs.get("array_sha256")
@@ -72,6 +75,21 @@ def check_session(store: Path | ObjectPath | str, key: str, record: dict) -> lis
 
 
 INCOMPLETE = "incomplete (not marked complete in the index; the next run rewrites it)"
+STALE_DRAW = "syn: drawn by an older generator"
+
+
+def stale_draw(store: Path | ObjectPath | str, key: str, syn: dict) -> str:
+    """The problem of a session whose ``syn`` record names another draw version than this code's
+    ``DRAW_VERSION`` (stored realizations that this code would not draw; on-the-fly draws differ
+    from them), with the command that redraws it."""
+    return (f"{STALE_DRAW} (draw version {syn.get('draw_version')}, this code draws version {DRAW_VERSION}): rerun "
+            f"`{synthesize_command(store, key, syn)}`")  # fmt: skip
+
+
+def synthesize_command(store: Path | ObjectPath | str, key: str, syn: dict) -> str:
+    """``skyprep synthesize`` for session ``key`` with its recorded realizations and seed."""
+    return (f"skyprep synthesize {location(store)} --sessions '{key}' --realizations {int(syn['realizations'])}"
+            f" --seed {int(syn.get('seed', 0))}")  # fmt: skip
 
 
 def verify(store: Path | ObjectPath | str) -> dict[str, list[str]]:
@@ -122,6 +140,10 @@ def repair_commands(store: Path | ObjectPath | str, problems: dict[str, list[str
     commands, store = [], location(store)
     for key, found in problems.items():
         if not found or key == str(store):
+            continue
+        if all(p.startswith(STALE_DRAW) for p in found):
+            syn = node_document(store / key / "zarr.json")["attributes"]["syn"]
+            commands.append(synthesize_command(store, key, syn))
             continue
         archive = _archive_of(store, key)
         option = "--sessions" if all(INCOMPLETE in p for p in found) else "--redo"
