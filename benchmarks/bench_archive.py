@@ -274,7 +274,8 @@ n = int(sys.argv[2])
 ds = PatchDataset(sys.argv[1], LoaderParams(patches_per_epoch=n))
 for epoch in range(2):
     ds.set_epoch(epoch)
-    [ds.__getitems__(range(i, min(i + 32, n))) for i in range(0, n, 32)]
+    for i in range(0, n, 32):
+        ds.__getitems__(range(i, min(i + 32, n)))
 print(next(line.split()[1] for line in open(f"/proc/{os.getpid()}/status") if line.startswith("VmHWM:")))
 """
 
