@@ -198,6 +198,7 @@ def one_repeat(paths: dict[str, Path], n: int, workers: tuple[int, ...]) -> dict
     old = PatchDataset(paths["v1"], params)
     r["skyprep loader on a v1 store (tensorstore path), batches of 32"] = _rate(lambda: loader_batches(old), n)
 
+    r["peak RSS, one process serving 2 epochs (fresh process), MB"] = one_process_peak_mb(paths["v2"], n)
     for w in workers:
         rate, peaks = _dataloader(paths["v2"], params, w)
         r[f"skyprep via torch DataLoader, {w} workers, batch 32, pin_memory"] = rate
@@ -264,6 +265,26 @@ def profile(store: Path, n: int, rounds: int = 3) -> dict[str, float]:
     best["rest of a default sample (Python, allocation, origins)"] = best[
         f"whole sample, batches of 32, mapped_mb default ({budgets['default']})"] - parts  # fmt: skip
     return best
+
+
+_ONE_PROCESS = """
+import os, sys
+from pipeline.tools.loader import LoaderParams, PatchDataset
+n = int(sys.argv[2])
+ds = PatchDataset(sys.argv[1], LoaderParams(patches_per_epoch=n))
+for epoch in range(2):
+    ds.set_epoch(epoch)
+    for i in range(0, n, 32):
+        ds.__getitems__(range(i, min(i + 32, n)))
+print(next(line.split()[1] for line in open(f"/proc/{os.getpid()}/status") if line.startswith("VmHWM:")))
+"""
+
+
+def one_process_peak_mb(store: Path, n: int) -> float:
+    """Peak RSS (``VmHWM``, MB) of a fresh process serving two epochs of ``n`` default samples."""
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", _ONE_PROCESS, str(store), str(n)], check=True,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})  # fmt: skip
+    return int(done.stdout.split()[-1]) / 1024
 
 
 _TILED = """

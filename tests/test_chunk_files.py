@@ -8,7 +8,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
-from pipeline.io.chunk_files import ChunkFileArray, ChunkMaps, readable
+from pipeline.io.chunk_files import ChunkFileArray, ChunkMaps, copy_windows, readable
 
 FILL = 7
 
@@ -76,3 +76,35 @@ def test_resident_chunk_pages_stay_within_the_budget(tmp_path, budget_chunks):
             assert _resident_kb(str(path)) <= budget_chunks * chunk_bytes / 1024
     assert len(maps) == 10 and maps.mapped == budget_chunks * chunk_bytes
     assert _resident_kb(str(path)) >= chunk_bytes / 1024  # the last chunk read is resident
+
+
+def test_a_batch_of_windows_of_several_arrays_equals_zarr_reads_and_flags_nan_and_inf(tmp_path):
+    """``copy_windows``: windows of three arrays (one a cube read by frame, one with chunks of the
+    fill value never written) in one pass, against zarr-python's reads of the same windows; the
+    windows holding NaN or inf, and only those, are reported."""
+    rng = np.random.default_rng(11)
+    frames = rng.normal(0, 1, (3, 70, 64)).astype(np.float32)
+    frames[2, 5, 7], frames[1, 60, 60] = np.nan, np.inf
+    flat = rng.normal(0, 1, (70, 64)).astype(np.float32)
+    flat[0:20, 0:16] = FILL  # one whole chunk of the fill value: no file
+    cube = _array(tmp_path / "cube.zarr", frames, (2, 20, 16))
+    plane = _array(tmp_path / "plane.zarr", flat, (20, 16))
+    masks = rng.integers(0, 9, (70, 64)).astype(np.uint16)
+    mask = _array(tmp_path / "mask.zarr", masks, (20, 16))
+    maps = ChunkMaps(budget_bytes=0)
+    arrays = {name: ChunkFileArray(a, tmp_path / f"{name}.zarr", maps) for name, a in
+              [("cube", cube), ("plane", plane), ("mask", mask)]}  # fmt: skip
+    truth = {name: zarr.open_array(str(tmp_path / f"{name}.zarr"), mode="r") for name in arrays}
+    requests = [(0, "cube", (2,), 0, 0), (1, "plane", (), 0, 0), (2, "cube", (1,), 45, 41), (3, "plane", (), 33, 17),
+                (4, "cube", (0,), 47, 41)]  # fmt: skip
+    out = np.full((5, 23, 23), 99, np.float32)
+    finite = copy_windows([(j, arrays[name], lead, y, x) for j, name, lead, y, x in requests], out)
+    for j, name, lead, y, x in requests:
+        np.testing.assert_array_equal(out[j], truth[name][(*lead, slice(y, y + 23), slice(x, x + 23))])
+    assert finite.tolist() == [False, True, False, True, True]
+    cast = np.zeros((2, 23, 23), np.int32)
+    assert copy_windows([(1, arrays["mask"], (), 47, 41), (0, arrays["mask"], (), 3, 9)], cast).all()
+    np.testing.assert_array_equal(cast[1], truth["mask"][47:70, 41:64])
+    np.testing.assert_array_equal(cast[0], truth["mask"][3:26, 9:32])
+    with pytest.raises(ValueError, match="different dtypes"):
+        copy_windows([(0, arrays["mask"], (), 0, 0), (1, arrays["plane"], (), 0, 0)], out[:2])

@@ -44,7 +44,7 @@ import zarr
 
 from .. import DASK_YAML
 from ..errors import InputError
-from ..io.chunk_files import ChunkFileArray, ChunkMaps, readable
+from ..io.chunk_files import ChunkFileArray, ChunkMaps, copy_windows, readable
 from ..io.contract import Presence, named
 from ..io.index import index, is_complete, splits
 from ..io.objects import ObjectPath, location, zarr_store
@@ -283,6 +283,26 @@ class _StoreReader:
         if future is not None:
             out[...] = future.result()
 
+    def windows(self, sessions: list[str], name: str, lead: tuple[int, ...], yx: np.ndarray, out: np.ndarray):
+        """Fill ``out[j]`` (``out`` (B, P, P)) with ``store[sessions[j]][name][*lead, y:y+P, x:x+P]``,
+        ``(y, x) = yx[j]`` in pixels: the chunk-file windows in one pass, tensorstore's reads all in
+        flight before the first is waited for. Per window: whether it holds no NaN and no inf."""
+        arrays = [self.array(session, name) for session in sessions]
+        finite = np.ones(len(arrays), bool)
+        by_dtype, pending = {}, []
+        for j, (array, (y, x)) in enumerate(zip(arrays, yx.tolist())):
+            if isinstance(array, ChunkFileArray):
+                by_dtype.setdefault(array.dtype, []).append((j, array, lead, y, x))
+            else:
+                pending.append((j, array.window(lead, y, x, out[j])))
+        for windows in by_dtype.values():
+            finite[[j for j, *_ in windows]] = copy_windows(windows, out)
+        for j, future in pending:
+            if future is not None:
+                out[j] = future.result()
+            finite[j] = out.dtype.kind != "f" or all_finite(out[j])
+        return finite
+
 
 class PatchDataset:
     """Map-style dataset of patches (see the module docstring): ``len``, ``[i]``,
@@ -357,38 +377,32 @@ class PatchDataset:
 
     def __getitems__(self, indices) -> list[dict[str, np.ndarray]]:
         """Samples ``indices``, read together (PyTorch's batched fetching calls this) into one
-        array per role, each sample a view of it. A sample is assembled as soon as its windows are
-        in (while they are in the CPU's cache); reads through tensorstore are all in flight first."""
+        array per role, each sample a view of it: each variable's windows of the batch in one pass
+        (``_StoreReader.windows``), then frame masks, bad values and normalisation batch-wide."""
         p = self.params.patch_px
         origins, numbers = self.origins(indices), np.asarray(indices, dtype=np.int64).reshape(-1)
+        sessions = [self.sessions[s] for s in origins[:, 0].tolist()]
         reads = self._reads()
         batch = {role: np.empty((len(origins), 1, p, p), np.int32 if role == "mask" else np.float32)
                  for role, _, _ in reads if role != "frame_mask"}  # fmt: skip
         frame_masks = np.empty((len(origins), sum(role == "frame_mask" for role, _, _ in reads), p, p), np.int32)
-        reader, pending = self._store_reader(), {}
+        reader, finite, k = self._store_reader(), {}, 0
         drawn_from_target = self.params.synthesize_on_the_fly and self.params.target == "mean"  # read once, by the draw
-        for j, (s, y, x) in enumerate(origins.tolist()):
-            session, k = self.sessions[s], 0
-            for role, name, lead in reads:
-                if role == "frame_mask":
-                    target, k = frame_masks[j, k], k + 1
-                else:
-                    target = batch[role][j, 0]
-                if name == SYN and not lead:
-                    mean = batch["target"][j, 0] if drawn_from_target else None
-                    self._syn_window(reader, session, y, x, target, int(numbers[j]), mean)
-                    continue
-                if role == "target" and drawn_from_target:
-                    continue
-                future = reader.window(session, name, lead, y, x, target)
-                if future is not None:
-                    pending.setdefault(j, []).append((target, future))
-            if j not in pending:
-                self._assemble({role: values[j, 0] for role, values in batch.items()}, frame_masks[j])
-        for j, futures in pending.items():
-            for target, future in futures:
-                target[...] = future.result()
-            self._assemble({role: values[j, 0] for role, values in batch.items()}, frame_masks[j])
+        for role, name, lead in reads:
+            if role == "frame_mask":
+                out, k = frame_masks[:, k], k + 1
+            else:
+                out = batch[role][:, 0]
+            if name == SYN and not lead:
+                means = batch["target"][:, 0] if drawn_from_target else [None] * len(origins)
+                for j, (_, y, x) in enumerate(origins.tolist()):
+                    self._syn_window(reader, sessions[j], y, x, out[j], int(numbers[j]), means[j])
+                finite[role] = np.array([all_finite(window) for window in out], bool)
+                if drawn_from_target:
+                    finite["target"] = np.array([all_finite(window) for window in means], bool)
+            elif not (role == "target" and drawn_from_target):
+                finite[role] = reader.windows(sessions, name, lead, origins[:, 1:], out)
+        self._assemble(batch, frame_masks, finite)
         return [{role: values[j] for role, values in batch.items()} | {"index": origin}
                 for j, origin in enumerate(origins)]  # fmt: skip
 
@@ -403,20 +417,21 @@ class PatchDataset:
         else:
             self._syn.stored(session, y, x, out, self.params.seed, self.epoch, i, reader.read_now)
 
-    def _assemble(self, sample: dict[str, np.ndarray], frame_masks: np.ndarray) -> None:
-        """A sample's (P, P) windows in place: frame masks OR-ed in, NaN/inf to 0 and flagged
-        ``no_data``, normalised."""
-        mask = sample["mask"]
-        for frame_mask in frame_masks:
-            mask |= frame_mask
+    def _assemble(self, batch: dict[str, np.ndarray], frame_masks: np.ndarray, finite: dict[str, np.ndarray]) -> None:
+        """A batch's (B, 1, P, P) windows in place: frame masks (B, F, P, P) OR-ed into ``mask``,
+        NaN/inf of the windows not ``finite`` (per role, (B,) bool) to 0 and flagged ``no_data``,
+        then normalised."""
+        mask = batch["mask"][:, 0]
+        for k in range(frame_masks.shape[1]):
+            mask |= frame_masks[:, k]
         for role in ("input", "target", "variance"):
-            values = sample.get(role)
+            values = batch.get(role)
             if values is None:
                 continue
-            if not all_finite(values):
-                bad = ~np.isfinite(values)
-                values[bad] = 0.0
-                mask[bad] |= int(Flag.NO_DATA)
+            for j in np.flatnonzero(~finite[role]).tolist():
+                bad = ~np.isfinite(values[j, 0])
+                values[j, 0][bad] = 0.0
+                mask[j][bad] |= int(Flag.NO_DATA)
             if self.params.normalise == "asinh" and role != "variance":
                 asinh_normalise(values, self.params.asinh_scale_adu, out=values)
 
