@@ -69,10 +69,9 @@ def _window(array, y, x, p, frame=None):
     return (array if frame is None else array[frame])[y : y + p, x : x + p]
 
 
-@pytest.mark.parametrize("mapped_mb", [0, 256])
-def test_patches_equal_the_stored_arrays_at_their_origin(store, mapped_mb):
+def test_patches_equal_the_stored_arrays_at_their_origin(store):
     path, truth = store
-    params = LoaderParams(input="os", target="calib", patch_px=64, patches_per_epoch=20, seed=3, mapped_mb=mapped_mb)
+    params = LoaderParams(input="os", target="calib", patch_px=64, patches_per_epoch=20, seed=3)
     ds = PatchDataset(path, params)
     assert ds.sessions == sorted(SESSIONS)
     for i in range(len(ds)):
@@ -86,8 +85,7 @@ def test_patches_equal_the_stored_arrays_at_their_origin(store, mapped_mb):
         np.testing.assert_array_equal(sample["variance"][0], _window(t["variance"], y, x, 64))
         stored = zarr.open_group(str(path), mode="r")[ds.sessions[s]]
         np.testing.assert_array_equal(sample["target"][0], stored["calib"][y : y + 64, x : x + 64])
-    maps = ds._reader.maps
-    assert maps.mapped <= max(mapped_mb * 2**20, CHUNK * CHUNK * 4) and len(maps) >= 1
+    assert len(ds._reader.files) >= 1
 
 
 def test_e91_frame_input_carries_its_mask_and_skips_sessions_without_it(store):

@@ -1,24 +1,27 @@
-"""Windows of uncompressed local Zarr v3 arrays, copied straight out of their chunk files.
+"""Windows of uncompressed local Zarr v3 arrays, read straight out of their chunk files.
 
 The store's image variables (docs/store-layout.md, store version 2) are written with the
 ``bytes`` codec alone on a regular chunk grid: a chunk file is then the chunk's values in C
 order, and a missing file is a chunk of the fill value (zarr writes none for those). A window is
-copied out of the memory maps of the chunk files it touches, with no decoding and no copy of the
-rest of the chunk. This module is the Zarr chunk edge, as ``fits_files.py`` is the FITS edge: the
-only two modules that map files (tests/test_fits_files.py).
+read with one ``preadv`` per chunk file it touches: the rows of the window go straight into the
+output and the rest of each chunk row into a small scratch buffer, with no decoding, no read of
+the chunk's other rows and no memory map (so no page faults, and the page cache stays out of the
+process's resident set). This module is the Zarr chunk edge, as ``fits_files.py`` is the FITS
+edge: the only two modules that open files themselves (tests/test_fits_files.py).
 """
 
 from __future__ import annotations
 
-import mmap
+import ctypes
 import os
+import resource
 from collections import OrderedDict
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import zarr
-from numba import carray, njit, types
+from llvmlite import ir
+from numba import njit, types
 from numba.extending import intrinsic
 from zarr.codecs import BytesCodec
 
@@ -34,83 +37,67 @@ def readable(array: zarr.Array) -> bool:
     return array.dtype.itemsize == 1 or (codecs[0].endian is not None and codecs[0].endian.value == "little")
 
 
-MAX_MAPS = 4096  # chunk files kept mapped per process (virtual address space only; the kernel allows 65530)
+# Chunk files kept open per process: a store's chunks up to 4096, at most half the descriptors allowed.
+MAX_OPEN = min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2)
+NO_FILE = -1  # the descriptor of a chunk that has no file: a chunk of the fill value
+IOV_ROWS = os.sysconf("SC_IOV_MAX") // 2  # rows read by one preadv: two buffers a row (the row, the gap)
+_PREADV = ctypes.cast(ctypes.CDLL(None).preadv, ctypes.c_void_p).value  # libc's preadv(2), called by the kernel
 
 
-class Mapped(NamedTuple):
-    """A chunk file's memory map and the address of its first byte (held by ``view``)."""
+class ChunkFiles:
+    """Open chunk files of one process: at most ``max_open`` descriptors, the least recently used
+    closed once the read that took it is done (``close_evicted``)."""
 
-    mapped: mmap.mmap
-    view: np.ndarray
-    address: int
-
-
-class ChunkMaps:
-    """Memory maps of chunk files, two bounds: at most ``max_maps`` maps (the least recently used
-    unmapped), and at most ``budget_bytes`` of them resident in this process (the least recently
-    used released with ``MADV_DONTNEED``; one map always stays resident).
-
-    The mapped pages are the page cache's, shared with every process, but a process's resident
-    set counts those it has touched: the budget bounds that share. Releasing pages keeps the map
-    (no ``open``/``mmap``/``munmap`` when the chunk is read again, only page faults).
-    """
-
-    def __init__(self, budget_bytes: int, max_maps: int = MAX_MAPS):
-        self.budget, self.max_maps, self.mapped = budget_bytes, max_maps, 0
-        self._maps: OrderedDict[str, Mapped] = OrderedDict()
-        self._resident: OrderedDict[str, int] = OrderedDict()  # path -> bytes, least recently used first
+    def __init__(self, max_open: int = MAX_OPEN):
+        self.max_open = max_open
+        self._open: OrderedDict[str, int] = OrderedDict()
+        self._evicted: list[int] = []
 
     def __len__(self) -> int:
-        return len(self._maps)
+        return len(self._open)
 
-    def get(self, path: str, nbytes: int) -> Mapped | None:
-        """The chunk file at ``path`` (``nbytes`` bytes) mapped, None when there is no file. The map
-        stays valid while the caller holds the returned value."""
-        entry = self._maps.get(path)
-        if entry is None:
-            entry = self._map(path, nbytes)
-            if entry is None:
-                return None
-        else:
-            self._maps.move_to_end(path)
-        if path in self._resident:
-            self._resident.move_to_end(path)
-        else:
-            self._resident[path] = nbytes
-            self.mapped += nbytes
-            while self.mapped > self.budget and len(self._resident) > 1:
-                old, size = self._resident.popitem(last=False)
-                self._maps[old].mapped.madvise(mmap.MADV_DONTNEED)
-                self.mapped -= size
-        return entry
-
-    def _map(self, path: str, nbytes: int) -> Mapped | None:
+    def get(self, path: str, nbytes: int) -> int:
+        """The descriptor of the chunk file at ``path`` (``nbytes`` bytes), ``NO_FILE`` when there
+        is none. It stays open until the next ``close_evicted``."""
+        fd = self._open.get(path)
+        if fd is not None:
+            self._open.move_to_end(path)
+            return fd
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            return None
-        try:
-            size = os.fstat(fd).st_size
-            if size != nbytes:
-                raise InputError(path, f"chunk file of {size} bytes, expected {nbytes} (truncated or not this layout)")
-            mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        finally:
+            return NO_FILE
+        size = os.fstat(fd).st_size
+        if size != nbytes:
             os.close(fd)
-        view = np.frombuffer(mapped, dtype=np.uint8)
-        entry = self._maps[path] = Mapped(mapped, view, view.ctypes.data)
-        if len(self._maps) > self.max_maps:
-            old, _ = self._maps.popitem(last=False)  # unmapped once no caller holds it
-            self.mapped -= self._resident.pop(old, 0)
-        return entry
+            raise InputError(path, f"chunk file of {size} bytes, expected {nbytes} (truncated or not this layout)")
+        self._open[path] = fd
+        if len(self._open) > self.max_open:
+            self._evicted.append(self._open.popitem(last=False)[1])
+        return fd
+
+    def close_evicted(self) -> None:
+        """Close the descriptors evicted since the last call."""
+        while self._evicted:
+            os.close(self._evicted.pop())
+
+    def close(self) -> None:
+        """Close every descriptor."""
+        self._evicted += self._open.values()
+        self._open.clear()
+        self.close_evicted()
+
+    def __del__(self):
+        self.close()
 
 
 class ChunkFileArray:
     """One array in the layout of ``readable``, read by windows of its last two axes."""
 
-    def __init__(self, array: zarr.Array, directory: Path, maps: ChunkMaps):
+    def __init__(self, array: zarr.Array, directory: Path, files: ChunkFiles):
         if not readable(array):
             raise ValueError(f"{directory}: compressed or sharded, not readable from its chunk files")
-        self.directory, self.maps = str(directory), maps
+        self.directory, self.files = str(directory), files
         self.chunks, self.dtype, self.fill = array.chunks, array.dtype.newbyteorder("<"), array.fill_value
         self.nbytes = int(np.prod(self.chunks)) * self.dtype.itemsize  # of one chunk file
         self._encode = array.metadata.encode_chunk_key
@@ -126,19 +113,22 @@ class ChunkFileArray:
     def window(self, lead: tuple[int, ...], y: int, x: int, out: np.ndarray) -> None:
         """Copy ``array[*lead, y:y+P_y, x:x+P_x]`` into ``out`` (P_y, P_x), cast to its dtype;
         ``y``, ``x`` in pixels, the window inside the array."""
-        copy_windows([(0, self, lead, y, x)], out[None])
+        read_windows([(0, self, lead, y, x)], out[None])
 
 
-def copy_windows(windows, out: np.ndarray) -> np.ndarray:
-    """Copy the windows ``(j, array, lead, y, x)`` (``ChunkFileArray`` s of one dtype, ``lead``
+def read_windows(windows, out: np.ndarray) -> np.ndarray:
+    """Read the windows ``(j, array, lead, y, x)`` (``ChunkFileArray`` s of one dtype, ``lead``
     the leading indices, ``y``, ``x`` in pixels, each window inside its array) into ``out[j]``
-    (``out`` (B, P_y, P_x), cast to its dtype) in one pass over their chunk files. Per window, in
-    the order given: whether it holds no NaN and no inf (always true for integers)."""
+    (``out`` (B, P_y, P_x), rows contiguous, cast to its dtype) with one ``preadv`` per chunk
+    file and window. Per window, in the order given: whether it holds no NaN and no inf (always
+    true for integers)."""
     p_y, p_x = out.shape[1:]
-    dtype = windows[0][1].dtype
-    if any(array.dtype != dtype for _, array, *_ in windows):
-        raise ValueError("copy_windows: windows of arrays of different dtypes")
-    held, segments = [], []
+    first = windows[0][1]
+    if any(array.dtype != first.dtype for _, array, *_ in windows):
+        raise ValueError("read_windows: windows of arrays of different dtypes")
+    if out.strides[2] != out.itemsize:
+        raise ValueError("read_windows: the rows of out must be contiguous")
+    item, paths, segments = first.dtype.itemsize, [], []
     for n, (j, array, lead, y, x) in enumerate(windows):
         *lead_chunks, c_y, c_x = array.chunks
         coords = tuple(k // c for k, c in zip(lead, lead_chunks))
@@ -147,57 +137,91 @@ def copy_windows(windows, out: np.ndarray) -> np.ndarray:
             y0, y1 = max(y, iy * c_y), min(y + p_y, (iy + 1) * c_y)
             for ix in range(x // c_x, (x + p_x - 1) // c_x + 1):
                 x0, x1 = max(x, ix * c_x), min(x + p_x, (ix + 1) * c_x)
-                chunk = array.maps.get(array.path((*coords, iy, ix)), array.nbytes)
-                held.append(chunk)
+                path = array.path((*coords, iy, ix))
+                paths.append(path)
+                fd = array.files.get(path, array.nbytes)
                 offset = (plane * c_y + y0 - iy * c_y) * c_x + x0 - ix * c_x  # values from the chunk's start
-                segments.append(
-                    (0 if chunk is None else chunk.address, offset, c_x, j, n, y0 - y, x0 - x, y1 - y0, x1 - x0)
-                )
-    values = np.array([windows[0][1].fill, 0], dtype=dtype)  # the fill, a zero
-    finite = _copy_segments(np.array(segments, dtype=np.int64), values, out, len(windows), dtype.kind == "f")
-    del held  # the maps stay valid until the copies are done
+                segments.append((fd, offset * item, c_x * item, j, n, y0 - y, x0 - x, y1 - y0, x1 - x0))
+    table = np.array(segments, dtype=np.int64)
+    values = np.array([first.fill, 0], dtype=first.dtype)  # the fill, a zero
+    gap = np.empty(int(table[:, 2].max()), np.uint8)  # the rest of a chunk row, read and dropped
+    scratch = np.empty(0 if out.dtype == first.dtype else p_y * p_x, first.dtype)  # rows to be cast
+    iov = np.empty(4 * IOV_ROWS, np.int64)  # struct iovec: (address, bytes) pairs
+    try:
+        finite, failed, got = _read_segments(table, values, out, len(windows), first.dtype.kind == "f", _PREADV, gap,
+                                             scratch, iov)  # fmt: skip
+    finally:
+        first.files.close_evicted()
+    if failed >= 0:
+        raise InputError(paths[failed], f"preadv returned {got} (an error, or the file changed while read)")
     return finite
 
 
 @intrinsic
-def _pointer(typingctx, address, like):
-    """``address`` (an integer) as a pointer to values of ``like``'s dtype."""
-    signature = types.CPointer(like.dtype)(address, like)
+def _preadv(typingctx, function, fd, iov, count, offset):
+    """``preadv(fd, iov, count, offset)`` through the function at address ``function``: the bytes
+    read, -1 on an error (all integers; ``iov`` the address of ``count`` struct iovec)."""
+    signature = types.int64(function, fd, iov, count, offset)
 
     def codegen(context, builder, sig, args):
-        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
+        i32, i64, void = ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()
+        call = builder.inttoptr(args[0], ir.FunctionType(i64, [i32, void, i32, i64]).as_pointer())
+        return builder.call(call, [builder.trunc(args[1], i32), builder.inttoptr(args[2], void),
+                                   builder.trunc(args[3], i32), args[4]])  # fmt: skip
 
     return signature, codegen
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
-def _copy_segments(table, values, out, windows, check):
-    """Copy every segment of ``table`` into ``out`` (B, P_y, P_x); a row of ``table``: the chunk's
-    address (0: the fill ``values[0]``), the offset of the segment in it and the chunk's row
-    stride (in values), the window in ``out`` and its number, the segment's row and column in the
-    window, its rows and columns. Per window number: whether no value is NaN or inf, when
+def _read_segments(table, values, out, windows, check, preadv, gap, scratch, iov):
+    """Read every segment of ``table`` into ``out`` (B, P_y, P_x); a row of ``table``: the chunk
+    file's descriptor (``NO_FILE``: the fill ``values[0]``), the byte offset of the segment in it
+    and the chunk's row stride in bytes, the window in ``out`` and its number, the segment's row
+    and column in the window, its rows and columns. A preadv of up to ``IOV_ROWS`` rows puts each
+    row in ``out`` (or in ``scratch``, then cast into ``out``, when ``scratch`` is not empty) and
+    the bytes between rows in ``gap``. Per window number: whether no value is NaN or inf, when
     ``check`` (``v - v`` is 0 for every finite ``v``, NaN otherwise; only reassociation is
-    allowed, so their sum is NaN exactly when one is)."""
+    allowed, so their sum is NaN exactly when one is); then the first segment not read whole
+    (-1: none) and what its preadv returned."""
     finite = np.ones(windows, np.bool_)
+    item, direct = values.itemsize, scratch.size == 0
+    base, (s_j, s_y, s_x) = out.ctypes.data, out.strides
     for s in range(table.shape[0]):
-        address, offset, stride, j, n, y0, x0, rows, cols = table[s]
+        fd, offset, stride, j, n, y0, x0, rows, cols = table[s]
         total = values[1] - values[1]
-        if address == 0:
+        if fd == NO_FILE:
             out[j, y0 : y0 + rows, x0 : x0 + cols] = values[0]
             total += values[0] - values[0]
         else:
-            source = carray(_pointer(address, values), (offset + rows * stride,))
-            for r in range(rows):
-                row = out[j, y0 + r, x0 : x0 + cols]
-                segment = source[offset + r * stride : offset + r * stride + cols]
-                if check:
+            for r in range(0, rows, IOV_ROWS):
+                block, expected = min(rows - r, IOV_ROWS), 0
+                for q in range(block):
+                    if direct:
+                        iov[4 * q] = base + j * s_j + (y0 + r + q) * s_y + x0 * s_x
+                    else:
+                        iov[4 * q] = scratch.ctypes.data + (r + q) * cols * item
+                    iov[4 * q + 1], iov[4 * q + 2], iov[4 * q + 3] = cols * item, gap.ctypes.data, stride - cols * item
+                    expected += stride
+                expected -= stride - cols * item  # no gap after the last row
+                got = _preadv(preadv, fd, iov.ctypes.data, 2 * block - 1, offset + r * stride)
+                if got != expected:
+                    return finite, s, got
+            for q in range(rows):
+                row = out[j, y0 + q, x0 : x0 + cols]
+                if direct and check:
                     for c in range(cols):
-                        value = segment[c]
-                        row[c] = value
+                        value = row[c]
                         total += value - value
-                else:
-                    for c in range(cols):
-                        row[c] = segment[c]
+                elif not direct:
+                    source = scratch[q * cols : (q + 1) * cols]
+                    if check:
+                        for c in range(cols):
+                            value = source[c]
+                            row[c] = value
+                            total += value - value
+                    else:
+                        for c in range(cols):
+                            row[c] = source[c]
         if check and total != total:
             finite[n] = False
-    return finite
+    return finite, -1, 0

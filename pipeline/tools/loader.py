@@ -19,10 +19,10 @@ reads every window of a batch before assembling it; ``dataset.to_xarray(i)`` is 
 ``xarray.Dataset`` with the frame's pixel coordinates.
 
 Windows are read straight from the store, never through a cache of whole frames: an array in
-the store's layout (``docs/store-layout.md``: uncompressed chunks) copied out of the memory maps
-of the chunk files a window touches (``pipeline.io.chunk_files``), any other Zarr v3 array
-(compressed cubes, other layouts) through tensorstore. The store is opened lazily in the process that reads (so each DataLoader worker
-opens its own: BRIEF section 5 on forked workers), and only the root index is read up front.
+the store's layout (``docs/store-layout.md``: uncompressed chunks) read from the chunk files a
+window touches, one ``preadv`` each (``pipeline.io.chunk_files``), any other Zarr v3 array
+(compressed cubes, other layouts) through tensorstore. The store is opened lazily in the process
+that reads (so each DataLoader worker opens its own: BRIEF section 5 on forked workers), and only the root index is read up front.
 
 Normalisation ``asinh``: ``v -> asinh(v / asinh_scale_adu)``, linear (``v / scale``) for
 ``|v|`` below the scale (about the sky noise, a few ADU to tens of ADU) and logarithmic above
@@ -44,7 +44,7 @@ import zarr
 
 from .. import DASK_YAML
 from ..errors import InputError
-from ..io.chunk_files import ChunkFileArray, ChunkMaps, copy_windows, readable
+from ..io.chunk_files import ChunkFileArray, ChunkFiles, read_windows, readable
 from ..io.contract import Presence, named
 from ..io.index import index, is_complete, splits
 from ..io.objects import ObjectPath, location, zarr_store
@@ -67,9 +67,7 @@ class LoaderParams:
     draws ``patches_per_epoch`` patches (session chosen with probability proportional to its
     area, origin uniform: every patch position of the split equally likely); ``tiled`` covers
     every frame with ``patch_px`` tiles (the last row/column of tiles is moved inside the frame).
-    ``asinh_scale_adu``: the ``asinh`` normalisation's linear scale. ``mapped_mb``: per-process
-    budget, in MiB, of resident chunk-file pages (page-cache pages, but counted in the process's
-    RSS; the least recently read released beyond it, ``pipeline.io.chunk_files.ChunkMaps``).
+    ``asinh_scale_adu``: the ``asinh`` normalisation's linear scale.
     ``syn`` (no frame index) serves one of the session's stored realizations, chosen by ``(seed,
     epoch, i)``; with ``synthesize_on_the_fly`` (``input="syn"`` only) a new realization of the
     patch is drawn for ``(seed, epoch, i)`` from the session's ``mean``, masters and noise model
@@ -86,7 +84,6 @@ class LoaderParams:
     normalise: str | None = None
     asinh_scale_adu: float = 10.0
     with_variance: bool = True
-    mapped_mb: int = 256
     synthesize_on_the_fly: bool = False
 
     def __post_init__(self):
@@ -101,8 +98,8 @@ class LoaderParams:
             raise ValueError(f"split {self.split!r}: expected 'train', 'test' or None")
         if self.synthesize_on_the_fly and self.input != SYN:
             raise ValueError(f"synthesize_on_the_fly draws the input: it needs input={SYN!r}, not {self.input!r}")
-        if self.patch_px <= 0 or self.patches_per_epoch <= 0 or self.asinh_scale_adu <= 0 or self.mapped_mb < 0:
-            raise ValueError("patch_px, patches_per_epoch, asinh_scale_adu must be positive, mapped_mb >= 0")
+        if self.patch_px <= 0 or self.patches_per_epoch <= 0 or self.asinh_scale_adu <= 0:
+            raise ValueError("patch_px, patches_per_epoch, asinh_scale_adu must be positive")
 
 
 def parse_variable(spec: str) -> tuple[str, int | None]:
@@ -239,10 +236,10 @@ def tune_allocator() -> None:
 class _StoreReader:
     """The store's arrays, opened once per process (least recently used closed beyond ``OPEN_ARRAYS``)."""
 
-    def __init__(self, store: Path | ObjectPath, mapped_mb: int):
+    def __init__(self, store: Path | ObjectPath):
         self.store, self.pid = store, os.getpid()
         tune_allocator()
-        self.maps = ChunkMaps(mapped_mb * 2**20)
+        self.files = ChunkFiles()
         self._arrays, self._context = OrderedDict(), None
 
     def array(self, session: str, name: str) -> ChunkFileArray | _TensorstoreArray | _ZarrArray:
@@ -258,7 +255,7 @@ class _StoreReader:
         if isinstance(directory, ObjectPath):
             self._arrays[key] = _ZarrArray(array)
         elif readable(array):
-            self._arrays[key] = ChunkFileArray(array, directory, self.maps)
+            self._arrays[key] = ChunkFileArray(array, directory, self.files)
         else:
             self._arrays[key] = _TensorstoreArray(directory, self._tensorstore_context())
         if len(self._arrays) > OPEN_ARRAYS:
@@ -296,7 +293,7 @@ class _StoreReader:
             else:
                 pending.append((j, array.window(lead, y, x, out[j])))
         for windows in by_dtype.values():
-            finite[[j for j, *_ in windows]] = copy_windows(windows, out)
+            finite[[j for j, *_ in windows]] = read_windows(windows, out)
         for j, future in pending:
             if future is not None:
                 out[j] = future.result()
@@ -361,7 +358,7 @@ class PatchDataset:
 
     def _store_reader(self) -> _StoreReader:
         if self._reader is None or self._reader.pid != os.getpid():
-            self._reader = _StoreReader(self.store, self.params.mapped_mb)
+            self._reader = _StoreReader(self.store)
         return self._reader
 
     def _reads(self) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
