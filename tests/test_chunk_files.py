@@ -2,6 +2,7 @@
 against the arrays written and zarr-python's reads, with the open files and resident pages checked
 in the kernel's own accounting (/proc/self)."""
 
+import gc
 import os
 
 import numpy as np
@@ -73,7 +74,8 @@ def test_other_layouts_are_not_read_from_chunk_files(tmp_path):
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc/self/smaps and fd")
 def test_reading_every_chunk_keeps_no_pages_resident_and_few_files_open(tmp_path):
     """Reading every chunk of a 1024 x 1024 float32 array (16 chunk files of 256 KiB) maps none of
-    their pages into this process and keeps at most ``max_open`` of them open; closing closes all."""
+    their pages into this process and keeps at most ``max_open`` of them open; closing, or dropping
+    the last reference, closes all."""
     values = np.random.default_rng(5).normal(0, 1, (1024, 1024)).astype(np.float32)
     path = tmp_path / "big.zarr"
     array = _array(path, values, (256, 256))
@@ -88,6 +90,12 @@ def test_reading_every_chunk_keeps_no_pages_resident_and_few_files_open(tmp_path
     assert len(files) == 5
     files.close()
     assert _open_under(str(path)) == 0 and len(files) == 0
+    reader = ChunkFileArray(array, path, ChunkFiles())
+    reader.window((), 0, 0, out)
+    assert _open_under(str(path)) == 1
+    del reader  # its files with it
+    gc.collect()
+    assert _open_under(str(path)) == 0
 
 
 def test_windows_taller_than_one_preadv_equal_zarr_reads(tmp_path):

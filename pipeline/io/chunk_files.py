@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class ChunkFiles:
         self.max_open = max_open
         self._open: OrderedDict[str, int] = OrderedDict()
         self._evicted: list[int] = []
+        weakref.finalize(self, _close_all, self._open, self._evicted)  # when collected, or at exit
 
     def __len__(self) -> int:
         return len(self._open)
@@ -78,17 +80,19 @@ class ChunkFiles:
 
     def close_evicted(self) -> None:
         """Close the descriptors evicted since the last call."""
-        while self._evicted:
-            os.close(self._evicted.pop())
+        _close_all({}, self._evicted)
 
     def close(self) -> None:
         """Close every descriptor."""
-        self._evicted += self._open.values()
-        self._open.clear()
-        self.close_evicted()
+        _close_all(self._open, self._evicted)
 
-    def __del__(self):
-        self.close()
+
+def _close_all(open_files: dict[str, int], evicted: list[int]) -> None:
+    """Close the descriptors of ``open_files`` and ``evicted``, emptying both."""
+    evicted += open_files.values()
+    open_files.clear()
+    while evicted:
+        os.close(evicted.pop())
 
 
 class ChunkFileArray:
