@@ -110,8 +110,14 @@ def test_windows_taller_than_one_preadv_equal_zarr_reads(tmp_path):
         reader = ChunkFileArray(array, tmp_path / f"{name}.zarr", files)
         out = np.zeros((rows + 10, 20), dtype)
         reader.window((), 13, 3, out)
-        truth = zarr.open_array(str(tmp_path / f"{name}.zarr"), mode="r")[13 : 13 + rows + 10, 3:23]
-        np.testing.assert_array_equal(out, truth)
+        truth = zarr.open_array(str(tmp_path / f"{name}.zarr"), mode="r")
+        np.testing.assert_array_equal(out, truth[13 : 13 + rows + 10, 3:23])
+    side = np.zeros((3, rows + 10, 5), np.float32)  # three windows side by side: one preadv for the three
+    reader = ChunkFileArray(floats, tmp_path / "f.zarr", files)
+    truth = zarr.open_array(str(tmp_path / "f.zarr"), mode="r")
+    read_windows([(2, reader, (), 13, 11), (0, reader, (), 13, 0), (1, reader, (), 13, 6)], side)
+    for j, x in enumerate([0, 6, 11]):
+        np.testing.assert_array_equal(side[j], truth[13 : 13 + rows + 10, x : x + 5])
 
 
 def test_a_chunk_file_cut_short_while_open_is_an_input_error(tmp_path):
@@ -144,12 +150,12 @@ def test_a_batch_of_windows_of_several_arrays_equals_zarr_reads_and_flags_nan_an
               [("cube", cube), ("plane", plane), ("mask", mask)]}  # fmt: skip
     truth = {name: zarr.open_array(str(tmp_path / f"{name}.zarr"), mode="r") for name in arrays}
     requests = [(0, "cube", (2,), 0, 0), (1, "plane", (), 0, 0), (2, "cube", (1,), 45, 41), (3, "plane", (), 33, 17),
-                (4, "cube", (0,), 47, 41)]  # fmt: skip
-    out = np.full((5, 23, 23), 99, np.float32)
+                (4, "cube", (0,), 47, 41), (5, "plane", (), 33, 41), (6, "plane", (), 33, 30)]  # fmt: skip
+    out = np.full((7, 23, 23), 99, np.float32)  # windows 3, 5 side by side (one preadv), 6 overlapping both
     finite = read_windows([(j, arrays[name], lead, y, x) for j, name, lead, y, x in requests], out)
     for j, name, lead, y, x in requests:
         np.testing.assert_array_equal(out[j], truth[name][(*lead, slice(y, y + 23), slice(x, x + 23))])
-    assert finite.tolist() == [False, True, False, True, True]
+    assert finite.tolist() == [False, True, False, True, True, True, True]
     cast = np.zeros((2, 23, 23), np.int32)
     assert read_windows([(1, arrays["mask"], (), 47, 41), (0, arrays["mask"], (), 3, 9)], cast).all()
     np.testing.assert_array_equal(cast[1], truth["mask"][47:70, 41:64])

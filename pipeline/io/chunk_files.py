@@ -124,8 +124,9 @@ def read_windows(windows, out: np.ndarray) -> np.ndarray:
     """Read the windows ``(j, array, lead, y, x)`` (``ChunkFileArray`` s of one dtype, ``lead``
     the leading indices, ``y``, ``x`` in pixels, each window inside its array) into ``out[j]``
     (``out`` (B, P_y, P_x), rows contiguous, cast to its dtype) with one ``preadv`` per chunk
-    file and window. Per window, in the order given: whether it holds no NaN and no inf (always
-    true for integers)."""
+    file and run of windows: windows of the same rows of a chunk side by side (tiles) share one.
+    Per window, in the order given: whether it holds no NaN and no inf (always true for
+    integers)."""
     p_y, p_x = out.shape[1:]
     first = windows[0][1]
     if any(array.dtype != first.dtype for _, array, *_ in windows):
@@ -144,21 +145,44 @@ def read_windows(windows, out: np.ndarray) -> np.ndarray:
                 path = array.path((*coords, iy, ix))
                 paths.append(path)
                 fd = array.files.get(path, array.nbytes)
-                offset = (plane * c_y + y0 - iy * c_y) * c_x + x0 - ix * c_x  # values from the chunk's start
-                segments.append((fd, offset * item, c_x * item, j, n, y0 - y, x0 - x, y1 - y0, x1 - x0))
+                row = (plane * c_y + y0 - iy * c_y) * c_x * item  # bytes from the chunk's start
+                segments.append((fd, row, (x0 - ix * c_x) * item, c_x * item, j, n, y0 - y, x0 - x, y1 - y0, x1 - x0))
     table = np.array(segments, dtype=np.int64)
+    direct = out.dtype == first.dtype
+    table, order, runs = _runs(table, item, direct)
     values = np.array([first.fill, 0], dtype=first.dtype)  # the fill, a zero
-    gap = np.empty(int(table[:, 2].max()), np.uint8)  # the rest of a chunk row, read and dropped
-    scratch = np.empty(0 if out.dtype == first.dtype else p_y * p_x, first.dtype)  # rows to be cast
+    gap = np.empty(int(table[:, 3].max()), np.uint8)  # the rest of a chunk row, read and dropped
+    scratch = np.empty(0 if direct else p_y * p_x, first.dtype)  # rows to be cast
     iov = np.empty(4 * IOV_ROWS, np.int64)  # struct iovec: (address, bytes) pairs
     try:
-        finite, failed, got = _read_segments(table, values, out, len(windows), first.dtype.kind == "f", _PREADV, gap,
-                                             scratch, iov)  # fmt: skip
+        finite, failed, got = _read_segments(table, runs, values, out, len(windows), first.dtype.kind == "f", _PREADV,
+                                             gap, scratch, iov)  # fmt: skip
     finally:
         first.files.close_evicted()
     if failed >= 0:
-        raise InputError(paths[failed], f"preadv returned {got} (an error, or the file changed while read)")
+        raise InputError(paths[order[failed]], f"preadv returned {got} (an error, or the file changed while read)")
     return finite
+
+
+def _runs(table: np.ndarray, item: int, direct: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The segments of ``table`` (rows as built by ``read_windows``) sorted by file, rows and
+    column, their order in ``table``, and the starts of the runs read by one ``preadv`` (then the
+    end): segments of one file and the same rows, side by side without overlap, at most
+    ``IOV_ROWS`` of them; alone when cast (``direct`` false) or of the fill."""
+    fd, row, column, rows, cols = table[:, 0], table[:, 1], table[:, 2], table[:, 8], table[:, 9]
+    order = np.lexsort((column, rows, row, fd))
+    table = table[order]
+    fd, row, column, rows, cols = fd[order], row[order], column[order], rows[order], cols[order]
+    joins = (fd[1:] == fd[:-1]) & (row[1:] == row[:-1]) & (rows[1:] == rows[:-1])
+    joins &= (column[1:] >= column[:-1] + cols[:-1] * item) & (fd[1:] != NO_FILE) & direct
+    starts, size = [0], 1
+    for k, joined in enumerate(joins.tolist(), start=1):
+        if joined and size < IOV_ROWS:
+            size += 1
+        else:
+            starts.append(k)
+            size = 1
+    return table, order, np.array(starts + [len(table)], np.int64)
 
 
 @intrinsic
@@ -177,55 +201,69 @@ def _preadv(typingctx, function, fd, iov, count, offset):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
-def _read_segments(table, values, out, windows, check, preadv, gap, scratch, iov):
+def _read_segments(table, runs, values, out, windows, check, preadv, gap, scratch, iov):
     """Read every segment of ``table`` into ``out`` (B, P_y, P_x); a row of ``table``: the chunk
-    file's descriptor (``NO_FILE``: the fill ``values[0]``), the byte offset of the segment in it
-    and the chunk's row stride in bytes, the window in ``out`` and its number, the segment's row
-    and column in the window, its rows and columns. A preadv of up to ``IOV_ROWS`` rows puts each
-    row in ``out`` (or in ``scratch``, then cast into ``out``, when ``scratch`` is not empty) and
-    the bytes between rows in ``gap``. Per window number: whether no value is NaN or inf, when
-    ``check`` (``v - v`` is 0 for every finite ``v``, NaN otherwise; only reassociation is
-    allowed, so their sum is NaN exactly when one is); then the first segment not read whole
-    (-1: none) and what its preadv returned."""
+    file's descriptor (``NO_FILE``: the fill ``values[0]``), the byte offsets in it of the
+    segment's first row and of its first column in that row, the chunk's row stride in bytes,
+    the window in ``out`` and its number, the segment's row and column in the window, its rows
+    and columns. The segments of a run (``runs[k]`` to ``runs[k + 1]``: one file, the same rows,
+    side by side) are read together: a preadv of up to ``IOV_ROWS`` / (run length) rows puts
+    each segment's row in ``out`` (or, for a run of one, in ``scratch``, then cast into ``out``,
+    when ``scratch`` is not empty) and the bytes between them in ``gap``. Per window number:
+    whether no value is NaN or inf, when ``check`` (``v - v`` is 0 for every finite ``v``, NaN
+    otherwise; only reassociation is allowed, so their sum is NaN exactly when one is); then the
+    first segment not read whole (-1: none) and what its preadv returned."""
     finite = np.ones(windows, np.bool_)
     item, direct = values.itemsize, scratch.size == 0
     base, (s_j, s_y, s_x) = out.ctypes.data, out.strides
-    for s in range(table.shape[0]):
-        fd, offset, stride, j, n, y0, x0, rows, cols = table[s]
-        total = values[1] - values[1]
-        if fd == NO_FILE:
-            out[j, y0 : y0 + rows, x0 : x0 + cols] = values[0]
-            total += values[0] - values[0]
-        else:
-            for r in range(0, rows, IOV_ROWS):
-                block, expected = min(rows - r, IOV_ROWS), 0
-                for q in range(block):
-                    if direct:
-                        iov[4 * q] = base + j * s_j + (y0 + r + q) * s_y + x0 * s_x
-                    else:
-                        iov[4 * q] = scratch.ctypes.data + (r + q) * cols * item
-                    iov[4 * q + 1], iov[4 * q + 2], iov[4 * q + 3] = cols * item, gap.ctypes.data, stride - cols * item
-                    expected += stride
-                expected -= stride - cols * item  # no gap after the last row
-                got = _preadv(preadv, fd, iov.ctypes.data, 2 * block - 1, offset + r * stride)
+    for k in range(runs.size - 1):
+        head, end = runs[k], runs[k + 1]
+        fd, row, start, stride = table[head, 0], table[head, 1], table[head, 2], table[head, 3]
+        rows = table[head, 8]
+        if fd != NO_FILE:
+            last = end - 1
+            wrap = stride - (table[last, 2] + table[last, 9] * item - start)  # to the next row's first column
+            block = IOV_ROWS // (end - head)
+            for r in range(0, rows, block):
+                count, expected = 0, 0
+                for q in range(r, min(rows, r + block)):
+                    for s in range(head, end):
+                        _, _, column, _, j, _, y0, x0, _, cols = table[s]
+                        if direct:
+                            iov[2 * count] = base + j * s_j + (y0 + q) * s_y + x0 * s_x
+                        else:
+                            iov[2 * count] = scratch.ctypes.data + q * cols * item
+                        iov[2 * count + 1], count, expected = cols * item, count + 1, expected + cols * item
+                        skip = wrap if s == last else table[s + 1, 2] - column - cols * item
+                        if skip > 0 and not (s == last and q == min(rows, r + block) - 1):
+                            iov[2 * count], iov[2 * count + 1] = gap.ctypes.data, skip
+                            count, expected = count + 1, expected + skip
+                got = _preadv(preadv, fd, iov.ctypes.data, count, row + r * stride + start)
                 if got != expected:
-                    return finite, s, got
-            for q in range(rows):
-                row = out[j, y0 + q, x0 : x0 + cols]
-                if direct and check:
-                    for c in range(cols):
-                        value = row[c]
-                        total += value - value
-                elif not direct:
-                    source = scratch[q * cols : (q + 1) * cols]
-                    if check:
+                    return finite, head, got
+        for s in range(head, end):
+            _, _, _, _, j, n, y0, x0, rows, cols = table[s]
+            total = values[1] - values[1]
+            if fd == NO_FILE:
+                out[j, y0 : y0 + rows, x0 : x0 + cols] = values[0]
+                total += values[0] - values[0]
+            else:
+                for q in range(rows):
+                    line = out[j, y0 + q, x0 : x0 + cols]
+                    if direct and check:
                         for c in range(cols):
-                            value = source[c]
-                            row[c] = value
+                            value = line[c]
                             total += value - value
-                    else:
-                        for c in range(cols):
-                            row[c] = source[c]
-        if check and total != total:
-            finite[n] = False
+                    elif not direct:
+                        source = scratch[q * cols : (q + 1) * cols]
+                        if check:
+                            for c in range(cols):
+                                value = source[c]
+                                line[c] = value
+                                total += value - value
+                        else:
+                            for c in range(cols):
+                                line[c] = source[c]
+            if check and total != total:
+                finite[n] = False
     return finite, -1, 0
