@@ -22,7 +22,8 @@ Windows are read straight from the store, never through a cache of whole frames:
 the store's layout (``docs/store-layout.md``: uncompressed chunks) read from the chunk files a
 window touches, one ``preadv`` each (``pipeline.io.chunk_files``), any other Zarr v3 array
 (compressed cubes, other layouts) through tensorstore. The store is opened lazily in the process
-that reads (so each DataLoader worker opens its own: BRIEF section 5 on forked workers), and only the root index is read up front.
+that reads (so each DataLoader worker opens its own: BRIEF section 5 on forked workers), and only
+the root index is read up front.
 
 Normalisation ``asinh``: ``v -> asinh(v / asinh_scale_adu)``, linear (``v / scale``) for
 ``|v|`` below the scale (about the sky noise, a few ADU to tens of ADU) and logarithmic above
