@@ -205,7 +205,9 @@ def _fresh_in_a_process(store, session, y, x, p, seed, epoch, index):
     from pipeline.tools.syn_patches import SynPatches
 
     out = np.empty((1, p, p), np.float32)
-    SynPatches(store).fresh([session], np.array([[y, x]]), out, seed, epoch, np.array([index]), _zarr_reader(store))
+    _, finite = SynPatches(store).fresh([session], np.array([[y, x]]), out, seed, epoch, np.array([index]),
+                                        _zarr_reader(store))  # fmt: skip
+    assert finite[0] == np.isfinite(out[0]).all()
     return out[0]
 
 

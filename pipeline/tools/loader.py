@@ -408,8 +408,8 @@ class PatchDataset:
         seed, epoch = self.params.seed, self.epoch
         if not self.params.synthesize_on_the_fly:
             return self._syn.stored(sessions, yx, out, seed, epoch, numbers, reader.windows), None
-        finite_mean = self._syn.fresh(sessions, yx, out, seed, epoch, numbers, reader.windows, means)
-        return np.array([all_finite(window) for window in out], bool), finite_mean
+        finite_mean, finite = self._syn.fresh(sessions, yx, out, seed, epoch, numbers, reader.windows, means)
+        return finite, finite_mean
 
     def _assemble(self, batch: dict[str, np.ndarray], frame_masks: np.ndarray, finite: dict[str, np.ndarray]) -> None:
         """A batch's (B, 1, P, P) windows in place: frame masks (B, F, P, P) OR-ed into ``mask``,

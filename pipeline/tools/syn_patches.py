@@ -4,7 +4,7 @@
 ``stored(sessions, yx, out, seed, epoch, indices, read)`` fills ``out[j]`` from the stored
 realizations (which one is a function of ``(seed, epoch, indices[j])``); ``fresh(...)`` draws a
 new realization of each patch from the session's ``mean``, ``count``, masters and
-``noise_model`` (``pipeline.steps.synthesize.synthesize_patch``), keyed by ``(seed, session,
+``noise_model`` (``pipeline.steps.synthesize.synthesize_patches``), keyed by ``(seed, session,
 (epoch, i))``: the same sample in every process, every worker, every run and every batch, with
 the session's own ``subtract_base_noise`` (as its stored realizations were drawn).
 ``read(sessions, name, lead, yx, out)`` is the loader's batch reader
@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..io.contract import CONTRACT
 from ..steps.noise_model import NoiseModel
 from ..steps.params import SynthesisParams
-from ..steps.synthesize import Patch, SynthKey, synthesize_patch
+from ..steps.synthesize import SynthKey, synthesize_patches
 
 Reader = Callable[[list[str], str, tuple[int, ...], np.ndarray, np.ndarray], np.ndarray]
 CLEAN = ("mean", "flat", "dark", "bias", "count")
@@ -102,21 +102,31 @@ class SynPatches:
         return {name: values[:batch] for name, values in found.items()}
 
     def fresh(self, sessions: list[str], yx: np.ndarray, out: np.ndarray, seed: int, epoch: int,
-              indices: np.ndarray, read: Reader, mean_out: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+              indices: np.ndarray, read: Reader,
+              mean_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """Fill ``out[j]`` (``out`` (B, P, P) float32, each ``out[j]`` C-contiguous) with a new
         realization of ``sessions[j]`` at ``yx[j]`` (pixels) drawn for ``(seed, epoch,
         indices[j])``: the clean windows of the batch read name by name (one read each), then each
         sample drawn. The ``mean`` windows are read into ``mean_out`` when given (a (B, P, P)
         float32 buffer: the loader's target when it is ``mean``, so those windows are read once).
-        Returns whether each ``mean`` window holds no NaN and no inf."""
+        Returns whether each ``mean`` window, and each drawn one, holds no NaN and no inf."""
         windows = self._buffers(len(sessions), out.shape[1:])
         if mean_out is not None:
             windows["mean"] = mean_out
         finite_mean = read(sessions, "mean", (), yx, windows["mean"])
         for name in CLEAN[1:]:
             read(sessions, name, (), yx, windows[name])
-        for j, (session, (y, x), index) in enumerate(zip(sessions, yx.tolist(), np.asarray(indices).tolist())):
-            patch = Patch(y, x, *(windows[name][j] for name in CLEAN))
-            key = SynthKey(seed, session, (epoch, index))
-            synthesize_patch(patch, self.model(session), key, self.subtract_base_noise(session), out=out[j])
-        return finite_mean
+        return finite_mean, self._draw(sessions, yx, out, seed, epoch, indices, tuple(windows[name] for name in CLEAN))
+
+    def _draw(self, sessions: list[str], yx: np.ndarray, out: np.ndarray, seed: int, epoch: int, indices: np.ndarray,
+              clean: tuple[np.ndarray, ...]) -> np.ndarray:  # fmt: skip
+        """Draw every sample of the batch from its ``clean`` windows, one compiled call per session;
+        whether each drawn window holds no NaN and no inf."""
+        finite = np.ones(len(sessions), bool)
+        indices = np.asarray(indices).tolist()
+        for session in dict.fromkeys(sessions):
+            members = np.array([j for j, other in enumerate(sessions) if other == session], np.int64)
+            keys = [SynthKey(seed, session, (epoch, indices[j])) for j in members.tolist()]
+            finite[members] = synthesize_patches(clean, yx[members], self.model(session), keys,
+                                                 self.subtract_base_noise(session), out, members)  # fmt: skip
+        return finite
