@@ -258,11 +258,11 @@ def synthesize_patches(clean: tuple[np.ndarray, ...], origins: np.ndarray, model
     pixel_keys = np.array([pixel for pixel, _, _ in streams], np.uint64)
     row_keys = np.array([rows for _, rows, _ in streams], np.uint64).reshape(len(keys), len(model.amps))
     cosmic_keys = np.array([cosmic for _, _, cosmic in streams], np.uint64)
-    bad = np.empty(len(keys), np.int64)
+    finite = np.empty(len(keys), np.bool_)
     _synthesize_batch(*clean, out, np.asarray(members, np.int64), np.asarray(origins, np.int64).reshape(-1, 2),
                       *model.shape, pixel_keys, row_keys, cosmic_keys, *_model_arguments(model), subtract_base_noise,
-                      bad)  # fmt: skip
-    return bad == 0
+                      finite)  # fmt: skip
+    return finite
 
 
 def load_kernel() -> None:
@@ -563,9 +563,8 @@ def _quantised(count, bias, mean, out, lam, z, exact, small, extra, white, true_
     Cornish-Fisher expansion ``a z + b (z^2 - 1)`` of the sum of the shot noise and that white
     noise (variance ``v = lam / g^2 + white_adu^2``, third cumulant ``lam / g^3``: ``b = lam /
     (6 g^3 v)``, ``a^2 = v - 2 b^2``); plus ``white`` (the measured white noise; 0 where it is
-    Gaussian). Returns how many of the values are NaN or inf."""
+    Gaussian)."""
     white2 = white_adu * white_adu
-    bad = 0
     inverse_gain2 = inverse_gain * inverse_gain
     skew = inverse_gain2 * inverse_gain * _SIXTH
     for j in range(lam.size):
@@ -582,10 +581,7 @@ def _quantised(count, bias, mean, out, lam, z, exact, small, extra, white, true_
         raw = np.rint(level + electrons * inverse_gain + s * (noise + row))
         value = min(max(raw, np.float32(0.0)), saturate) - level
         m = mean[j]
-        value = value if (m == m and c > 0) else np.float32(np.nan)
-        out[j] = value
-        bad += (value - value) != 0  # NaN or inf
-    return bad
+        out[j] = value if (m == m and c > 0) else np.float32(np.nan)
 
 
 _SIXTH, _TINY = np.float32(1.0 / 6.0), np.float32(1e-30)
@@ -596,11 +592,9 @@ def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, 
                 regions, values, gaussian, white_tables, row_filters, row_taps, g_nom, darktime, hits_per_px,
                 start, dy, dx, charge, table, cdf, guide, subtract):  # fmt: skip
     """``synthesize_patch``'s draw into ``out``: per amplifier its row offsets, then row by row the
-    loops above and the cosmic rays' charge (see the module doc). Returns how many pixels of
-    ``out`` are NaN or inf (those of no amplifier among them)."""
+    loops above and the cosmic rays' charge (see the module doc)."""
     ny, nx = mean.shape
     out[:] = np.nan
-    bad = ny * nx
     hit_rows, hit_cols, hit_charges = _cosmic_deposits(y0, x0, ny, nx, frame_ny, frame_nx, cosmic_key, hits_per_px,
                                                         start, dy, dx, charge)  # fmt: skip
     pairs, small = np.empty(nx // 2 + 1, np.uint64), np.zeros(8 * ((nx + 7) // 8), np.uint8)
@@ -621,7 +615,6 @@ def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, 
         small[n:] = 0
         za, la, sm, ex, xt, wh = z[:n], lam[:n], small[:n], exact[:n], extra[:n], white[:n]
         hit = np.searchsorted(hit_rows, iy0 - y0)
-        bad -= (iy1 - iy0) * n
         for i in range(iy0 - y0, iy1 - y0):
             y = i + y0
             first = y * frame_nx + ix0
@@ -638,24 +631,34 @@ def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, 
                 if j0 <= hit_cols[hit] < j1:
                     extra[hit_cols[hit] - j0] += hit_charges[hit]
                 hit += 1
-            bad += _quantised(count[i, j0:j1], bias[i, j0:j1], mean[i, j0:j1], out[i, j0:j1], la, za, ex, sm, xt, wh,
-                              true_e32, level, inverse_gain, white_adu, np.float32(rows[y - iy0]), saturate,
-                              subtract)  # fmt: skip
+            _quantised(count[i, j0:j1], bias[i, j0:j1], mean[i, j0:j1], out[i, j0:j1], la, za, ex, sm, xt, wh, true_e32,
+                       level, inverse_gain, white_adu, np.float32(rows[y - iy0]), saturate, subtract)  # fmt: skip
             for k in range(first_hit, hit):
                 if j0 <= hit_cols[k] < j1:
                     extra[hit_cols[k] - j0] = 0.0
         wh[:] = 0.0
-    return bad
 
 
 @njit(**_KERNEL)
 def _synthesize_batch(mean, flat, dark, bias, count, out, members, origins, frame_ny, frame_nx, pixel_keys, row_keys,
                       cosmic_keys, regions, values, gaussian, white_tables, row_filters, row_taps, g_nom, darktime,
-                      hits_per_px, start, dy, dx, charge, table, cdf, guide, subtract, bad):  # fmt: skip
-    """``synthesize_patches``' draws: ``_synthesize`` of each member, its count of NaN and inf in ``bad``."""
+                      hits_per_px, start, dy, dx, charge, table, cdf, guide, subtract, finite):  # fmt: skip
+    """``synthesize_patches``' draws: ``_synthesize`` of each member, whether it is finite in ``finite``."""
     for m in range(members.size):
         j = members[m]
-        bad[m] = _synthesize(mean[j], flat[j], dark[j], bias[j], count[j], out[j], origins[m, 0], origins[m, 1],
-                             frame_ny, frame_nx, pixel_keys[m], row_keys[m], cosmic_keys[m], regions, values, gaussian,
-                             white_tables, row_filters, row_taps, g_nom, darktime, hits_per_px, start, dy, dx, charge,
-                             table, cdf, guide, subtract)  # fmt: skip
+        _synthesize(mean[j], flat[j], dark[j], bias[j], count[j], out[j], origins[m, 0], origins[m, 1], frame_ny,
+                    frame_nx, pixel_keys[m], row_keys[m], cosmic_keys[m], regions, values, gaussian, white_tables,
+                    row_filters, row_taps, g_nom, darktime, hits_per_px, start, dy, dx, charge, table, cdf, guide,
+                    subtract)  # fmt: skip
+        finite[m] = _all_finite(out[j])
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _all_finite(values):
+    """Whether a 2-D C-contiguous float32 array holds no NaN and no inf: the sum of ``v - v`` (0 for
+    a finite ``v``, NaN otherwise) is 0; only reassociation is allowed, so the loop vectorises and
+    a NaN still propagates."""
+    total = np.float32(0.0)
+    for v in values.ravel():
+        total += v - v
+    return total == 0
