@@ -245,3 +245,33 @@ def test_the_draw_is_identical_in_spawned_processes():
         there = list(pool.map(_draw_in_a_process, draws))
     for a, b in zip(here, there, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_batch_draw_is_each_patch_drawn_alone_and_flags_the_non_finite_ones():
+    """``synthesize_patches`` (the loader's batch draw) against ``synthesize_patch`` of each member
+    alone, and its finiteness flags against ``np.isfinite`` (a NaN mean pixel, a pixel of count 0)."""
+    from pipeline.steps.synthesize import synthesize_patches
+
+    rng = np.random.default_rng(4)
+    p, origins = 48, np.array([[0, 0], [30, 200], [400, 7], [100, 100]])
+    mean = rng.uniform(0, 60, (4, p, p)).astype(np.float32)
+    mean[1, 3, 5] = np.nan
+    flat, zeros = np.ones_like(mean), np.zeros_like(mean)
+    count = np.full(mean.shape, 10, np.uint16)
+    count[2, 40, 1] = 0
+    model, keys = _model(7.0), [SynthKey(3, "s", (1, i)) for i in (8, 5)]
+    out = np.full(mean.shape, -1.0, np.float32)
+    members = np.array([2, 1])  # the others are left alone
+    finite = synthesize_patches((mean, flat, zeros, zeros, count), origins[members], model, keys, False, out, members)
+    for m, j in enumerate(members.tolist()):
+        patch = Patch(*origins[j].tolist(), mean[j], flat[j], zeros[j], zeros[j], count[j])
+        alone = synthesize_patch(patch, model, keys[m], subtract_base_noise=False)
+        np.testing.assert_array_equal(out[j], alone)
+        assert not finite[m] and np.isnan(alone).sum() == 1
+    assert (out[[0, 3]] == -1).all()
+    clean = np.ones((1, p, p), np.float32)
+    one = synthesize_patches((clean, clean, clean * 0, clean * 0, count[:1]), origins[:1], model, keys[:1], False,
+                             out[:1], np.array([0]))  # fmt: skip
+    assert one[0] and np.isfinite(out[0]).all()
+    with pytest.raises(ValueError, match="uint16"):
+        synthesize_patches((clean,) * 5, origins[:1], model, keys[:1], False, out[:1], np.array([0]))

@@ -188,10 +188,15 @@ def test_export_syn_in_the_archive_layout(store, archive, tmp_path):
 
 
 def _zarr_reader(store):
-    def read(session, name, lead, y, x, out):
-        array = zarr.open_array(str(store), path=f"{session}/{name}", mode="r", zarr_format=3)
-        p, q = out.shape
-        out[...] = array[(*lead, slice(y, y + p), slice(x, x + q))]
+    """A batch reader through zarr-python (independent of the loader's): ``out[j]`` the window of
+    ``sessions[j]`` at ``yx[j]``; returns whether each is finite."""
+
+    def read(sessions, name, lead, yx, out):
+        _, p, q = out.shape
+        for j, (session, (y, x)) in enumerate(zip(sessions, yx.tolist())):
+            array = zarr.open_array(str(store), path=f"{session}/{name}", mode="r", zarr_format=3)
+            out[j] = array[(*lead, slice(y, y + p), slice(x, x + q))]
+        return np.isfinite(out).all(axis=(1, 2))
 
     return read
 
@@ -199,9 +204,11 @@ def _zarr_reader(store):
 def _fresh_in_a_process(store, session, y, x, p, seed, epoch, index):
     from pipeline.tools.syn_patches import SynPatches
 
-    out = np.empty((p, p), np.float32)
-    SynPatches(store).fresh(session, y, x, out, seed, epoch, index, _zarr_reader(store))
-    return out
+    out = np.empty((1, p, p), np.float32)
+    _, finite = SynPatches(store).fresh([session], np.array([[y, x]]), out, seed, epoch, np.array([index]),
+                                        _zarr_reader(store))  # fmt: skip
+    assert finite[0] == np.isfinite(out[0]).all()
+    return out[0]
 
 
 def test_loader_patches_stored_and_on_the_fly(store):
@@ -215,10 +222,14 @@ def test_loader_patches_stored_and_on_the_fly(store):
     key = sorted(complete_sessions(store))[0]
     source, read = SynPatches(store), _zarr_reader(store)
     y, x, p = 37, 61, 96
-    out = np.empty((p, p), np.float32)
-    source.stored(key, y, x, out, 0, 1, 5, read)
-    r = realization_of(0, 1, 5, 2)
-    np.testing.assert_array_equal(out, _open(store, key)["syn"].values[r, y : y + p, x : x + p])
+    indices = np.arange(5, 13)  # both realizations among them
+    out = np.empty((len(indices), p, p), np.float32)
+    finite = source.stored([key] * len(indices), np.array([[y + 3 * i, x] for i in indices]), out, 0, 1, indices, read)
+    for j, i in enumerate(indices.tolist()):
+        r = realization_of(0, 1, i, 2)
+        np.testing.assert_array_equal(out[j], _open(store, key)["syn"].values[r, y + 3 * i : y + 3 * i + p, x : x + p])
+        assert finite[j] == np.isfinite(out[j]).all()
+    assert len({realization_of(0, 1, i, 2) for i in indices.tolist()}) == 2
     assert {realization_of(0, 1, i, 2) for i in range(20)} == {0, 1}
 
     fresh = _fresh_in_a_process(store, key, y, x, p, 3, 1, 5)

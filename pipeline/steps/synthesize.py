@@ -211,27 +211,58 @@ def _forget(ident: int, ref: weakref.ref) -> None:
         del _PREPARED[ident]
 
 
+def _model_arguments(model: NoiseModel) -> tuple:
+    """The draw kernel's arguments after the keys: the model's prepared values and the tables."""
+    prepared = _prepare(model)
+    return (prepared.regions, prepared.values, prepared.gaussian, prepared.white_tables, prepared.row_filters,
+            prepared.row_taps, model.gain_nominal_e_per_adu, model.darktime_s,
+            model.cosmic.rate_per_px_s * model.exptime_s, prepared.start, prepared.dy, prepared.dx, prepared.charge,
+            _NORMAL_TABLE, _POISSON_CDF, _POISSON_GUIDE)  # fmt: skip
+
+
+def _stream_keys(key: SynthKey, amps: int) -> tuple[np.uint64, np.ndarray, np.uint64]:
+    """The keys of a draw's streams: pixels, rows (one per amplifier, uint64 array), cosmic rays."""
+    rows = np.array([key.stream_key(Stream.ROWS, index) for index in range(amps)], np.uint64)
+    return key.stream_key(Stream.PIXELS), rows, key.stream_key(Stream.COSMICS)
+
+
 def synthesize_patch(patch: Patch, model: NoiseModel, key: SynthKey, subtract_base_noise: bool = True,
                      out: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """A synthetic overscan-corrected frame (float32 ADU) over ``patch`` (see the module doc),
     drawn into ``out`` when given (a C-contiguous float32 array of the patch's shape: a loader's
     buffer, so no frame is allocated per sample) and returned."""
-    prepared = _prepare(model)
-    frame_ny, frame_nx = model.shape
-    row_keys = np.array([key.stream_key(Stream.ROWS, index) for index in range(len(model.amps))], np.uint64)
     if out is None:
         out = np.empty(patch.shape, np.float32)
     elif out.shape != patch.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous float32 of shape {patch.shape}, got {out.dtype} {out.shape}")
-    _synthesize(*(np.ascontiguousarray(a, np.float32) for a in (patch.mean_adu, patch.flat, patch.dark_e_per_s,
-                                                                 patch.bias_e)),
-                np.ascontiguousarray(patch.count, np.uint16), out, patch.y0, patch.x0, frame_ny, frame_nx,
-                key.stream_key(Stream.PIXELS), row_keys, key.stream_key(Stream.COSMICS), prepared.regions,
-                prepared.values, prepared.gaussian, prepared.white_tables, prepared.row_filters, prepared.row_taps,
-                model.gain_nominal_e_per_adu, model.darktime_s, model.cosmic.rate_per_px_s * model.exptime_s,
-                prepared.start, prepared.dy, prepared.dx, prepared.charge, _NORMAL_TABLE, _POISSON_CDF, _POISSON_GUIDE,
+    clean = (patch.mean_adu, patch.flat, patch.dark_e_per_s, patch.bias_e)
+    _synthesize(*(np.ascontiguousarray(a, np.float32) for a in clean), np.ascontiguousarray(patch.count, np.uint16),
+                out, patch.y0, patch.x0, *model.shape, *_stream_keys(key, len(model.amps)), *_model_arguments(model),
                 subtract_base_noise)  # fmt: skip
     return out
+
+
+def synthesize_patches(clean: tuple[np.ndarray, ...], origins: np.ndarray, model: NoiseModel, keys: list[SynthKey],
+                       subtract_base_noise: bool, out: np.ndarray, members: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Draw patches of one session's batch in one compiled call: patch ``members[m]`` of the
+    batch, at session pixel ``origins[m]`` (y, x), keyed ``keys[m]``, into ``out[members[m]]``.
+    ``clean``: the batch's ``mean`` (ADU), ``flat``, ``dark`` (e-/s), ``bias`` (e-) float32 and
+    ``count`` uint16 windows, each (B, P, P) C-contiguous like ``out`` (float32). Each patch is
+    ``synthesize_patch``'s draw of it alone. Returns whether each holds no NaN and no inf ((M,) bool)."""
+    dtypes = (np.float32,) * 5 + (np.uint16,)
+    for values, dtype in zip((out, *clean[:4], clean[4]), dtypes):
+        if values.dtype != dtype or values.shape != out.shape or not values.flags.c_contiguous:
+            raise ValueError(f"windows must be C-contiguous {np.dtype(dtype)} of shape {out.shape}, got "
+                             f"{values.dtype} {values.shape}")  # fmt: skip
+    streams = [_stream_keys(key, len(model.amps)) for key in keys]
+    pixel_keys = np.array([pixel for pixel, _, _ in streams], np.uint64)
+    row_keys = np.array([rows for _, rows, _ in streams], np.uint64).reshape(len(keys), len(model.amps))
+    cosmic_keys = np.array([cosmic for _, _, cosmic in streams], np.uint64)
+    finite = np.empty(len(keys), np.bool_)
+    _synthesize_batch(*clean, out, np.asarray(members, np.int64), np.asarray(origins, np.int64).reshape(-1, 2),
+                      *model.shape, pixel_keys, row_keys, cosmic_keys, *_model_arguments(model), subtract_base_noise,
+                      finite)  # fmt: skip
+    return finite
 
 
 def load_kernel() -> None:
@@ -606,3 +637,28 @@ def _synthesize(mean, flat, dark, bias, count, out, y0, x0, frame_ny, frame_nx, 
                 if j0 <= hit_cols[k] < j1:
                     extra[hit_cols[k] - j0] = 0.0
         wh[:] = 0.0
+
+
+@njit(**_KERNEL)
+def _synthesize_batch(mean, flat, dark, bias, count, out, members, origins, frame_ny, frame_nx, pixel_keys, row_keys,
+                      cosmic_keys, regions, values, gaussian, white_tables, row_filters, row_taps, g_nom, darktime,
+                      hits_per_px, start, dy, dx, charge, table, cdf, guide, subtract, finite):  # fmt: skip
+    """``synthesize_patches``' draws: ``_synthesize`` of each member, whether it is finite in ``finite``."""
+    for m in range(members.size):
+        j = members[m]
+        _synthesize(mean[j], flat[j], dark[j], bias[j], count[j], out[j], origins[m, 0], origins[m, 1], frame_ny,
+                    frame_nx, pixel_keys[m], row_keys[m], cosmic_keys[m], regions, values, gaussian, white_tables,
+                    row_filters, row_taps, g_nom, darktime, hits_per_px, start, dy, dx, charge, table, cdf, guide,
+                    subtract)  # fmt: skip
+        finite[m] = _all_finite(out[j])
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _all_finite(values):
+    """Whether a 2-D C-contiguous float32 array holds no NaN and no inf: the sum of ``v - v`` (0 for
+    a finite ``v``, NaN otherwise) is 0; only reassociation is allowed, so the loop vectorises and
+    a NaN still propagates."""
+    total = np.float32(0.0)
+    for v in values.ravel():
+        total += v - v
+    return total == 0

@@ -275,12 +275,6 @@ class _StoreReader:
         future that gives it (tensorstore reads, kept in flight until the batch is assembled)."""
         return self.array(session, name).window(lead, y, x, out)
 
-    def read_now(self, session: str, name: str, lead: tuple[int, ...], y: int, x: int, out: np.ndarray) -> None:
-        """Fill ``out`` with the window now (waiting for tensorstore's read where there is one)."""
-        future = self.window(session, name, lead, y, x, out)
-        if future is not None:
-            out[...] = future.result()
-
     def windows(self, sessions: list[str], name: str, lead: tuple[int, ...], yx: np.ndarray, out: np.ndarray):
         """Fill ``out[j]`` (``out`` (B, P, P)) with ``store[sessions[j]][name][*lead, y:y+P, x:x+P]``,
         ``(y, x) = yx[j]`` in pixels: the chunk-file windows in one pass, tensorstore's reads all in
@@ -392,28 +386,28 @@ class PatchDataset:
             else:
                 out = batch[role][:, 0]
             if name == SYN and not lead:
-                means = batch["target"][:, 0] if drawn_from_target else [None] * len(origins)
-                for j, (_, y, x) in enumerate(origins.tolist()):
-                    self._syn_window(reader, sessions[j], y, x, out[j], int(numbers[j]), means[j])
-                finite[role] = np.array([all_finite(window) for window in out], bool)
+                means = batch["target"][:, 0] if drawn_from_target else None
+                finite[role], finite_mean = self._syn_windows(reader, sessions, origins[:, 1:], out, numbers, means)
                 if drawn_from_target:
-                    finite["target"] = np.array([all_finite(window) for window in means], bool)
+                    finite["target"] = finite_mean
             elif not (role == "target" and drawn_from_target):
                 finite[role] = reader.windows(sessions, name, lead, origins[:, 1:], out)
         self._assemble(batch, frame_masks, finite)
         return [{role: values[j] for role, values in batch.items()} | {"index": origin}
                 for j, origin in enumerate(origins)]  # fmt: skip
 
-    def _syn_window(self, reader: _StoreReader, session: str, y: int, x: int, out: np.ndarray, i: int,
-                    mean: np.ndarray | None) -> None:  # fmt: skip
-        """Fill ``out`` with the ``syn`` window of sample ``i``: stored, or drawn on the fly (its
-        clean ``mean`` window read into ``mean`` when given)."""
+    def _syn_windows(self, reader: _StoreReader, sessions: list[str], yx: np.ndarray, out: np.ndarray,
+                     numbers: np.ndarray, means: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+        """Fill ``out`` (B, P, P) with the ``syn`` windows of samples ``numbers`` at ``yx``: stored,
+        or drawn on the fly (their clean ``mean`` windows read into ``means`` when given). Returns
+        whether each ``syn`` window, and each ``mean`` window the draw read, holds no NaN and no inf."""
         if self._syn is None:
             self._syn = SynPatches(self.store)
-        if self.params.synthesize_on_the_fly:
-            self._syn.fresh(session, y, x, out, self.params.seed, self.epoch, i, reader.read_now, mean)
-        else:
-            self._syn.stored(session, y, x, out, self.params.seed, self.epoch, i, reader.read_now)
+        seed, epoch = self.params.seed, self.epoch
+        if not self.params.synthesize_on_the_fly:
+            return self._syn.stored(sessions, yx, out, seed, epoch, numbers, reader.windows), None
+        finite_mean, finite = self._syn.fresh(sessions, yx, out, seed, epoch, numbers, reader.windows, means)
+        return finite, finite_mean
 
     def _assemble(self, batch: dict[str, np.ndarray], frame_masks: np.ndarray, finite: dict[str, np.ndarray]) -> None:
         """A batch's (B, 1, P, P) windows in place: frame masks (B, F, P, P) OR-ed into ``mask``,
