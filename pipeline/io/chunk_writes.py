@@ -61,20 +61,18 @@ def write_region(array: zarr.Array, directory: Path, region: tuple[slice, ...], 
     for start, stop, size, n in zip((s.start for s in region), (s.stop for s in region), chunks, shape, strict=True):
         if start % size or (stop % size and stop != n):
             raise ValueError(f"{directory}: region {region} is not aligned to the chunks {chunks}")
-    dtype, fill = array.dtype.newbyteorder("<"), array.fill_value
+    fill = array.fill_value
+    values = np.empty(chunks, array.dtype.newbyteorder("<"))  # one chunk's buffer, reused for every chunk
     grid = [range(s.start // c, -(-s.stop // c)) for s, c in zip(region, chunks)]
     made: set[Path] = set()
     for coords in np.ndindex(*(len(axis) for axis in grid)):
         chunk = tuple(axis[i] for axis, i in zip(grid, coords))
         inside = tuple(slice(k * c - s.start, min((k + 1) * c, s.stop) - s.start)
                        for k, c, s in zip(chunk, chunks, region))  # fmt: skip
-        values = block[inside]
-        if values.shape != chunks:
-            padded = np.full(chunks, fill, dtype)
-            padded[tuple(slice(0, n) for n in values.shape)] = values
-            values = padded
-        else:
-            values = np.ascontiguousarray(values, dtype)
+        part = block[inside]
+        if part.shape != chunks:
+            values.fill(fill)
+        values[tuple(slice(0, n) for n in part.shape)] = part
         path = directory / array.metadata.encode_chunk_key(chunk)
         if only_fill(values, fill):
             path.unlink(missing_ok=True)
