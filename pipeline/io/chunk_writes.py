@@ -12,7 +12,6 @@ layout are written by zarr-python.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,14 +79,4 @@ def write_region(array: zarr.Array, directory: Path, region: tuple[slice, ...], 
         if path.parent not in made:
             path.parent.mkdir(parents=True, exist_ok=True)
             made.add(path.parent)
-        _write_file(path, encode(values))
-
-
-def _write_file(path: Path, data) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
+        path.write_bytes(encode(values))
