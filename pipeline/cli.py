@@ -46,9 +46,9 @@ def _run(args) -> int:
         raise UsageError("memory:// exists in this process only: its workers cannot be elsewhere "
                          "(no --scheduler, --scheduler-file or --processes)")  # fmt: skip
     try:
-        with stop_on_signals(), store_lock(out), make_client(args.scheduler, args.workers, args.scheduler_file,
-                                                             args.processes) as client:  # fmt: skip
-            report = run(root, out, config, client, pattern=args.sessions, redo=args.redo)
+        with stop_on_signals() as stop, store_lock(out), make_client(args.scheduler, args.workers,
+                                                                     args.scheduler_file, args.processes) as client:  # fmt: skip
+            report = run(root, out, config, client, pattern=args.sessions, redo=args.redo, stop=stop.check)
     except StoreError as err:
         print(f"skyprep run: {err}", file=sys.stderr)
         return 1
@@ -196,8 +196,8 @@ def _demo(args) -> int:
         print(f"building a synthetic archive in {root} ...", file=sys.stderr)
         write_archive(root, SynthSpec(sessions=3, size=512, frames=8, amps=1, seed=0))
         write_archive(root, SynthSpec(sessions=1, size=512, frames=8, amps=4, seed=1))
-    with stop_on_signals(), store_lock(store), make_client(None, args.workers) as client:
-        report = run(root, store, load_config(None), client)
+    with stop_on_signals() as stop, store_lock(store), make_client(None, args.workers) as client:
+        report = run(root, store, load_config(None), client, stop=stop.check)
     report.write_json(report_path(store))
     if report.stopped_by:
         print(f"skyprep demo: {report.stop_line()}", file=sys.stderr)

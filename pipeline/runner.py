@@ -215,24 +215,40 @@ def _connected(where: str, *args, **kwargs) -> Iterator[Client]:
         yield client
 
 
+@dataclass
+class StopRequest:
+    """The signal :func:`stop_on_signals` received, if any. Its handler raises
+    :class:`~pipeline.errors.Interrupted` wherever the main thread is; raised inside a finalizer or
+    a callback, whose exceptions Python ignores, that exception is lost, so ``run`` also calls
+    ``check`` after each session."""
+
+    signum: int | None = None
+
+    def check(self) -> None:
+        """Raise :class:`~pipeline.errors.Interrupted` if a signal was received."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
 @contextmanager
-def stop_on_signals() -> Iterator[None]:
+def stop_on_signals() -> Iterator[StopRequest]:
     """Turn SIGINT and SIGTERM into :class:`~pipeline.errors.Interrupted` in the main thread, once
-    (a second signal while stopping is ignored). A Python handler is what makes SIGTERM reach a
-    process running as pid 1 (a container's entrypoint), which ignores it by default."""
+    (a second signal while stopping is ignored), and record it in the :class:`StopRequest` yielded.
+    A Python handler is what makes SIGTERM reach a process running as pid 1 (a container's
+    entrypoint), which ignores it by default."""
+    request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield request
         return
-    stopping = []
 
     def handler(signum, _frame):
-        if not stopping:
-            stopping.append(signum)
+        if request.signum is None:
+            request.signum = signum
             raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield request
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -247,13 +263,15 @@ def run(
     window: int | None = None,
     echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
     redo: str | None = None,
+    stop: Callable[[], None] = lambda: None,
 ) -> RunReport:
     """Process every session under ``input_root`` into ``store``; sessions already complete are
     skipped, except those whose key matches the glob ``redo``, which are rewritten.
 
     Raise :class:`~pipeline.errors.UsageError` when ``pattern`` or ``redo`` selects nothing. On
-    :class:`~pipeline.errors.Interrupted` the sessions in flight are cancelled (left incomplete,
-    so the store stays consistent) and the report says what finished (``stopped_by``)."""
+    :class:`~pipeline.errors.Interrupted` (raised by a signal handler, or by ``stop``, called after
+    each finished session: ``StopRequest.check``) the sessions in flight are cancelled (left
+    incomplete, so the store stays consistent) and the report says what finished (``stopped_by``)."""
     started = time.perf_counter()
     sessions, problems = find_sessions(input_root, pattern)
     if pattern and not sessions and not problems:
@@ -321,6 +339,7 @@ def run(
                 del inflight[future]
                 future.release()
             finish(result)
+            stop()
             submit_next()
         alive = set(client.scheduler_info().get("workers", {}))  # a lost worker's kernel task never runs
         try:

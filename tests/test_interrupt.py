@@ -109,6 +109,29 @@ def test_a_signal_stops_the_run_cleanly_and_a_rerun_completes_the_rest(many, tmp
     _assert_consistent(store)
 
 
+def test_a_signal_whose_exception_a_finalizer_swallowed_still_stops_the_run(many, tmp_path):
+    """The handler's exception raised inside a ``__del__`` is lost (Python prints and ignores it);
+    the stop request it recorded stops the run after the session that finishes next."""
+    from pipeline.errors import Interrupted
+    from pipeline.runner import stop_on_signals
+
+    class Finalizer:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the handler runs here, inside the finalizer
+
+    with stop_on_signals() as stop:
+        Finalizer()
+        assert stop.signum == signal.SIGTERM  # the exception is gone, the request is not
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            stop.check()
+        with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
+            report = run(many, tmp_path / "out.zarr", Config(), client, window=1, stop=stop.check, echo=lambda _: None)
+    statuses = [r.status for r in report.results]
+    assert report.stopped_by == "SIGTERM" and statuses.count("ok") == 1 and statuses.count("stopped") == SESSIONS - 1
+    assert complete_sessions(tmp_path / "out.zarr") == {r.key for r in report.results if r.status == "ok"}
+
+
 def test_sigterm_stops_a_run_that_is_pid_1(many, tmp_path):
     if shutil.which("unshare") is None:
         pytest.skip("unshare(1) is not installed: no new pid namespace to run skyprep as pid 1")

@@ -200,3 +200,17 @@ def test_a_run_reads_the_root_document_a_fixed_number_of_times_whatever_its_sess
         counts.append(len(reads))
     assert len(complete_sessions(tmp_path / "out.zarr")) == 3
     assert counts[0] == counts[1] == 1, counts
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_opening_a_store_for_a_run_writes_its_root_once(tmp_path, monkeypatch, existing):
+    """A new store's index and an existing store's rebuilt consolidated metadata: one root write each."""
+    store = tmp_path / "s.zarr"
+    if existing:
+        _write(store, "cam_g/obs0")
+    writes = []
+    write_index = store_index._write_index
+    monkeypatch.setattr(store_index, "_write_index", lambda *args: writes.append(args) or write_index(*args))
+    open_index(store)
+    assert len(writes) == 1
+    assert complete_sessions(store) == ({"cam_g/obs0"} if existing else set())

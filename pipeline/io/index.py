@@ -159,9 +159,7 @@ def open_index(store: Path | ObjectPath | str) -> IndexWriter:
     """Make ``store`` ready for a run: refuse a store skyprep cannot use (:class:`StoreIndexError`),
     create the index of a new one, and rebuild the consolidated metadata from the index (a store
     left by an older version or a killed run is consistent again). Returns the run's writer."""
-    writer = IndexWriter(store)
-    writer.flush(rebuild=True)
-    return writer
+    return IndexWriter(store, rebuild=True)
 
 
 WRITE_SPACING = 20  # queued completions wait until this many times the last write's duration has passed
@@ -175,19 +173,20 @@ class IndexWriter:
     write's duration has passed since it, so the index's cost stays a bounded share of a run
     however many sessions the store holds. A session whose completion is still queued when the
     process dies is incomplete in the store, and the next run rewrites it. Creates the index of a
-    store that has none (its root is written before any other node)."""
+    store that has none (its root is written before any other node); with ``rebuild``, rewrites
+    the consolidated metadata from the index at once (one write either way)."""
 
-    def __init__(self, store: Path | ObjectPath | str):
+    def __init__(self, store: Path | ObjectPath | str, rebuild: bool = False):
         self.store = store
         document, meta = _read_index(store)
         self._document = document or _NEW_ROOT
         self._meta = meta or {"store_version": STORE_VERSION, "sessions": {}}
         self._queued = meta is None
         self._written_at, self._cost_s = time.perf_counter(), 0.0
-        if meta is None:
-            if isinstance(location(store), Path):
-                location(store).mkdir(parents=True, exist_ok=True)
-            self.flush()
+        if meta is None and isinstance(location(store), Path):
+            location(store).mkdir(parents=True, exist_ok=True)
+        if meta is None or rebuild:
+            self.flush(rebuild=rebuild)
 
     def complete_keys(self) -> set[str]:
         """Keys of the sessions recorded complete (queued ones included)."""
@@ -331,7 +330,7 @@ def consolidate(store: Path | ObjectPath | str) -> None:
     from the index: it lists exactly the complete sessions. Every index write keeps it so; this
     repairs a store whose consolidated copy was written otherwise."""
     if index_document(store) is not None:
-        IndexWriter(store).flush(rebuild=True)
+        IndexWriter(store, rebuild=True)
 
 
 def _jsonable(value):

@@ -19,6 +19,7 @@ from dask.base import tokenize
 from zarr.codecs import ZstdCodec
 
 from ..blocks import freeing
+from .chunk_writes import encoder, write_region
 from .index import IndexWriter
 from .objects import ObjectPath, location, zarr_store
 
@@ -102,7 +103,14 @@ def _ensure_groups(where: Path | ObjectPath, key: str) -> None:
 
 
 def _write_region(block: np.ndarray, store: Path | ObjectPath, path: str, region: tuple[slice, ...]) -> None:
-    zarr.open_array(zarr_store(store), path=path, mode="r+", zarr_format=3)[region] = block
+    """``store[path][region] = block``: straight to the chunk files where the layout allows it
+    (:mod:`pipeline.io.chunk_writes`), else by zarr-python."""
+    array = zarr.open_array(zarr_store(store), path=path, mode="r+", zarr_format=3)
+    encode = encoder(array) if isinstance(store, Path) else None
+    if encode is None:
+        array[region] = block
+    else:
+        write_region(array, store / path, region, block, encode)
 
 
 def _digest_after(_writes, array_dir: Path | ObjectPath) -> str:
