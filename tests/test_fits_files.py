@@ -123,8 +123,9 @@ def test_open_errors_name_the_file_and_the_reason(tmp_path):
 
 def test_no_other_module_opens_a_fits_file():
     """Every FITS read opens its file through pipeline/io/fits_files.py: the one place where
-    another byte source (object storage) would plug in. Files are memory-mapped only at the two
-    edges of io/: the FITS one and io/chunk_files.py (Zarr chunk files), which uses no FITS code."""
+    another byte source (object storage) would plug in. Files are memory-mapped or read through raw
+    descriptors only at the two edges of io/ that read bytes: the FITS one and io/chunk_files.py
+    (Zarr chunk files, read with preadv), which uses no FITS code."""
     fits_opener = re.compile(r"fits\.open\(|fitsio\.FITS\(|fits\.get(data|header|val)\(|fitsio\.read")
     mapper = re.compile(r"mmap\.mmap\(|\bmemmap\(|os\.open\(")
     root = pathlib.Path(pipeline.__file__).parent
